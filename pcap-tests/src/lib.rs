@@ -1,0 +1,1 @@
+//! Replay harness for captured traces (work in progress).

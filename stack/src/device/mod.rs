@@ -1,0 +1,1 @@
+//! Devices: in-memory link, TUN, delay line, pcap tap.

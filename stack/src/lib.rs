@@ -1,0 +1,3 @@
+//! ti-stack: smoltcp plus the isolation boundary.
+
+pub mod device;

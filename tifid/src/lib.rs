@@ -1,0 +1,24 @@
+//! # tifid: the isolation boundary protocol, sans-IO
+//!
+//! The flow option of Brown et al. (ICCCN 2011) that places a TCP connection
+//! inside a transport-independent flow (TI-flow): a 48-bit flow identifier
+//! (TIFID) and 48-bit sequence (TISeq) and acknowledgement (TIAck) numbers,
+//! exchanged only during the three-way handshake.
+//!
+//! This crate decides; it never acts. It has no sockets, reads no clock and
+//! starts no threads: callers pass time in as [`time::Timestamp`] and carry
+//! out the decisions it returns.
+//!
+//! - [`option`]: the 20-byte option on the wire and TCP option lists.
+//! - [`seq`]: 48-bit sequence arithmetic and the TI <-> TCP mapping.
+//! - [`handshake`]: initiator and responder negotiation.
+//! - [`flow`]: one flow's positions and lifecycle.
+//! - [`table`]: the flow table.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod option;
+pub mod seq;
+
+pub use option::{DEFAULT_KIND, FlowOption, FlowOptionRepr, Half, Tifid};
+pub use seq::{Seq48, SeqMapping};
