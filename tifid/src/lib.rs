@@ -17,8 +17,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod flow;
+pub mod handshake;
 pub mod option;
 pub mod seq;
+pub mod table;
+pub mod time;
 
+pub use flow::{Flow, Lifecycle, Positions, Role};
+pub use handshake::{Initiator, Mode, Responder, SynDecision};
 pub use option::{DEFAULT_KIND, FlowOption, FlowOptionRepr, Half, Tifid};
 pub use seq::{Seq48, SeqMapping};
+pub use table::{FlowTable, TableConfig};
+pub use time::Timestamp;
