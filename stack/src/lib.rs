@@ -1,3 +1,26 @@
-//! ti-stack: smoltcp plus the isolation boundary.
+//! # ti-stack: TCP conversations that outlive their TCP connections
+//!
+//! A userspace TCP/IP stack (smoltcp, unmodified) with the isolation boundary
+//! of Brown et al. (ICCCN 2011): connections negotiate a transport-independent
+//! flow during the handshake; when a connection dies, the flow resumes on a
+//! new one and the application's byte streams continue.
+//!
+//! - [`segment`]: reading and rewriting TCP/IPv4 packets.
+//! - [`boundary`]: the smoltcp `Device` wrapper that writes flow options.
+//! - [`stack`]: connections, TI streams, failures and resumes, driven by `poll(now)`.
+//! - [`device`]: in-memory link, TUN, delay line, pcap tap.
+#![warn(missing_docs)]
 
+pub mod boundary;
+pub mod config;
 pub mod device;
+pub mod error;
+pub mod netns;
+pub mod segment;
+pub mod sim;
+pub mod stack;
+
+pub use config::StackConfig;
+pub use error::{StreamError, StreamEvent};
+pub use stack::{ListenerId, Stack, StreamId, StreamInfo, StreamMode, StreamStats};
+pub use tifid::handshake::Mode;

@@ -1,0 +1,273 @@
+//! The isolation boundary as a smoltcp `Device` wrapper.
+//!
+//! Owns [`Boundary`]: the shim between smoltcp and the real device. On
+//! egress it writes the flow option into the segments of connections the
+//! stack registered (SYN, SYN-ACK, confirming segments) and reports segments
+//! it could not fit the option into. On ingress it does nothing by itself:
+//! the stack pulls raw packets with [`Boundary::receive_raw`], inspects them
+//! before smoltcp discards our option, and hands them on with
+//! [`Boundary::deliver`]. When no connection needs an option (the steady
+//! state), egress is a zero-copy pass-through. It never makes a protocol
+//! decision.
+
+use std::collections::{HashMap, VecDeque};
+
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use tifid::FlowOptionRepr;
+
+use crate::segment::{AddOptionError, FourTuple, Segment, add_flow_option};
+
+/// Something the boundary noticed on egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressEvent {
+    /// A segment of this connection had to go without its option.
+    DoesNotFit(FourTuple),
+}
+
+/// Counters of the boundary's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoundaryStats {
+    /// Segments that left with our option.
+    pub options_added: u64,
+    /// Segments that should have carried it but had no room.
+    pub options_not_fitting: u64,
+    /// Packets received from the device.
+    pub received: u64,
+    /// Packets sent to the device.
+    pub sent: u64,
+}
+
+/// A smoltcp device wrapper that adds flow options on egress.
+#[derive(Debug)]
+pub struct Boundary<D> {
+    inner: D,
+    kind: u8,
+    rx_queue: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    rules: HashMap<FourTuple, FlowOptionRepr>,
+    events: Vec<EgressEvent>,
+    scratch: Vec<u8>,
+    rewritten: Vec<u8>,
+    stats: BoundaryStats,
+}
+
+/// Most spare receive buffers kept for reuse.
+const SPARE_BUFFERS: usize = 64;
+
+impl<D: Device> Boundary<D> {
+    /// Wraps `inner`; our option uses `kind`.
+    pub fn new(inner: D, kind: u8) -> Boundary<D> {
+        Boundary {
+            inner,
+            kind,
+            rx_queue: VecDeque::new(),
+            spare: Vec::new(),
+            rules: HashMap::new(),
+            events: Vec::new(),
+            scratch: Vec::new(),
+            rewritten: Vec::new(),
+            stats: BoundaryStats::default(),
+        }
+    }
+
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    /// The wrapped device, mutably.
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
+    /// The option kind in use.
+    pub fn kind(&self) -> u8 {
+        self.kind
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> BoundaryStats {
+        self.stats
+    }
+
+    /// Takes the next packet from the device, copied into a reusable buffer.
+    pub fn receive_raw(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let (rx, _tx) = self.inner.receive(now)?;
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        phy::RxToken::consume(rx, |data| buf.extend_from_slice(data));
+        self.stats.received += 1;
+        Some(buf)
+    }
+
+    /// Queues an inspected packet for smoltcp.
+    pub fn deliver(&mut self, packet: Vec<u8>) {
+        self.rx_queue.push_back(packet);
+    }
+
+    /// Returns a buffer that will not be delivered, for reuse.
+    pub fn recycle(&mut self, packet: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(packet);
+        }
+    }
+
+    /// Packets waiting for smoltcp.
+    pub fn pending_ingress(&self) -> usize {
+        self.rx_queue.len()
+    }
+
+    /// Sends a packet the stack built itself (a refusal RST). Returns false
+    /// when the device had no room (the packet is dropped, as on a wire).
+    pub fn send_raw(&mut self, now: Instant, packet: &[u8]) -> bool {
+        let Some(tx) = self.inner.transmit(now) else {
+            return false;
+        };
+        phy::TxToken::consume(tx, packet.len(), |buf| buf.copy_from_slice(packet));
+        self.stats.sent += 1;
+        true
+    }
+
+    /// Attaches `option` to every segment sent on `tuple` until
+    /// [`Boundary::detach_option`].
+    pub fn attach_option(&mut self, tuple: FourTuple, option: FlowOptionRepr) {
+        self.rules.insert(tuple, option);
+    }
+
+    /// Stops attaching an option to `tuple`'s segments.
+    pub fn detach_option(&mut self, tuple: &FourTuple) {
+        self.rules.remove(tuple);
+    }
+
+    /// The option currently attached to `tuple`'s segments.
+    pub fn attached_option(&self, tuple: &FourTuple) -> Option<FlowOptionRepr> {
+        self.rules.get(tuple).copied()
+    }
+
+    /// Takes what egress noticed since the last call.
+    pub fn take_events(&mut self) -> Vec<EgressEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Receive token: an inspected packet.
+#[derive(Debug)]
+pub struct BoundaryRx {
+    packet: Vec<u8>,
+}
+
+impl phy::RxToken for BoundaryRx {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(&self.packet)
+    }
+}
+
+/// Transmit token: adds our option where a rule says so.
+pub struct BoundaryTx<'a, T> {
+    token: T,
+    kind: u8,
+    mtu: usize,
+    rules: &'a HashMap<FourTuple, FlowOptionRepr>,
+    events: &'a mut Vec<EgressEvent>,
+    scratch: &'a mut Vec<u8>,
+    rewritten: &'a mut Vec<u8>,
+    stats: &'a mut BoundaryStats,
+}
+
+impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        self.stats.sent += 1;
+        if self.rules.is_empty() {
+            return self.token.consume(len, f);
+        }
+        self.scratch.clear();
+        self.scratch.resize(len, 0);
+        let result = f(self.scratch);
+        let rule = Segment::parse(self.scratch, self.kind)
+            .and_then(|seg| self.rules.get_key_value(&seg.tuple_at_sender()));
+        let out: &[u8] = match rule {
+            Some((tuple, option)) => {
+                match add_flow_option(self.scratch, option, self.kind, self.mtu, self.rewritten) {
+                    Ok(_) => {
+                        self.stats.options_added += 1;
+                        self.rewritten
+                    }
+                    Err(
+                        AddOptionError::DoesNotFit
+                        | AddOptionError::Malformed
+                        | AddOptionError::NotTcp,
+                    ) => {
+                        self.stats.options_not_fitting += 1;
+                        self.events.push(EgressEvent::DoesNotFit(*tuple));
+                        self.scratch
+                    }
+                }
+            }
+            None => self.scratch,
+        };
+        self.token
+            .consume(out.len(), |buf| buf.copy_from_slice(out));
+        result
+    }
+}
+
+impl<D: Device> Device for Boundary<D> {
+    type RxToken<'a>
+        = BoundaryRx
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = BoundaryTx<'a, D::TxToken<'a>>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let packet = self.rx_queue.pop_front()?;
+        let mtu = self.inner.capabilities().max_transmission_unit;
+        let Some(token) = self.inner.transmit(timestamp) else {
+            self.rx_queue.push_front(packet);
+            return None;
+        };
+        Some((
+            BoundaryRx { packet },
+            BoundaryTx {
+                token,
+                kind: self.kind,
+                mtu,
+                rules: &self.rules,
+                events: &mut self.events,
+                scratch: &mut self.scratch,
+                rewritten: &mut self.rewritten,
+                stats: &mut self.stats,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        let mtu = self.inner.capabilities().max_transmission_unit;
+        let token = self.inner.transmit(timestamp)?;
+        Some(BoundaryTx {
+            token,
+            kind: self.kind,
+            mtu,
+            rules: &self.rules,
+            events: &mut self.events,
+            scratch: &mut self.scratch,
+            rewritten: &mut self.rewritten,
+            stats: &mut self.stats,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = self.inner.capabilities();
+        caps.medium = Medium::Ip;
+        caps
+    }
+}

@@ -1,0 +1,68 @@
+//! Stack settings and their defaults (DESIGN §4, §6).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// Settings of a [`crate::Stack`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackConfig {
+    /// Our IPv4 address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Offer and accept TI-flows; off makes the stack plain TCP.
+    pub ti_enabled: bool,
+    /// The flow option's kind.
+    pub option_kind: u8,
+    /// Data outstanding with no acknowledgement progress this long means
+    /// the connection failed.
+    pub stall_timeout: Duration,
+    /// Keepalive interval on idle TI connections; unanswered for
+    /// `stall_timeout` beyond it means the connection failed.
+    pub keepalive: Duration,
+    /// How long a detached flow waits for (or the initiator keeps trying) a resume.
+    pub resume_timeout: Duration,
+    /// First resume retry delay; doubles per attempt.
+    pub resume_backoff: Duration,
+    /// Accept a resume from a new peer address.
+    pub allow_migration: bool,
+    /// Most TI-flows held.
+    pub max_flows: usize,
+    /// smoltcp socket buffer size, each direction.
+    pub socket_buffer: usize,
+    /// TI send buffer bound (bytes the application may queue).
+    pub send_buffer: usize,
+    /// TI receive buffer bound (bytes delivered but not yet read).
+    pub recv_buffer: usize,
+    /// Give up a connect or a handshake after this long.
+    pub connect_timeout: Duration,
+    /// Seed for ports, TIFID halves and TI ISNs; `None` seeds from the OS
+    /// (use a seed only for deterministic simulation).
+    pub seed: Option<u64>,
+}
+
+impl StackConfig {
+    /// Defaults for the given address (/24).
+    pub fn new(address: Ipv4Addr) -> StackConfig {
+        StackConfig {
+            address,
+            prefix_len: 24,
+            gateway: None,
+            ti_enabled: true,
+            option_kind: tifid::DEFAULT_KIND,
+            stall_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(5),
+            resume_timeout: Duration::from_secs(60),
+            resume_backoff: Duration::from_millis(200),
+            allow_migration: true,
+            max_flows: 65_536,
+            socket_buffer: 1 << 20,
+            send_buffer: 4 << 20,
+            recv_buffer: 4 << 20,
+            connect_timeout: Duration::from_secs(20),
+            seed: None,
+        }
+    }
+}

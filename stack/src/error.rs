@@ -1,0 +1,67 @@
+//! Errors and events the application sees.
+
+use std::io;
+use std::time::Duration;
+
+use tifid::handshake::{FallbackCause, LostCause};
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The TI-flow cannot continue: its resume was refused or timed out.
+    #[error("TI-flow lost: {0}")]
+    FlowLost(LostCause),
+    /// The peer refused the connection.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// A legacy connection was reset or failed.
+    #[error("connection reset")]
+    ConnectionReset,
+    /// The connect did not complete in time.
+    #[error("connect timed out")]
+    TimedOut,
+    /// Writing after `shutdown(Write)`.
+    #[error("stream shut down for writing")]
+    WriteAfterShutdown,
+    /// The stream or listener does not exist (closed, or never opened).
+    #[error("no such stream")]
+    NoSuchStream,
+    /// The port is already listened on.
+    #[error("address in use")]
+    AddrInUse,
+    /// The stack has stopped.
+    #[error("stack stopped")]
+    StackStopped,
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> io::Error {
+        let kind = match e {
+            StreamError::FlowLost(_) | StreamError::ConnectionReset => {
+                io::ErrorKind::ConnectionReset
+            }
+            StreamError::ConnectionRefused => io::ErrorKind::ConnectionRefused,
+            StreamError::TimedOut => io::ErrorKind::TimedOut,
+            StreamError::WriteAfterShutdown => io::ErrorKind::BrokenPipe,
+            StreamError::NoSuchStream | StreamError::StackStopped => io::ErrorKind::NotConnected,
+            StreamError::AddrInUse => io::ErrorKind::AddrInUse,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Something that happened to a stream, for the application to observe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The flow continued on a new TCP connection.
+    Resumed {
+        /// From the failure being noticed to the new connection carrying the flow.
+        downtime: Duration,
+        /// Bytes sent again because the old connection lost them.
+        resent_bytes: u64,
+    },
+    /// The connection went legacy after first looking resilient.
+    FellBack(FallbackCause),
+    /// The flow is lost; reads and writes now fail.
+    Lost(LostCause),
+}

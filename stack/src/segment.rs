@@ -1,0 +1,202 @@
+//! Reading and rewriting TCP/IPv4 segments on the wire.
+//!
+//! Owns [`Segment`] (a parsed summary of one packet: addresses, ports, flags,
+//! sequence numbers and the flow option), [`add_flow_option`] (rewrites a
+//! packet with our option inserted: option list, data offset, IP total length
+//! and both checksums fixed with smoltcp's wire types) and
+//! [`refusal_rst`] (the RST that refuses a resume). Never panics on any
+//! input: what cannot be parsed is `None`, and the caller passes it on as
+//! legacy traffic. IPv6 and fragmented IPv4 are not inspected (always legacy).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
+use tifid::FlowOptionRepr;
+use tifid::handshake::ParsedOption;
+use tifid::option::{InsertError, MAX_OPTIONS_LEN, find_flow_option, insert_flow_option};
+
+/// A TCP connection's addresses, seen from our side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FourTuple {
+    /// Our address and port.
+    pub local: SocketAddrV4,
+    /// The peer's address and port.
+    pub remote: SocketAddrV4,
+}
+
+/// A parsed TCP/IPv4 segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Source address and port.
+    pub src: SocketAddrV4,
+    /// Destination address and port.
+    pub dst: SocketAddrV4,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack_number: u32,
+    /// SYN flag.
+    pub syn: bool,
+    /// ACK flag.
+    pub ack: bool,
+    /// FIN flag.
+    pub fin: bool,
+    /// RST flag.
+    pub rst: bool,
+    /// Payload length.
+    pub payload_len: usize,
+    /// Our flow option: `Ok(None)` absent, `Err` malformed.
+    pub option: ParsedOption,
+}
+
+impl Segment {
+    /// Parses an IPv4 packet carrying TCP. `None` for anything else, for
+    /// fragments and for truncated or inconsistent headers.
+    pub fn parse(packet: &[u8], kind: u8) -> Option<Segment> {
+        let ip = Ipv4Packet::new_checked(packet).ok()?;
+        if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+            return None;
+        }
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        let src = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
+        let dst = SocketAddrV4::new(ip.dst_addr(), tcp.dst_port());
+        Some(Segment {
+            src,
+            dst,
+            seq: tcp.seq_number().0 as u32,
+            ack_number: tcp.ack_number().0 as u32,
+            syn: tcp.syn(),
+            ack: tcp.ack(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            payload_len: tcp.payload().len(),
+            option: find_flow_option(tcp.options(), kind),
+        })
+    }
+
+    /// The connection this segment belongs to, for the receiving host.
+    pub fn tuple_at_receiver(&self) -> FourTuple {
+        FourTuple {
+            local: self.dst,
+            remote: self.src,
+        }
+    }
+
+    /// The connection this segment belongs to, for the sending host.
+    pub fn tuple_at_sender(&self) -> FourTuple {
+        FourTuple {
+            local: self.src,
+            remote: self.dst,
+        }
+    }
+}
+
+/// Why [`add_flow_option`] left a packet unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddOptionError {
+    /// Not a TCP/IPv4 packet we can rewrite.
+    #[error("not a rewritable TCP/IPv4 packet")]
+    NotTcp,
+    /// The option list has no room, or the packet would exceed the MTU.
+    #[error("flow option does not fit")]
+    DoesNotFit,
+    /// The existing option list is malformed.
+    #[error("malformed option list")]
+    Malformed,
+}
+
+/// Writes `packet` with `repr` inserted into its TCP options to `out` and
+/// returns the new length. Fixes data offset, IP total length and both
+/// checksums. `out` is cleared first; on error it holds nothing useful and
+/// the caller sends the original packet without the option.
+pub fn add_flow_option(
+    packet: &[u8],
+    repr: &FlowOptionRepr,
+    kind: u8,
+    mtu: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, AddOptionError> {
+    out.clear();
+    let ip = Ipv4Packet::new_checked(packet).map_err(|_| AddOptionError::NotTcp)?;
+    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(AddOptionError::NotTcp);
+    }
+    let ip_header_len = usize::from(ip.header_len());
+    let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| AddOptionError::NotTcp)?;
+    let mut options = [0u8; MAX_OPTIONS_LEN];
+    let options_len =
+        insert_flow_option(tcp.options(), repr, kind, &mut options).map_err(|e| match e {
+            InsertError::DoesNotFit(_) => AddOptionError::DoesNotFit,
+            InsertError::Malformed(_) => AddOptionError::Malformed,
+        })?;
+    let tcp_header_len = 20 + options_len;
+    let payload = tcp.payload();
+    let total = ip_header_len + tcp_header_len + payload.len();
+    if total > mtu || total > usize::from(u16::MAX) {
+        return Err(AddOptionError::DoesNotFit);
+    }
+    out.extend_from_slice(&packet[..ip_header_len]);
+    out.extend_from_slice(&ip.payload()[..20]);
+    out.extend_from_slice(&options[..options_len]);
+    out.extend_from_slice(payload);
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    finish_packet(out, ip_header_len, tcp_header_len, src, dst);
+    Ok(total)
+}
+
+/// Sets lengths and checksums of a TCP/IPv4 packet laid out in `buf`.
+fn finish_packet(
+    buf: &mut [u8],
+    ip_header_len: usize,
+    tcp_header_len: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) {
+    let total = buf.len();
+    {
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.set_total_len(total as u16);
+        ip.fill_checksum();
+    }
+    let mut tcp = TcpPacket::new_unchecked(&mut buf[ip_header_len..]);
+    tcp.set_header_len(tcp_header_len as u8);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+}
+
+/// The RST that refuses a resume SYN: from the SYN's destination to its
+/// source, `ack = seq + 1`, with our option echoing the TIFID (`reply`).
+pub fn refusal_rst(syn: &Segment, reply: &FlowOptionRepr, kind: u8) -> Vec<u8> {
+    let option = reply.to_bytes(kind);
+    let tcp_header_len = 20 + option.len();
+    let mut buf = vec![0u8; 20 + tcp_header_len];
+    {
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_dscp(0);
+        ip.set_ecn(0);
+        ip.set_ident(0);
+        ip.clear_flags();
+        ip.set_dont_frag(true);
+        ip.set_frag_offset(0);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Tcp);
+        ip.set_src_addr(*syn.dst.ip());
+        ip.set_dst_addr(*syn.src.ip());
+    }
+    {
+        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+        tcp.set_src_port(syn.dst.port());
+        tcp.set_dst_port(syn.src.port());
+        tcp.set_seq_number(TcpSeqNumber(0));
+        tcp.set_ack_number(TcpSeqNumber(syn.seq.wrapping_add(1) as i32));
+        tcp.clear_flags();
+        tcp.set_rst(true);
+        tcp.set_ack(true);
+        tcp.set_window_len(0);
+        tcp.set_urgent_at(0);
+    }
+    buf[40..40 + option.len()].copy_from_slice(&option);
+    finish_packet(&mut buf, 20, tcp_header_len, *syn.dst.ip(), *syn.src.ip());
+    buf
+}
