@@ -54,7 +54,11 @@ impl Segment {
     /// fragments and for truncated or inconsistent headers.
     pub fn parse(packet: &[u8], kind: u8) -> Option<Segment> {
         let ip = Ipv4Packet::new_checked(packet).ok()?;
-        if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        if ip.version() != 4
+            || ip.next_header() != IpProtocol::Tcp
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+        {
             return None;
         }
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
@@ -91,6 +95,22 @@ impl Segment {
     }
 }
 
+/// Both checksums of a TCP/IPv4 packet verify (what smoltcp requires before
+/// it accepts a segment).
+pub fn checksum_ok(packet: &[u8]) -> bool {
+    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+        return false;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    ip.verify_checksum()
+        && tcp.verify_checksum(
+            &IpAddress::Ipv4(ip.src_addr()),
+            &IpAddress::Ipv4(ip.dst_addr()),
+        )
+}
+
 /// Why [`add_flow_option`] left a packet unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddOptionError {
@@ -118,7 +138,11 @@ pub fn add_flow_option(
 ) -> Result<usize, AddOptionError> {
     out.clear();
     let ip = Ipv4Packet::new_checked(packet).map_err(|_| AddOptionError::NotTcp)?;
-    if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+    if ip.version() != 4
+        || ip.next_header() != IpProtocol::Tcp
+        || ip.more_frags()
+        || ip.frag_offset() != 0
+    {
         return Err(AddOptionError::NotTcp);
     }
     let ip_header_len = usize::from(ip.header_len());

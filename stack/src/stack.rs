@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
 use crate::error::{StreamError, StreamEvent};
-use crate::segment::{FourTuple, Segment, refusal_rst};
+use crate::segment::{self, FourTuple, Segment, refusal_rst};
 
 /// Identifies a stream inside a [`Stack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -467,13 +467,26 @@ impl<D: Device> Stack<D> {
             Some(d) => now + d,
             None => now + SmolDuration::from_millis(1000),
         };
-        let stall = smol(self.config.stall_timeout.min(self.config.keepalive));
+        let stall = smol(self.config.stall_timeout);
+        let keepalive = smol(self.config.keepalive);
         for s in self.streams.values() {
             if let Some(r) = &s.resume {
-                at = at.min(r.next_attempt).min(r.deadline);
+                for deadline in [r.next_attempt, r.deadline] {
+                    if deadline > now {
+                        at = at.min(deadline);
+                    }
+                }
             }
-            if s.conn.is_some() {
-                at = at.min(now.max(s.last_progress + stall));
+            if let Some(conn) = s.conn.and_then(|h| self.conns.get(&h)) {
+                let outstanding = !s.send_buf.is_empty();
+                let deadline = if outstanding {
+                    s.last_progress + stall
+                } else {
+                    conn.last_rx + keepalive + stall
+                };
+                if deadline > now {
+                    at = at.min(deadline);
+                }
             }
         }
         if self.device.pending_ingress() > 0 {
@@ -530,6 +543,12 @@ impl<D: Device> Stack<D> {
             self.device.deliver(packet);
             return;
         };
+        // Act only on what smoltcp will accept too: a SYN or RST with a bad
+        // checksum must not change any state (it is passed on and dropped there).
+        if (seg.syn || seg.rst) && !segment::checksum_ok(&packet) {
+            self.device.deliver(packet);
+            return;
+        }
         let tuple = seg.tuple_at_receiver();
         if let Some(&handle) = self.by_tuple.get(&tuple) {
             if self.on_connection_segment(now, handle, &seg) {
@@ -615,14 +634,14 @@ impl<D: Device> Stack<D> {
                 }
                 true
             }
-            Phase::SynReceived(responder) if !seg.syn && !seg.rst && seg.ack => {
-                let responder = responder.take();
-                conn.phase = Phase::Open;
+            Phase::SynReceived(Some(_)) if !seg.syn && !seg.rst && seg.ack => {
+                let Phase::SynReceived(Some(responder)) =
+                    std::mem::replace(&mut conn.phase, Phase::Open)
+                else {
+                    return true;
+                };
                 self.device.detach_option(&tuple);
-                match responder {
-                    Some(responder) => self.on_handshake_ack(now, handle, seg, responder),
-                    None => true,
-                }
+                self.on_handshake_ack(now, handle, seg, responder)
             }
             _ => true,
         }
@@ -1424,6 +1443,8 @@ impl<D: Device> Stack<D> {
                     && now >= conn.last_rx + keepalive + stall
                 {
                     failure = Some("idle path: keepalives unanswered");
+                } else if handshaking && s.resume.as_ref().is_some_and(|r| now >= r.next_attempt) {
+                    failure = Some("resume attempt unanswered");
                 } else if handshaking && now >= conn.created + connect_timeout {
                     failure = Some("handshake timed out");
                 }
@@ -1441,10 +1462,12 @@ impl<D: Device> Stack<D> {
                     self.drop_connection(handle);
                 }
             }
-            None => {
-                let Some(s) = self.streams.get(&id) else {
-                    return;
-                };
+            None => {}
+        }
+        // A detached flow we initiated resumes when due: in the same poll
+        // that noticed the failure, so the SYN leaves at once.
+        if let Some(s) = self.streams.get(&id).filter(|s| s.conn.is_none()) {
+            {
                 let due = s
                     .resume
                     .as_ref()

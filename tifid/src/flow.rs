@@ -331,7 +331,13 @@ mod tests {
     const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
     fn flow() -> Flow {
-        Flow::new(Tifid::new(0x0102_0304_0506), Role::Responder, Seq48::new(1000), Seq48::new(5000), PEER)
+        Flow::new(
+            Tifid::new(0x0102_0304_0506),
+            Role::Responder,
+            Seq48::new(1000),
+            Seq48::new(5000),
+            PEER,
+        )
     }
 
     #[test]
@@ -390,8 +396,14 @@ mod tests {
         f.on_acked(Seq48::new(1050)).expect("ack");
         f.on_received(20).expect("recv");
         for tiack in [1050, 1075, 1100] {
-            assert_eq!(f.check_resume(Seq48::new(5010), Seq48::new(tiack), 1 << 20), Ok(()));
+            assert_eq!(
+                f.check_resume(Seq48::new(5010), Seq48::new(tiack), 1 << 20),
+                Ok(())
+            );
         }
-        assert_eq!(f.check_resume(Seq48::new(5020), Seq48::new(1050), 0), Ok(()));
+        assert_eq!(
+            f.check_resume(Seq48::new(5020), Seq48::new(1050), 0),
+            Ok(())
+        );
     }
 }

@@ -185,17 +185,30 @@ impl Initiator {
     /// Reads the SYN-ACK. For a resume, `flow` is the flow being resumed and
     /// `max_gap` the bound on what the peer may resend; both are ignored for
     /// a new flow.
-    pub fn on_syn_ack(&mut self, option: ParsedOption, flow: Option<&Flow>, max_gap: u64) -> SynAckOutcome {
+    pub fn on_syn_ack(
+        &mut self,
+        option: ParsedOption,
+        flow: Option<&Flow>,
+        max_gap: u64,
+    ) -> SynAckOutcome {
         let outcome = if self.resume {
             self.read_resume_syn_ack(option, flow, max_gap)
         } else {
             self.read_new_syn_ack(option)
         };
         if let SynAckOutcome::Established { tifid, peer_isn } = outcome {
-            self.confirming = Some(FlowOptionRepr { tifid, tiseq: self.syn.tiseq, tiack: peer_isn });
+            self.confirming = Some(FlowOptionRepr {
+                tifid,
+                tiseq: self.syn.tiseq,
+                tiack: peer_isn,
+            });
         }
         if let SynAckOutcome::Resumed { peer_snd_una, .. } = outcome {
-            self.confirming = Some(FlowOptionRepr { tifid: self.syn.tifid, tiseq: self.syn.tiseq, tiack: peer_snd_una });
+            self.confirming = Some(FlowOptionRepr {
+                tifid: self.syn.tifid,
+                tiseq: self.syn.tiseq,
+                tiack: peer_snd_una,
+            });
         }
         outcome
     }
@@ -212,10 +225,18 @@ impl Initiator {
         if !answers_us {
             return SynAckOutcome::FellBack(FallbackCause::InvalidSynAck);
         }
-        SynAckOutcome::Established { tifid: repr.tifid, peer_isn: repr.tiseq }
+        SynAckOutcome::Established {
+            tifid: repr.tifid,
+            peer_isn: repr.tiseq,
+        }
     }
 
-    fn read_resume_syn_ack(&self, option: ParsedOption, flow: Option<&Flow>, max_gap: u64) -> SynAckOutcome {
+    fn read_resume_syn_ack(
+        &self,
+        option: ParsedOption,
+        flow: Option<&Flow>,
+        max_gap: u64,
+    ) -> SynAckOutcome {
         let Ok(Some(repr)) = option else {
             return SynAckOutcome::Lost(LostCause::SynAckWithoutOption);
         };
@@ -226,7 +247,10 @@ impl Initiator {
             return SynAckOutcome::Lost(LostCause::SynAckForeign);
         };
         match flow.check_resume(repr.tiseq, repr.tiack, max_gap) {
-            Ok(()) => SynAckOutcome::Resumed { peer_snd_una: repr.tiseq, peer_rcv_nxt: repr.tiack },
+            Ok(()) => SynAckOutcome::Resumed {
+                peer_snd_una: repr.tiseq,
+                peer_rcv_nxt: repr.tiack,
+            },
             Err(mismatch) => SynAckOutcome::Lost(LostCause::Mismatch(mismatch)),
         }
     }
@@ -255,7 +279,8 @@ impl Initiator {
     /// Most payload we may have in flight while confirming: one segment of
     /// MSS-20 bytes, so the option always fits. `None` once confirmed.
     pub fn first_flight_limit(&self, effective_mss: usize) -> Option<usize> {
-        self.confirming.map(|_| effective_mss.saturating_sub(OPTION_LEN))
+        self.confirming
+            .map(|_| effective_mss.saturating_sub(OPTION_LEN))
     }
 }
 
@@ -341,10 +366,17 @@ impl Responder {
             Ok(()) => {
                 let p = table.get(repr.tifid).map(Flow::positions);
                 let Some(p) = p else {
-                    return SynDecision::Refuse { reason: RefuseReason::UnknownFlow, reply: None };
+                    return SynDecision::Refuse {
+                        reason: RefuseReason::UnknownFlow,
+                        reply: None,
+                    };
                 };
                 SynDecision::Accept(Responder {
-                    syn_ack: FlowOptionRepr { tifid: repr.tifid, tiseq: p.snd_una, tiack: p.rcv_nxt },
+                    syn_ack: FlowOptionRepr {
+                        tifid: repr.tifid,
+                        tiseq: p.snd_una,
+                        tiack: p.rcv_nxt,
+                    },
                     peer_tiseq: repr.tiseq,
                     peer_tiack: repr.tiack,
                     resume: true,
@@ -354,13 +386,21 @@ impl Responder {
                 let answer = table.note_refusal(source, now);
                 SynDecision::Refuse {
                     reason,
-                    reply: answer.then_some(FlowOptionRepr { tifid: repr.tifid, tiseq: Seq48::ZERO, tiack: Seq48::ZERO }),
+                    reply: answer.then_some(FlowOptionRepr {
+                        tifid: repr.tifid,
+                        tiseq: Seq48::ZERO,
+                        tiack: Seq48::ZERO,
+                    }),
                 }
             }
         }
     }
 
-    fn new_flow<R: Rng + CryptoRng>(table: &FlowTable, repr: FlowOptionRepr, rng: &mut R) -> SynDecision {
+    fn new_flow<R: Rng + CryptoRng>(
+        table: &FlowTable,
+        repr: FlowOptionRepr,
+        rng: &mut R,
+    ) -> SynDecision {
         if repr.tiack != Seq48::ZERO {
             return SynDecision::Legacy(FallbackCause::InvalidSyn);
         }
@@ -379,7 +419,11 @@ impl Responder {
         })
     }
 
-    fn check_resume(table: &FlowTable, repr: &FlowOptionRepr, source: IpAddr) -> Result<(), RefuseReason> {
+    fn check_resume(
+        table: &FlowTable,
+        repr: &FlowOptionRepr,
+        source: IpAddr,
+    ) -> Result<(), RefuseReason> {
         let flow = table.get(repr.tifid).ok_or(RefuseReason::UnknownFlow)?;
         if flow.role() != Role::Responder {
             return Err(RefuseReason::NotResponder);
@@ -419,7 +463,11 @@ impl Responder {
     /// (the third ACK, or the first data segment if that ACK was lost).
     pub fn on_handshake_ack(&self, option: ParsedOption) -> ConfirmOutcome {
         match option {
-            Ok(Some(repr)) if repr.tifid == self.syn_ack.tifid && repr.tiack == self.syn_ack.tiseq && repr.tiseq == self.peer_tiseq => {
+            Ok(Some(repr))
+                if repr.tifid == self.syn_ack.tifid
+                    && repr.tiack == self.syn_ack.tiseq
+                    && repr.tiseq == self.peer_tiseq =>
+            {
                 ConfirmOutcome::Confirmed
             }
             Ok(Some(_)) => ConfirmOutcome::Unconfirmed(FallbackCause::ConfirmationInvalid),

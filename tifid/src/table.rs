@@ -7,8 +7,8 @@
 //! comes from the caller's CSPRNG; time comes from the caller.
 
 use core::time::Duration;
-use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use rand::{CryptoRng, Rng};
@@ -164,7 +164,9 @@ impl FlowTable {
             .map(|_| Half::new(rng.random_range(1..=Half::MAX)))
             .find(|half| {
                 !self.local_halves.contains(half)
-                    && !self.flows.contains_key(&Tifid::from_halves(initiator, *half))
+                    && !self
+                        .flows
+                        .contains_key(&Tifid::from_halves(initiator, *half))
             })
     }
 
@@ -229,7 +231,9 @@ impl FlowTable {
     /// limit and the SYN should be dropped silently.
     pub fn note_refusal(&mut self, source: IpAddr, now: Timestamp) -> bool {
         let window = self.config.refusal_window;
-        if !self.refusals.contains_key(&source) && self.refusals.len() >= self.config.max_tracked_sources {
+        if !self.refusals.contains_key(&source)
+            && self.refusals.len() >= self.config.max_tracked_sources
+        {
             self.refusals
                 .retain(|_, w| now.saturating_since(w.start) < window);
             if self.refusals.len() >= self.config.max_tracked_sources {

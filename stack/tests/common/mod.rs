@@ -31,6 +31,7 @@ pub fn pair_with(
     client: StackConfig,
     server: StackConfig,
 ) -> (Sim, ti_stack::ListenerId) {
+    init_logs();
     let net = Network::new(LinkConfig { seed, ..link });
     let mut sim = Sim::new(net);
     sim.add_host(Side::A, client);
@@ -187,4 +188,12 @@ pub fn assert_integrity(a: &Flowing, b: &Flowing) {
         "host {} received corrupted data",
         b.host
     );
+}
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
