@@ -139,7 +139,6 @@ struct StreamState {
     fail_requested: bool,
     /// The application dropped its handle.
     abandoned: bool,
-    listener: Option<ListenerId>,
 }
 
 #[derive(Debug, Default)]
@@ -284,7 +283,7 @@ impl<D: Device> Stack<D> {
 
     /// Opens a connection to `remote`, offering a TI-flow (if enabled).
     pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<StreamId, StreamError> {
-        let id = self.new_stream(Role::Initiator, remote, None, now);
+        let id = self.new_stream(Role::Initiator, remote, now);
         let initiator = if self.config.ti_enabled {
             self.table
                 .new_initiator_half(&mut self.rng)
@@ -523,14 +522,15 @@ impl<D: Device> Stack<D> {
             != smoltcp::iface::PollResult::None;
         for tifid in self.table.expire(self.ts(now)) {
             debug!(%tifid, "flow entry removed");
-            if let Some(id) = self.by_tifid.remove(&tifid) {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    if s.conn.is_none() && s.error.is_none() && !(s.eof && s.fin_acked) {
-                        warn!(%tifid, "detached flow expired: lost");
-                        s.error = Some(StreamError::FlowLost(LostCause::Timeout));
-                        s.events.push_back(StreamEvent::Lost(LostCause::Timeout));
-                    }
-                }
+            if let Some(id) = self.by_tifid.remove(&tifid)
+                && let Some(s) = self.streams.get_mut(&id)
+                && s.conn.is_none()
+                && s.error.is_none()
+                && !(s.eof && s.fin_acked)
+            {
+                warn!(%tifid, "detached flow expired: lost");
+                s.error = Some(StreamError::FlowLost(LostCause::Timeout));
+                s.events.push_back(StreamEvent::Lost(LostCause::Timeout));
             }
         }
         activity
@@ -776,12 +776,12 @@ impl<D: Device> Stack<D> {
     /// smoltcp gets it.
     fn on_new_syn(&mut self, now: Instant, seg: &Segment) -> bool {
         let tuple = seg.tuple_at_receiver();
-        if let Ok(Some(option)) = seg.option {
-            if option.tifid.is_complete() {
-                // A resume: positions must be current before the checks.
-                if let Some(&id) = self.by_tifid.get(&option.tifid) {
-                    self.sync_stream(now, id);
-                }
+        if let Ok(Some(option)) = seg.option
+            && option.tifid.is_complete()
+        {
+            // A resume: positions must be current before the checks.
+            if let Some(&id) = self.by_tifid.get(&option.tifid) {
+                self.sync_stream(now, id);
             }
         }
         let policy = ResponderPolicy {
@@ -804,11 +804,11 @@ impl<D: Device> Stack<D> {
             SynDecision::Accept(responder) => {
                 if responder.is_resume() {
                     let tifid = responder.tifid();
-                    if let Some(&id) = self.by_tifid.get(&tifid) {
-                        if let Some(old) = self.streams.get(&id).and_then(|s| s.conn) {
-                            info!(%tifid, "resume for an attached flow: abandoning its old connection");
-                            self.fail_connection(now, old, "superseded by resume");
-                        }
+                    if let Some(&id) = self.by_tifid.get(&tifid)
+                        && let Some(old) = self.streams.get(&id).and_then(|s| s.conn)
+                    {
+                        info!(%tifid, "resume for an attached flow: abandoning its old connection");
+                        self.fail_connection(now, old, "superseded by resume");
                     }
                     info!(%tifid, peer = %seg.src, "resume accepted");
                 }
@@ -1003,7 +1003,7 @@ impl<D: Device> Stack<D> {
             self.drop_connection(handle);
             return;
         }
-        let id = self.new_stream(Role::Responder, peer, Some(ListenerId(port)), now);
+        let id = self.new_stream(Role::Responder, peer, now);
         if let Some(s) = self.streams.get_mut(&id) {
             s.mode = StreamMode::Known(mode);
             s.conn = Some(handle);
@@ -1055,10 +1055,10 @@ impl<D: Device> Stack<D> {
             if !in_use && !self.recent_port_set.contains(&port) {
                 self.recent_ports.push_back(port);
                 self.recent_port_set.insert(port);
-                if self.recent_ports.len() > RECENT_PORTS {
-                    if let Some(old) = self.recent_ports.pop_front() {
-                        self.recent_port_set.remove(&old);
-                    }
+                if self.recent_ports.len() > RECENT_PORTS
+                    && let Some(old) = self.recent_ports.pop_front()
+                {
+                    self.recent_port_set.remove(&old);
                 }
                 return port;
             }
@@ -1121,10 +1121,10 @@ impl<D: Device> Stack<D> {
         if let Some(conn) = self.conns.remove(&handle) {
             self.by_tuple.remove(&conn.tuple);
             self.device.detach_option(&conn.tuple);
-            if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id)) {
-                if s.conn == Some(handle) {
-                    s.conn = None;
-                }
+            if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
+                && s.conn == Some(handle)
+            {
+                s.conn = None;
             }
         }
         self.sockets.remove(handle);
@@ -1229,13 +1229,7 @@ impl<D: Device> Stack<D> {
 
     // ------------------------------------------------------------ streams
 
-    fn new_stream(
-        &mut self,
-        role: Role,
-        peer: SocketAddrV4,
-        listener: Option<ListenerId>,
-        now: Instant,
-    ) -> StreamId {
+    fn new_stream(&mut self, role: Role, peer: SocketAddrV4, now: Instant) -> StreamId {
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
         self.streams.insert(
@@ -1260,7 +1254,6 @@ impl<D: Device> Stack<D> {
                 last_progress: now,
                 fail_requested: false,
                 abandoned: false,
-                listener,
             },
         );
         id
@@ -1397,7 +1390,7 @@ impl<D: Device> Stack<D> {
                 || (state == tcp::State::Closed && conn.was_last_ack && !conn.rst_seen));
         if fin_acked && !s.fin_acked {
             s.fin_acked = true;
-            if let Some(flow) = flow.as_deref_mut() {
+            if let Some(flow) = flow {
                 let end = flow.positions().snd_nxt;
                 let _ = flow.on_acked(end);
             }
@@ -1411,58 +1404,54 @@ impl<D: Device> Stack<D> {
         let stall = smol(self.config.stall_timeout);
         let keepalive = smol(self.config.keepalive);
         let connect_timeout = smol(self.config.connect_timeout);
-        match s.conn {
-            Some(handle) => {
-                self.pump(now, id, handle, false);
-                let Some(s) = self.streams.get_mut(&id) else {
-                    return;
-                };
-                let Some(conn) = self.conns.get(&handle) else {
-                    return;
-                };
-                let socket = self.sockets.get::<tcp::Socket>(handle);
-                let state = socket.state();
-                let ti = s.tifid.is_some()
-                    && matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
-                let done = s.eof && s.fin_acked;
-                let handshaking = matches!(conn.phase, Phase::SynSent(_));
-                let mut failure: Option<&str> = None;
-                if std::mem::take(&mut s.fail_requested) && ti {
-                    failure = Some("explicit request");
-                } else if state == tcp::State::Closed && !done {
-                    failure = Some(if conn.rst_seen { "reset" } else { "closed" });
-                } else if ti
-                    && !handshaking
-                    && socket.send_queue() > 0
-                    && now >= s.last_progress + stall
-                {
-                    failure = Some("stall");
-                } else if ti
-                    && !handshaking
-                    && state == tcp::State::Established
-                    && now >= conn.last_rx + keepalive + stall
-                {
-                    failure = Some("idle path: keepalives unanswered");
-                } else if handshaking && s.resume.as_ref().is_some_and(|r| now >= r.next_attempt) {
-                    failure = Some("resume attempt unanswered");
-                } else if handshaking && now >= conn.created + connect_timeout {
-                    failure = Some("handshake timed out");
-                }
-                if let Some(why) = failure {
-                    let connecting = s.mode == StreamMode::Connecting;
-                    self.fail_connection(now, handle, why);
-                    if connecting {
-                        if let Some(s) = self.streams.get_mut(&id) {
-                            if why == "handshake timed out" {
-                                s.error = Some(StreamError::TimedOut);
-                            }
-                        }
-                    }
-                } else if done && state == tcp::State::Closed {
-                    self.drop_connection(handle);
-                }
+        if let Some(handle) = s.conn {
+            self.pump(now, id, handle, false);
+            let Some(s) = self.streams.get_mut(&id) else {
+                return;
+            };
+            let Some(conn) = self.conns.get(&handle) else {
+                return;
+            };
+            let socket = self.sockets.get::<tcp::Socket>(handle);
+            let state = socket.state();
+            let ti =
+                s.tifid.is_some() && matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
+            let done = s.eof && s.fin_acked;
+            let handshaking = matches!(conn.phase, Phase::SynSent(_));
+            let mut failure: Option<&str> = None;
+            if std::mem::take(&mut s.fail_requested) && ti {
+                failure = Some("explicit request");
+            } else if state == tcp::State::Closed && !done {
+                failure = Some(if conn.rst_seen { "reset" } else { "closed" });
+            } else if ti
+                && !handshaking
+                && socket.send_queue() > 0
+                && now >= s.last_progress + stall
+            {
+                failure = Some("stall");
+            } else if ti
+                && !handshaking
+                && state == tcp::State::Established
+                && now >= conn.last_rx + keepalive + stall
+            {
+                failure = Some("idle path: keepalives unanswered");
+            } else if handshaking && s.resume.as_ref().is_some_and(|r| now >= r.next_attempt) {
+                failure = Some("resume attempt unanswered");
+            } else if handshaking && now >= conn.created + connect_timeout {
+                failure = Some("handshake timed out");
             }
-            None => {}
+            if let Some(why) = failure {
+                let connecting = s.mode == StreamMode::Connecting;
+                self.fail_connection(now, handle, why);
+                if connecting
+                    && let Some(s) = self.streams.get_mut(&id)
+                    && why == "handshake timed out"
+                {
+                    s.error = Some(StreamError::TimedOut);
+                }
+            } else if done && state == tcp::State::Closed {
+                self.drop_connection(handle);
+            }
         }
         // A detached flow we initiated resumes when due: in the same poll
         // that noticed the failure, so the SYN leaves at once.
@@ -1488,22 +1477,21 @@ impl<D: Device> Stack<D> {
             .get(&id)
             .is_some_and(|s| s.abandoned && s.conn.is_none() && s.resume.is_none());
         if finished {
-            if let Some(s) = self.streams.remove(&id) {
-                if let Some(tifid) = s.tifid {
-                    self.by_tifid.remove(&tifid);
-                    if let Some(flow) = self.table.get_mut(tifid) {
-                        if flow.is_closed() || s.error.is_some() || s.role == Role::Initiator {
-                            flow.finish();
-                        }
-                    }
-                }
-            }
-        } else if let Some(s) = self.streams.get(&id) {
-            if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
-                if flow.is_closed() {
+            if let Some(s) = self.streams.remove(&id)
+                && let Some(tifid) = s.tifid
+            {
+                self.by_tifid.remove(&tifid);
+                if let Some(flow) = self.table.get_mut(tifid)
+                    && (flow.is_closed() || s.error.is_some() || s.role == Role::Initiator)
+                {
                     flow.finish();
                 }
             }
+        } else if let Some(s) = self.streams.get(&id)
+            && let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t))
+            && flow.is_closed()
+        {
+            flow.finish();
         }
     }
 

@@ -37,10 +37,10 @@ fn survive(
     let mut b = Flowing::new(1, s, payload(size, seed + 100));
     let mut fault = Some(fault);
     let ok = transfer(&mut sim, &mut a, &mut b, Duration::from_secs(300), |sim| {
-        if sim.now().total_millis() >= at_ms as i64 {
-            if let Some(f) = fault.take() {
-                f(sim, c);
-            }
+        if sim.now().total_millis() >= at_ms as i64
+            && let Some(f) = fault.take()
+        {
+            f(sim, c);
         }
     });
     assert!(

@@ -122,10 +122,10 @@ impl Flowing {
     /// Writes what fits, reads what arrived; shuts down when all is written.
     pub fn pump(&mut self, sim: &mut Sim) {
         let stack = &mut sim.hosts[self.host];
-        if self.sent < self.data.len() {
-            if let Ok(n) = stack.write(self.id, &self.data[self.sent..]) {
-                self.sent += n;
-            }
+        if self.sent < self.data.len()
+            && let Ok(n) = stack.write(self.id, &self.data[self.sent..])
+        {
+            self.sent += n;
         }
         if self.sent == self.data.len() && !self.shutdown {
             stack.shutdown_write(self.id).expect("shutdown");
