@@ -581,9 +581,12 @@ impl<D: Device> Stack<D> {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return true;
         };
-        conn.last_rx = now;
+        // A RST proves nothing about the path being alive (a host without
+        // the connection sends them), so it does not count as a sign of life.
         if seg.rst {
             conn.rst_seen = true;
+        } else {
+            conn.last_rx = now;
         }
         let tuple = conn.tuple;
         let stream = conn.stream;
@@ -627,7 +630,7 @@ impl<D: Device> Stack<D> {
                 true
             }
             Phase::Confirming(initiator) => {
-                if initiator.on_peer_segment(seg.syn) {
+                if !seg.rst && initiator.on_peer_segment(seg.syn) {
                     debug!(tifid = %initiator.syn_option().tifid, "confirmation acknowledged by peer");
                     self.device.detach_option(&tuple);
                     conn.phase = Phase::Open;
@@ -1204,14 +1207,18 @@ impl<D: Device> Stack<D> {
                     socket.set_keep_alive(Some(smol(self.config.keepalive)));
                 }
             }
+            // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
+            // tracked connection must never become a listener for anyone else.
+            if state == tcp::State::Listen {
+                debug!(remote = %conn.tuple.remote, "handshake reset: connection dropped");
+                self.drop_connection(handle);
+                continue;
+            }
             match (&conn.phase, conn.stream) {
                 // Legacy responder connection established: hand it out.
                 (Phase::SynReceived(None), None) if state == tcp::State::Established => {
                     conn.phase = Phase::Open;
                     self.accept_connection(now, handle, Mode::Legacy, None);
-                }
-                (Phase::SynReceived(_), None) if state == tcp::State::Closed => {
-                    self.drop_connection(handle);
                 }
                 (Phase::Open | Phase::SynReceived(_), None) if state == tcp::State::Closed => {
                     self.drop_connection(handle);
@@ -1431,7 +1438,11 @@ impl<D: Device> Stack<D> {
                 failure = Some("stall");
             } else if ti
                 && !handshaking
-                && state == tcp::State::Established
+                && !s.eof
+                && matches!(
+                    state,
+                    tcp::State::Established | tcp::State::FinWait1 | tcp::State::FinWait2
+                )
                 && now >= conn.last_rx + keepalive + stall
             {
                 failure = Some("idle path: keepalives unanswered");
