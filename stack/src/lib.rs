@@ -19,8 +19,10 @@ pub mod netns;
 pub mod segment;
 pub mod sim;
 pub mod stack;
+pub mod stream;
 
 pub use config::StackConfig;
 pub use error::{StreamError, StreamEvent};
 pub use stack::{ListenerId, Stack, StreamId, StreamInfo, StreamMode, StreamStats};
+pub use stream::{Runtime, TiListener, TiStream};
 pub use tifid::handshake::Mode;

@@ -8,6 +8,7 @@
 //! counted in [`TunStats`].
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -101,39 +102,22 @@ impl TunDevice {
         self.stats
     }
 
-    /// Blocks in poll(2) until the kernel has a packet to read, or `timeout`
-    /// expires (`None`: wait forever). Returns `Ok(true)` when the device is
-    /// readable (or reports an error condition that the next read will surface),
+    /// Blocks until the kernel has a packet to read, or `timeout` expires
+    /// (`None`: wait forever). Returns `Ok(true)` when the device is readable
+    /// (or reports an error condition that the next read will surface),
     /// `Ok(false)` on timeout or when a signal interrupted the wait.
-    ///
-    /// A timeout is rounded up to whole milliseconds, so a short non-zero timeout
-    /// never degenerates into a busy loop.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let timeout_ms: libc::c_int = match timeout {
-            None => -1,
-            Some(t) => {
-                let ms = t.as_micros().div_ceil(1000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
-        let mut pfd = libc::pollfd {
-            fd: self.iface.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid, initialised pollfd that lives on this stack frame
-        // for the whole call; we pass a count of exactly 1, matching the single
-        // element. The fd is owned by `self.iface` and stays open while `&self` is
-        // borrowed. poll(2) only writes `revents`.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(err);
-        }
-        Ok(n > 0 && pfd.revents != 0)
+        // SAFETY: the fd is owned by `self.iface`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.iface.as_raw_fd()) };
+        wait_readable(fd, timeout)
+    }
+
+    /// A duplicate of the device's fd, to wait on from another thread
+    /// while the device itself is borrowed elsewhere.
+    pub fn wait_fd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: the fd is owned by `self.iface`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.iface.as_raw_fd()) };
+        fd.try_clone_to_owned()
     }
 
     /// Warns once about an unexpected I/O error; later ones are only counted.
@@ -258,4 +242,35 @@ impl phy::TxToken for TunTxToken<'_> {
         }
         result
     }
+}
+
+/// Blocks in ppoll(2) until `fd` is readable or `timeout` passes (with
+/// nanosecond precision, so a delay line is released on time). Returns
+/// whether it became readable; an interrupted wait counts as not readable.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let timespec = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let timeout_ptr = timespec
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd on this stack frame and the count is 1;
+    // `timeout_ptr` is null or points to `timespec`, alive for the call; the
+    // signal mask pointer is null (keep the current mask). `fd` is borrowed,
+    // so it stays open for the call. ppoll only writes `revents`.
+    let n = unsafe { libc::ppoll(&mut pfd, 1, timeout_ptr, std::ptr::null()) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(err);
+    }
+    Ok(n > 0 && pfd.revents != 0)
 }

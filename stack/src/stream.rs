@@ -1,0 +1,433 @@
+//! The application API: blocking [`TiStream`] and [`TiListener`] over a
+//! [`Stack`] driven in real time by its own thread ([`Runtime`]).
+//!
+//! Owns the driver thread, the monotonic clock and the locking: the stack
+//! sits behind one mutex; application calls lock it, act, and poll the stack
+//! at once (so a write leaves without waiting for the driver), then sleep on
+//! a condition variable the driver signals after every poll. The driver
+//! sleeps on the device (fd or queue) until a packet or the stack's next
+//! deadline. It never makes a protocol decision.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use smoltcp::phy::Device;
+use smoltcp::time::Instant;
+use tracing::warn;
+
+use crate::config::StackConfig;
+use crate::device::{Wait, Waiter};
+use crate::error::{StreamError, StreamEvent};
+use crate::stack::{ListenerId, Stack, StreamId, StreamInfo, StreamMode};
+use tifid::handshake::Mode;
+
+/// Longest the driver sleeps, so deadlines set by application calls are
+/// never missed by more than this.
+const MAX_SLEEP: Duration = Duration::from_millis(5);
+
+/// A monotonic clock in smoltcp's units.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: std::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.start.elapsed().as_micros() as i64)
+    }
+}
+
+struct Shared<D: Device> {
+    stack: Mutex<Stack<D>>,
+    changed: Condvar,
+    stopping: AtomicBool,
+    clock: Clock,
+}
+
+impl<D: Device> Shared<D> {
+    fn lock(&self) -> MutexGuard<'_, Stack<D>> {
+        // A panic while holding the lock leaves the stack in a state no
+        // invariant check covers; keep serving rather than cascade panics.
+        self.stack.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the stack, then polls it so the effect leaves at once.
+    fn act<R>(&self, f: impl FnOnce(&mut Stack<D>, Instant) -> R) -> R {
+        let mut stack = self.lock();
+        let now = self.clock.now();
+        let result = f(&mut stack, now);
+        stack.poll(now);
+        drop(stack);
+        self.changed.notify_all();
+        result
+    }
+
+    /// Blocks until `ready` returns `Some`, the timeout passes or the
+    /// runtime stops.
+    fn wait_for<R>(
+        &self,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut(&mut Stack<D>) -> Option<R>,
+    ) -> Result<Option<R>, StreamError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut stack = self.lock();
+        loop {
+            if let Some(r) = ready(&mut stack) {
+                return Ok(Some(r));
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(StreamError::StackStopped);
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) => left.min(Duration::from_millis(100)),
+                    None => return Ok(None),
+                },
+                None => Duration::from_millis(100),
+            };
+            stack = self
+                .changed
+                .wait_timeout(stack, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A stack and the thread that drives it in real time.
+pub struct Runtime<D: Device + Wait + Send + 'static> {
+    shared: Arc<Shared<D>>,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl<D: Device + Wait + Send + 'static> Runtime<D> {
+    /// Builds a stack on `device` and starts its driver thread.
+    pub fn start(config: StackConfig, device: D) -> io::Result<Runtime<D>> {
+        let waiter = device.waiter()?;
+        let clock = Clock {
+            start: std::time::Instant::now(),
+        };
+        let stack = Stack::new(config, device, clock.now());
+        let shared = Arc::new(Shared {
+            stack: Mutex::new(stack),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            clock,
+        });
+        let driver_shared = shared.clone();
+        let driver = std::thread::Builder::new()
+            .name("tiflow-driver".into())
+            .spawn(move || drive(&driver_shared, &waiter))?;
+        Ok(Runtime {
+            shared,
+            driver: Some(driver),
+        })
+    }
+
+    /// Opens a connection to `remote` (offering a TI-flow) and waits until it
+    /// is established, refused or timed out.
+    pub fn connect(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+        let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
+        let stream = TiStream::new(self.shared.clone(), id);
+        let timeout = self.shared.lock().config().connect_timeout + Duration::from_secs(1);
+        let outcome = self.shared.wait_for(Some(timeout), |stack| {
+            if let Some(e) = stack.error(id) {
+                return Some(Err(e));
+            }
+            stack.is_connected(id).then_some(Ok(()))
+        })?;
+        match outcome {
+            Some(Ok(())) => Ok(stream),
+            Some(Err(e)) => Err(e),
+            None => Err(StreamError::TimedOut),
+        }
+    }
+
+    /// Listens on `port`.
+    pub fn listen(&self, port: u16) -> Result<TiListener<D>, StreamError> {
+        let id = self.shared.act(|stack, _| stack.listen(port))?;
+        Ok(TiListener {
+            shared: self.shared.clone(),
+            id,
+            port,
+        })
+    }
+
+    /// A snapshot of every stream, for status displays.
+    pub fn stream_infos(&self) -> Vec<StreamInfo> {
+        self.shared.lock().stream_infos()
+    }
+
+    /// Runs `f` on the stack under the lock (then polls it).
+    pub fn with_stack<R>(&self, f: impl FnOnce(&mut Stack<D>, Instant) -> R) -> R {
+        self.shared.act(f)
+    }
+
+    /// Stops the driver. Streams still open fail with `StackStopped`.
+    pub fn stop(mut self) {
+        self.stop_driver();
+    }
+
+    fn stop_driver(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.changed.notify_all();
+        if let Some(driver) = self.driver.take() {
+            if driver.join().is_err() {
+                warn!("driver thread panicked");
+            }
+        }
+    }
+}
+
+impl<D: Device + Wait + Send + 'static> Drop for Runtime<D> {
+    fn drop(&mut self) {
+        self.stop_driver();
+    }
+}
+
+/// The driver loop: poll, wake waiters, sleep until a packet or a deadline.
+fn drive<D: Device + Wait>(shared: &Shared<D>, waiter: &Waiter) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        let sleep = {
+            let mut stack = shared.lock();
+            let now = shared.clock.now();
+            stack.poll(now);
+            let mut next = stack.poll_at(now);
+            if let Some(deadline) = stack.device().next_deadline() {
+                next = next.min(deadline);
+            }
+            Duration::from_micros((next - now).total_micros()).min(MAX_SLEEP)
+        };
+        shared.changed.notify_all();
+        if !sleep.is_zero() {
+            if let Err(e) = waiter.wait(Some(sleep)) {
+                warn!(error = %e, "device wait failed");
+                std::thread::sleep(MAX_SLEEP);
+            }
+        }
+    }
+}
+
+/// The shared part of a stream's handles: closes the stream when the last
+/// handle goes.
+struct StreamRef<D: Device> {
+    shared: Arc<Shared<D>>,
+    id: StreamId,
+}
+
+impl<D: Device> Drop for StreamRef<D> {
+    fn drop(&mut self) {
+        self.shared.act(|stack, _| stack.close(self.id));
+    }
+}
+
+/// A byte stream to a peer: a TI-flow that survives the loss of its TCP
+/// connection, or plain TCP when the peer or the path does not support it.
+pub struct TiStream<D: Device> {
+    inner: Arc<StreamRef<D>>,
+    read_timeout: Option<Duration>,
+}
+
+impl<D: Device> TiStream<D> {
+    fn new(shared: Arc<Shared<D>>, id: StreamId) -> TiStream<D> {
+        TiStream {
+            inner: Arc::new(StreamRef { shared, id }),
+            read_timeout: None,
+        }
+    }
+
+    fn shared(&self) -> &Shared<D> {
+        &self.inner.shared
+    }
+
+    fn id(&self) -> StreamId {
+        self.inner.id
+    }
+
+    /// Another handle to the same stream (for reading and writing from two
+    /// threads). The stream closes when the last handle is dropped.
+    pub fn try_clone(&self) -> TiStream<D> {
+        TiStream {
+            inner: self.inner.clone(),
+            read_timeout: self.read_timeout,
+        }
+    }
+
+    /// Resilient (with its TIFID) or legacy TCP.
+    pub fn mode(&self) -> Mode {
+        match self.shared().lock().mode(self.id()) {
+            Some(StreamMode::Known(mode)) => mode,
+            _ => Mode::Legacy,
+        }
+    }
+
+    /// The original peer, unchanged across resumes.
+    pub fn peer_addr(&self) -> Option<SocketAddrV4> {
+        self.shared().lock().peer_addr(self.id())
+    }
+
+    /// Our end of the current TCP connection (changes on resume).
+    pub fn local_addr(&self) -> Option<SocketAddrV4> {
+        self.shared().lock().local_addr(self.id())
+    }
+
+    /// Events since the last call (resumes, fallback, loss).
+    pub fn events(&self) -> Vec<StreamEvent> {
+        let mut stack = self.shared().lock();
+        std::iter::from_fn(|| stack.poll_event(self.id())).collect()
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<StreamEvent>, StreamError> {
+        let id = self.id();
+        self.shared()
+            .wait_for(Some(timeout), |stack| stack.poll_event(id))
+    }
+
+    /// Abandons the current TCP connection as if a middlebox had killed it:
+    /// the flow resumes on a new one (the paper's sysctl).
+    pub fn fail_transport(&self) -> Result<(), StreamError> {
+        self.shared()
+            .act(|stack, _| stack.fail_transport(self.id()))
+    }
+
+    /// Shuts down writing (a TI FIN after the queued data); `Read` has no
+    /// effect beyond discarding what arrives later.
+    pub fn shutdown(&self, how: Shutdown) -> Result<(), StreamError> {
+        match how {
+            Shutdown::Write | Shutdown::Both => self
+                .shared()
+                .act(|stack, _| stack.shutdown_write(self.id())),
+            Shutdown::Read => Ok(()),
+        }
+    }
+
+    /// Sets how long `read` blocks (`None`: forever).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// Waits until the peer's TCP acknowledged everything written, or `timeout`.
+    pub fn wait_acknowledged(&self, timeout: Duration) -> Result<bool, StreamError> {
+        let id = self.id();
+        let done = self.shared().wait_for(Some(timeout), |stack| {
+            if let Some(e) = stack.error(id) {
+                return Some(Err(e));
+            }
+            (stack.unacknowledged(id) == 0).then_some(Ok(()))
+        })?;
+        match done {
+            Some(Ok(())) => Ok(true),
+            Some(Err(e)) => Err(e),
+            None => Ok(false),
+        }
+    }
+
+    /// Counters of this stream.
+    pub fn info(&self) -> Option<StreamInfo> {
+        let id = self.id();
+        self.shared()
+            .lock()
+            .stream_infos()
+            .into_iter()
+            .find(|i| i.id == id)
+    }
+}
+
+impl<D: Device> Read for TiStream<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let id = self.id();
+        let got = self
+            .shared()
+            .wait_for(self.read_timeout, |stack| match stack.read(id, buf) {
+                Ok(Some(n)) => Some(Ok(n)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })?;
+        match got {
+            Some(Ok(n)) => {
+                // Room opened in the receive buffer: let the window reopen now.
+                self.shared().act(|_, _| ());
+                Ok(n)
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => Err(io::Error::new(io::ErrorKind::WouldBlock, "read timed out")),
+        }
+    }
+}
+
+impl<D: Device> Write for TiStream<D> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let id = self.id();
+        loop {
+            let n = self.shared().act(|stack, _| stack.write(id, buf))?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.shared()
+                .wait_for(Some(Duration::from_millis(100)), |stack| {
+                    (stack.writable(id) > 0 || stack.error(id).is_some()).then_some(())
+                })?;
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Accepts incoming connections on a port.
+pub struct TiListener<D: Device> {
+    shared: Arc<Shared<D>>,
+    id: ListenerId,
+    port: u16,
+}
+
+impl<D: Device> TiListener<D> {
+    /// The port listened on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits for the next connection (TI or legacy).
+    pub fn accept(&self) -> Result<TiStream<D>, StreamError> {
+        self.accept_timeout(None)?.ok_or(StreamError::TimedOut)
+    }
+
+    /// Waits up to `timeout` for the next connection.
+    pub fn accept_timeout(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<TiStream<D>>, StreamError> {
+        let id = self.id;
+        let got = self
+            .shared
+            .wait_for(timeout, |stack| match stack.accept(id) {
+                Ok(Some(s)) => Some(Ok(s)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })?;
+        match got {
+            Some(Ok(s)) => Ok(Some(TiStream::new(self.shared.clone(), s))),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<D: Device> Drop for TiListener<D> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.shared.act(|stack, _| stack.unlisten(id));
+    }
+}
