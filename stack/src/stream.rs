@@ -175,10 +175,10 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     fn stop_driver(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.changed.notify_all();
-        if let Some(driver) = self.driver.take() {
-            if driver.join().is_err() {
-                warn!("driver thread panicked");
-            }
+        if let Some(driver) = self.driver.take()
+            && driver.join().is_err()
+        {
+            warn!("driver thread panicked");
         }
     }
 }
@@ -203,11 +203,11 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, waiter: &Waiter) {
             Duration::from_micros((next - now).total_micros()).min(MAX_SLEEP)
         };
         shared.changed.notify_all();
-        if !sleep.is_zero() {
-            if let Err(e) = waiter.wait(Some(sleep)) {
-                warn!(error = %e, "device wait failed");
-                std::thread::sleep(MAX_SLEEP);
-            }
+        if !sleep.is_zero()
+            && let Err(e) = waiter.wait(Some(sleep))
+        {
+            warn!(error = %e, "device wait failed");
+            std::thread::sleep(MAX_SLEEP);
         }
     }
 }
