@@ -141,6 +141,37 @@ struct StreamState {
     abandoned: bool,
 }
 
+impl StreamState {
+    /// A resume handshake succeeded on `handle`: the peer holds everything
+    /// before `send_from` (`dropped` sequence numbers newly known delivered).
+    /// Drops those bytes, attaches the connection, records the resume.
+    /// Returns the downtime and the bytes to be sent again.
+    fn reattach(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        send_from: Seq48,
+        dropped: u64,
+    ) -> (Duration, u64) {
+        let drop_bytes = (dropped as usize).min(self.send_buf.len());
+        self.send_buf.drain(..drop_bytes);
+        let resent = self.sent_high.bytes_since(send_from).unwrap_or(0);
+        let downtime = self.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
+        self.conn = Some(handle);
+        self.resume = None;
+        self.failed_at = None;
+        self.last_progress = now;
+        self.stats.resumes += 1;
+        self.stats.last_downtime = Some(downtime);
+        self.stats.resent_bytes += resent;
+        self.events.push_back(StreamEvent::Resumed {
+            downtime,
+            resent_bytes: resent,
+        });
+        (downtime, resent)
+    }
+}
+
 #[derive(Debug, Default)]
 struct ListenerState {
     accept_queue: VecDeque<StreamId>,
@@ -705,21 +736,7 @@ impl<D: Device> Stack<D> {
                 };
                 let dropped = flow.resume_from(peer_rcv_nxt).unwrap_or(0);
                 flow.attach();
-                let drop_bytes = (dropped as usize).min(s.send_buf.len());
-                s.send_buf.drain(..drop_bytes);
-                let resent = s.sent_high.bytes_since(peer_rcv_nxt).unwrap_or(0);
-                let downtime = s.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
-                s.conn = Some(handle);
-                s.resume = None;
-                s.failed_at = None;
-                s.last_progress = now;
-                s.stats.resumes += 1;
-                s.stats.last_downtime = Some(downtime);
-                s.stats.resent_bytes += resent;
-                s.events.push_back(StreamEvent::Resumed {
-                    downtime,
-                    resent_bytes: resent,
-                });
+                let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);
                 info!(%tifid, ?downtime, resent, local = %tuple.local, "TI-flow resumed (initiator)");
                 let confirm = initiator.confirm_option();
                 if let Some(conn) = self.conns.get_mut(&handle) {
@@ -938,20 +955,7 @@ impl<D: Device> Stack<D> {
                 let Some(s) = self.streams.get_mut(&id) else {
                     return true;
                 };
-                let drop_bytes = (dropped as usize).min(s.send_buf.len());
-                s.send_buf.drain(..drop_bytes);
-                let resent = s.sent_high.bytes_since(from).unwrap_or(0);
-                let downtime = s.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
-                s.conn = Some(handle);
-                s.failed_at = None;
-                s.last_progress = now;
-                s.stats.resumes += 1;
-                s.stats.last_downtime = Some(downtime);
-                s.stats.resent_bytes += resent;
-                s.events.push_back(StreamEvent::Resumed {
-                    downtime,
-                    resent_bytes: resent,
-                });
+                let (downtime, resent) = s.reattach(now, handle, from, dropped);
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.stream = Some(id);
                     conn.base = from;
