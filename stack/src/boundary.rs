@@ -151,18 +151,23 @@ impl<D: Device> Boundary<D> {
     }
 }
 
-/// Receive token: an inspected packet.
+/// Receive token: an inspected packet; its buffer returns to the pool.
 #[derive(Debug)]
-pub struct BoundaryRx {
+pub struct BoundaryRx<'a> {
     packet: Vec<u8>,
+    spare: &'a mut Vec<Vec<u8>>,
 }
 
-impl phy::RxToken for BoundaryRx {
+impl phy::RxToken for BoundaryRx<'_> {
     fn consume<R, F>(self, f: F) -> R
     where
         F: FnOnce(&[u8]) -> R,
     {
-        f(&self.packet)
+        let result = f(&self.packet);
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(self.packet);
+        }
+        result
     }
 }
 
@@ -220,7 +225,7 @@ impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
 
 impl<D: Device> Device for Boundary<D> {
     type RxToken<'a>
-        = BoundaryRx
+        = BoundaryRx<'a>
     where
         Self: 'a;
     type TxToken<'a>
@@ -236,7 +241,10 @@ impl<D: Device> Device for Boundary<D> {
             return None;
         };
         Some((
-            BoundaryRx { packet },
+            BoundaryRx {
+                packet,
+                spare: &mut self.spare,
+            },
             BoundaryTx {
                 token,
                 kind: self.kind,
