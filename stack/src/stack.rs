@@ -74,7 +74,7 @@ pub struct StreamInfo {
     pub peer: SocketAddrV4,
     /// Counters.
     pub stats: StreamStats,
-    /// A TCP connection carries it now.
+    /// A live TCP connection carries it now (not a resume attempt).
     pub attached: bool,
 }
 
@@ -466,7 +466,7 @@ impl<D: Device> Stack<D> {
                 mode: s.mode,
                 peer: s.peer,
                 stats: s.stats,
-                attached: s.conn.is_some(),
+                attached: s.conn.is_some() && s.failed_at.is_none(),
             })
             .collect();
         infos.sort_by_key(|i| i.id);

@@ -345,3 +345,41 @@ fn resumed_client_keeps_its_original_peer_address() {
         "a resume uses a fresh local port"
     );
 }
+
+#[test]
+fn idle_flow_detects_a_dead_path_by_keepalive_and_resumes() {
+    let (mut sim, listener) = pair(47, link(5));
+    let (c, s) = connect(&mut sim, listener);
+    // Nothing to send: only keepalives can notice the blackhole.
+    sim.net.blackhole(sim.now(), Duration::from_secs(20), None);
+    let detached = sim.run_until(Duration::from_secs(15), |sim| {
+        sim.hosts[0]
+            .stream_infos()
+            .iter()
+            .any(|i| i.id == c && !i.attached)
+    });
+    assert!(detached, "the idle client never noticed the dead path");
+    let at = sim.now().total_millis();
+    assert!(
+        at >= 8_000,
+        "detected at {at} ms, before keepalive (5 s) + stall (3 s)"
+    );
+    // After the path returns, the flow resumes and carries new data.
+    sim.run_until(Duration::from_secs(60), |sim| {
+        sim.hosts[0]
+            .stream_infos()
+            .iter()
+            .any(|i| i.id == c && i.attached && i.stats.resumes == 1)
+    });
+    sim.hosts[0].write(c, b"after the outage").expect("write");
+    let mut got = Vec::new();
+    sim.run_until(Duration::from_secs(30), |sim| {
+        let mut buf = [0u8; 64];
+        if let Ok(Some(n)) = sim.hosts[1].read(s, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() >= 16
+    });
+    assert_eq!(got, b"after the outage");
+    assert_eq!(resumes(&events(&mut sim, 0, c)), 1);
+}
