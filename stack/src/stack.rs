@@ -222,7 +222,15 @@ impl<D: Device> Stack<D> {
     /// A stack on `device`, started at `now`.
     pub fn new(config: StackConfig, device: D, now: Instant) -> Stack<D> {
         let mut device = Boundary::new(device, config.option_kind);
-        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now);
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        // smoltcp derives TCP initial sequence numbers from this seed: a
+        // constant one makes them predictable to off-path attackers.
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = rng.random();
+        let mut iface = Interface::new(iface_config, &mut device, now);
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(
                 IpAddress::Ipv4(config.address),
@@ -232,10 +240,6 @@ impl<D: Device> Stack<D> {
         if let Some(gw) = config.gateway {
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
-        let rng = match config.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
         let table = FlowTable::new(TableConfig {
             max_flows: config.max_flows,
             resume_timeout: config.resume_timeout,
@@ -582,6 +586,15 @@ impl<D: Device> Stack<D> {
         }
         let tuple = seg.tuple_at_receiver();
         if let Some(&handle) = self.by_tuple.get(&tuple) {
+            // A segment that may end a handshake phase must be one smoltcp accepts.
+            let handshaking = self
+                .conns
+                .get(&handle)
+                .is_some_and(|c| !matches!(c.phase, Phase::Open));
+            if handshaking && !segment::checksum_ok(&packet) {
+                self.device.deliver(packet);
+                return;
+            }
             if self.on_connection_segment(now, handle, &seg) {
                 self.device.deliver(packet);
             } else {
@@ -887,7 +900,7 @@ impl<D: Device> Stack<D> {
 
     /// After smoltcp ran: listeners that took a SYN become connections.
     fn bind_fresh_listeners(&mut self, now: Instant) {
-        for (handle, port) in std::mem::take(&mut self.fresh_listeners) {
+        for (handle, _port) in std::mem::take(&mut self.fresh_listeners) {
             let socket = self.sockets.get::<tcp::Socket>(handle);
             let tuple = match (
                 socket.state(),
@@ -899,13 +912,8 @@ impl<D: Device> Stack<D> {
                 _ => None,
             };
             let Some(tuple) = tuple else {
-                if socket.state() == tcp::State::Listen
-                    && self.pending.keys().any(|t| t.local.port() == port)
-                {
-                    self.fresh_listeners.push((handle, port));
-                } else {
-                    self.sockets.remove(handle);
-                }
+                // smoltcp rejected the SYN this listener was made for.
+                self.sockets.remove(handle);
                 continue;
             };
             let responder = self.pending.remove(&tuple).flatten();
@@ -926,6 +934,11 @@ impl<D: Device> Stack<D> {
                 },
             );
             self.by_tuple.insert(tuple, handle);
+        }
+        // Every SYN delivered this poll has been processed: handshakes smoltcp
+        // did not take up leave no state behind (no rule, no entry).
+        for (tuple, _) in std::mem::take(&mut self.pending) {
+            self.device.detach_option(&tuple);
         }
     }
 
@@ -1205,11 +1218,18 @@ impl<D: Device> Stack<D> {
             if state == tcp::State::LastAck {
                 conn.was_last_ack = true;
             }
-            if state == tcp::State::Established {
+            let synchronized = !matches!(
+                state,
+                tcp::State::Closed
+                    | tcp::State::Listen
+                    | tcp::State::SynSent
+                    | tcp::State::SynReceived
+            );
+            if synchronized && socket.timeout().is_some() {
                 socket.set_timeout(None);
-                if conn.stream.is_some() && socket.keep_alive().is_none() {
-                    socket.set_keep_alive(Some(smol(self.config.keepalive)));
-                }
+            }
+            if synchronized && conn.stream.is_some() && socket.keep_alive().is_none() {
+                socket.set_keep_alive(Some(smol(self.config.keepalive)));
             }
             // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
             // tracked connection must never become a listener for anyone else.
@@ -1220,7 +1240,9 @@ impl<D: Device> Stack<D> {
             }
             match (&conn.phase, conn.stream) {
                 // Legacy responder connection established: hand it out.
-                (Phase::SynReceived(None), None) if state == tcp::State::Established => {
+                // (Data and FIN may have come with the handshake's ACK: any
+                // synchronized state means smoltcp accepted the connection.)
+                (Phase::SynReceived(None), None) if synchronized => {
                     conn.phase = Phase::Open;
                     self.accept_connection(now, handle, Mode::Legacy, None);
                 }
@@ -1356,6 +1378,11 @@ impl<D: Device> Stack<D> {
                 >= s.send_buf.len();
             if s.shutdown_write && !conn.fin_pushed && all_pushed && limit.is_none() {
                 socket.close();
+                // Closing from CLOSE-WAIT enters LAST-ACK now; its ACK may come
+                // before any later poll sees the state.
+                if socket.state() == tcp::State::LastAck {
+                    conn.was_last_ack = true;
+                }
                 conn.fin_pushed = true;
             }
         }
