@@ -36,6 +36,9 @@ pub struct StackConfig {
     pub send_buffer: usize,
     /// TI receive buffer bound (bytes delivered but not yet read).
     pub recv_buffer: usize,
+    /// Most connections in SYN-RECEIVED at once; further SYNs are dropped
+    /// (each holds two socket buffers until its handshake ends).
+    pub max_half_open: usize,
     /// Give up a connect or a handshake after this long.
     pub connect_timeout: Duration,
     /// Seed for ports, TIFID halves and TI ISNs; `None` seeds from the OS
@@ -61,6 +64,7 @@ impl StackConfig {
             socket_buffer: 1 << 20,
             send_buffer: 4 << 20,
             recv_buffer: 4 << 20,
+            max_half_open: 256,
             connect_timeout: Duration::from_secs(20),
             seed: None,
         }

@@ -609,6 +609,17 @@ impl<D: Device> Stack<D> {
                 self.device.deliver(packet);
                 return;
             }
+            let half_open = self.pending.len()
+                + self
+                    .conns
+                    .values()
+                    .filter(|c| matches!(c.phase, Phase::SynReceived(_)))
+                    .count();
+            if half_open >= self.config.max_half_open {
+                debug!(peer = %seg.src, half_open, "SYN dropped: too many half-open connections");
+                self.device.recycle(packet);
+                return;
+            }
             if self.on_new_syn(now, &seg) {
                 self.device.deliver(packet);
             } else {
@@ -895,6 +906,9 @@ impl<D: Device> Stack<D> {
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(None);
         socket.set_timeout(Some(smol(self.config.connect_timeout)));
+        // Armed before the handshake: enabling it on an idle established
+        // socket makes smoltcp send a probe at once.
+        socket.set_keep_alive(Some(smol(self.config.keepalive)));
         socket
     }
 
@@ -1227,9 +1241,6 @@ impl<D: Device> Stack<D> {
             );
             if synchronized && socket.timeout().is_some() {
                 socket.set_timeout(None);
-            }
-            if synchronized && conn.stream.is_some() && socket.keep_alive().is_none() {
-                socket.set_keep_alive(Some(smol(self.config.keepalive)));
             }
             // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
             // tracked connection must never become a listener for anyone else.

@@ -383,3 +383,38 @@ fn idle_flow_detects_a_dead_path_by_keepalive_and_resumes() {
     assert_eq!(got, b"after the outage");
     assert_eq!(resumes(&events(&mut sim, 0, c)), 1);
 }
+
+#[test]
+fn syn_flood_is_bounded_by_max_half_open_and_the_server_recovers() {
+    let (mut sim, listener) = pair(48, link(2));
+    let attacker_addr = Ipv4Addr::new(10, 0, 0, 99);
+    let attacker = sim.net.endpoint(Side::A, &[attacker_addr]);
+    let now = sim.now();
+    for i in 0..300u16 {
+        let syn = etherparse::PacketBuilder::ipv4(attacker_addr.octets(), SERVER.octets(), 64)
+            .tcp(20000 + i, PORT, 1000, 65535)
+            .syn();
+        let mut out = Vec::new();
+        syn.write(&mut out, &[]).expect("build");
+        attacker.send_raw(now, &out);
+    }
+    let mut syn_acks = 0;
+    sim.run_until(Duration::from_millis(500), |sim| {
+        while let Some(reply) = attacker.recv_raw(sim.now()) {
+            let seg = Segment::parse(&reply, DEFAULT_KIND).expect("tcp");
+            if seg.syn && seg.ack && seg.src.port() == PORT {
+                syn_acks += 1;
+            }
+        }
+        false
+    });
+    assert_eq!(
+        syn_acks,
+        sim.hosts[1].config().max_half_open,
+        "one SYN-ACK per admitted half-open connection"
+    );
+    // Once the half-open handshakes time out, real clients get in again.
+    sim.run_for(Duration::from_secs(25));
+    let (c, _s) = connect(&mut sim, listener);
+    assert!(resilient(&sim, 0, c));
+}
