@@ -6,12 +6,19 @@
 //!
 //! - [`dump`](mod@dump): `tiflow dump FILE`: one tcpdump-style line per packet of a
 //!   pcap or pcapng file, the flow option decoded.
-//!
-//! Later subcommands (`up`, `status`, `fail`, `demo`, `bench`) get their own
-//! modules next to [`dump`](mod@dump).
+//! - [`up`]: `tiflow up`: a stack on a TUN device forwarding ports both ways.
+//! - [`control`]: its control socket, and `tiflow status` / `tiflow fail`.
+//! - [`demo`]: `tiflow demo`: plain TCP and a TI-flow through a NAT that loses
+//!   its state, in namespaces of its own.
+//! - [`host`]: privileges, external commands and sysctls of the host, undone at exit.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod control;
+pub mod demo;
 pub mod dump;
+pub mod host;
+pub mod up;
 
 pub use dump::{DumpError, DumpOptions, DumpSummary, dump, dump_bytes};

@@ -38,13 +38,32 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. `up`, `status`, `fail`, `demo` and `bench` come later,
-/// each as its own module in `ti_tools`.
+/// The subcommands, each its own module in `ti_tools`.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a pcap or pcapng file one line per packet, flow options decoded.
     #[command(after_help = EXIT_CODES)]
     Dump(ti_tools::dump::DumpArgs),
+    /// Run a TI-flow stack on a TUN device and forward ports through it, so
+    /// unmodified programs get TCP connections that survive middlebox failures.
+    #[command(after_help = ti_tools::up::UP_HELP)]
+    Up(ti_tools::up::UpArgs),
+    /// Show the flows of a running `tiflow up` (TIFID, mode, peer, bytes, resumes).
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Status(ti_tools::control::StatusArgs),
+    /// Abandon the TCP connection of a TI-flow (or all) of a running `tiflow up`,
+    /// as if a middlebox had killed it: the flow resumes on a new one.
+    #[command(after_help = CONTROL_EXIT_CODES)]
+    Fail(ti_tools::control::FailArgs),
+    /// Show a TCP conversation surviving a NAT middlebox that loses its state,
+    /// next to plain TCP (builds its own network namespaces; needs root).
+    #[command(after_help = ti_tools::demo::DEMO_HELP)]
+    Demo(ti_tools::demo::DemoArgs),
+    /// Measure connect, reconnect and bulk throughput, legacy vs TI, over TUN
+    /// devices in network namespaces with emulated RTTs (needs root); writes
+    /// CSV files and SVG plots.
+    #[command(after_help = EXIT_CODES)]
+    Bench(ti_tools::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +72,39 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     match &cli.command {
         Command::Dump(args) => finish("dump", ti_tools::dump::run(args, cli.verbose)),
+        Command::Up(args) => {
+            if let Err(message) = args.validate() {
+                usage_error("up", &message);
+            }
+            finish("up", ti_tools::up::run(args))
+        }
+        Command::Status(args) => finish("status", ti_tools::control::run_status(args)),
+        Command::Fail(args) => finish("fail", ti_tools::control::run_fail(args)),
+        Command::Demo(args) => finish("demo", ti_tools::demo::run(args)),
+        Command::Bench(args) => finish("bench", ti_tools::bench::run(args)),
+    }
+}
+
+const CONTROL_EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime error (no `tiflow up` answers at the control socket, unknown TIFID)
+  2  usage error (bad arguments)";
+
+/// Reports arguments that do not fit together as clap does (exit code 2).
+fn usage_error(subcommand: &str, message: &str) -> ! {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let sub = cmd
+        .find_subcommand_mut(subcommand)
+        .map(|c| c.clone().bin_name(format!("tiflow {subcommand}")));
+    match sub {
+        Some(mut sub) => sub
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
+        None => cmd
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
     }
 }
 
@@ -67,6 +119,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -92,5 +145,29 @@ trait BrokenPipe {
 impl BrokenPipe for ti_tools::DumpError {
     fn is_broken_pipe(&self) -> bool {
         ti_tools::DumpError::is_broken_pipe(self)
+    }
+}
+
+impl BrokenPipe for ti_tools::up::UpError {
+    fn is_broken_pipe(&self) -> bool {
+        false
+    }
+}
+
+impl BrokenPipe for ti_tools::control::ControlError {
+    fn is_broken_pipe(&self) -> bool {
+        false
+    }
+}
+
+impl BrokenPipe for ti_tools::bench::BenchError {
+    fn is_broken_pipe(&self) -> bool {
+        ti_tools::bench::BenchError::is_broken_pipe(self)
+    }
+}
+
+impl BrokenPipe for ti_tools::demo::DemoError {
+    fn is_broken_pipe(&self) -> bool {
+        false
     }
 }

@@ -1,0 +1,685 @@
+//! `tiflow bench connect|reconnect|bulk|all`: connect, reconnect and bulk
+//! throughput, legacy vs TI, side by side in one run, over real TUN devices
+//! in network namespaces, with an emulated RTT sweep (paper §IV.B-C, Fig. 3).
+//!
+//! Owns the command line, the run order, the CSV files, the report and the
+//! progress display. The testbed lives in [`net`], the measurements in
+//! [`latency`] and [`bulk`], the statistics in [`stats`], the capture
+//! analysis in [`pcap`] and the SVG in [`plot`]. It needs root (namespaces,
+//! TUN); it creates everything it uses inside its own namespaces and
+//! deletes them when done, on error too.
+
+pub mod bulk;
+pub mod latency;
+pub mod net;
+pub mod pcap;
+pub mod plot;
+pub mod stats;
+
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use ti_stack::StreamError;
+use ti_stack::netns::NetnsError;
+
+use self::bulk::{BulkMode, BulkRun, Direction};
+use self::latency::{CONNECT_MODES, Kind, Peer, RECONNECT_MODES, Sample};
+use self::plot::{Figure, Series};
+use self::stats::{Summary, ratio_of_medians, summarize};
+
+/// Default RTT sweep (ms).
+pub const DEFAULT_RTTS: [u64; 7] = [0, 1, 5, 10, 25, 50, 100];
+/// Default samples per mode and RTT.
+pub const DEFAULT_SAMPLES: usize = 200;
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum What {
+    /// Connect time (client: connect, then block on read; server: close
+    /// after accept), legacy vs TI, our stacks and a Linux peer.
+    Connect,
+    /// Reconnect time after an explicit failure (TI resume) vs a legacy
+    /// application reconnecting; the paper's Fig. 3.
+    Reconnect,
+    /// Bulk throughput over TUN: plain smoltcp vs our stack, TI vs legacy.
+    Bulk,
+    /// All three.
+    All,
+}
+
+/// Arguments of `tiflow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: What,
+    /// Emulated RTTs in ms, comma-separated [default: 0,1,5,10,25,50,100].
+    #[arg(long, value_delimiter = ',', value_name = "MS,...")]
+    pub rtts: Option<Vec<u64>>,
+    /// Samples per mode and RTT [default: 200].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Directory for the CSV files, plots, report and captures.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Quick run for CI: 10 samples, RTTs 0 and 10 ms, one 16 MiB bulk
+    /// transfer per mode (explicit options still win).
+    #[arg(long)]
+    pub quick: bool,
+    /// Bytes per bulk transfer, in MiB [default: 256].
+    #[arg(long, value_name = "MIB")]
+    pub bulk_mib: Option<u64>,
+    /// Bulk repetitions per mode and direction [default: 5].
+    #[arg(long)]
+    pub reps: Option<usize>,
+}
+
+/// The settings of a run, defaults and `--quick` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// RTTs.
+    pub rtts: Vec<Duration>,
+    /// Samples per mode and RTT.
+    pub samples: usize,
+    /// Bytes per bulk transfer.
+    pub bulk_bytes: u64,
+    /// Bulk repetitions.
+    pub reps: usize,
+}
+
+impl BenchArgs {
+    /// Resolves defaults: explicit options, then `--quick`, then defaults.
+    pub fn settings(&self) -> Settings {
+        let (rtts, samples, mib, reps) = if self.quick {
+            (vec![0, 10], 10, 16, 1)
+        } else {
+            (DEFAULT_RTTS.to_vec(), DEFAULT_SAMPLES, 256, 5)
+        };
+        Settings {
+            rtts: self
+                .rtts
+                .clone()
+                .unwrap_or(rtts)
+                .into_iter()
+                .map(Duration::from_millis)
+                .collect(),
+            samples: self.samples.unwrap_or(samples).max(1),
+            bulk_bytes: self.bulk_mib.unwrap_or(mib).max(1) << 20,
+            reps: self.reps.unwrap_or(reps).max(1),
+        }
+    }
+}
+
+/// Why a benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The namespace harness failed (also: not root).
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// An I/O operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A stream operation failed.
+    #[error("{what}: {source}")]
+    Stream {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: StreamError,
+    },
+    /// A measurement went wrong (wrong mode, wrong bytes, timeout).
+    #[error("{0}")]
+    Check(String),
+    /// SIGINT or SIGTERM: stopped early (the namespaces are still removed).
+    #[error("interrupted")]
+    Interrupted,
+    /// The plot could not be drawn.
+    #[error("cannot draw {path}: {message}")]
+    Plot {
+        /// The SVG file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl BenchError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>, source: io::Error) -> BenchError {
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// A stream error while doing `what`, for `map_err`.
+    pub fn stream(what: impl Into<String>) -> impl FnOnce(StreamError) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Stream { what, source }
+    }
+
+    /// Never: the bench writes files, not a pipe.
+    pub fn is_broken_pipe(&self) -> bool {
+        false
+    }
+}
+
+/// Set by SIGINT/SIGTERM; the measurement loops stop at the next sample.
+static INTERRUPTED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `Err(Interrupted)` once SIGINT or SIGTERM arrived.
+pub fn check_interrupted() -> Result<(), BenchError> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Acquire) {
+        Err(BenchError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `tiflow bench`.
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let settings = args.settings();
+    // Stop cleanly on Ctrl-C so the namespaces are deleted; a second signal
+    // kills the process at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = INTERRUPTED.clone();
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag))
+            .map_err(|e| BenchError::io("install the signal handlers", e))?;
+    }
+    let out = &args.out;
+    let pcap_dir = out.join("pcap");
+    std::fs::create_dir_all(&pcap_dir)
+        .map_err(|e| BenchError::io(format!("create {}", pcap_dir.display()), e))?;
+    let bed = net::Testbed::new()?;
+    let started = Instant::now();
+    let what = args.what;
+    let mut report = String::new();
+    if matches!(what, What::Connect | What::All) {
+        let samples = latency::run(
+            &bed,
+            Kind::Connect,
+            &settings.rtts,
+            settings.samples,
+            &pcap_dir,
+        )?;
+        report += &write_latency(out, Kind::Connect, &samples)?;
+    }
+    if matches!(what, What::Reconnect | What::All) {
+        let samples = latency::run(
+            &bed,
+            Kind::Reconnect,
+            &settings.rtts,
+            settings.samples,
+            &pcap_dir,
+        )?;
+        report += &write_latency(out, Kind::Reconnect, &samples)?;
+    }
+    if matches!(what, What::Bulk | What::All) {
+        let runs = bulk::run(&bed, settings.bulk_bytes, settings.reps)?;
+        report += &write_bulk(out, &runs)?;
+    }
+    drop(bed);
+    let _ = writeln!(
+        report,
+        "\n{} samples per point, RTTs {:?} ms, bulk {} MiB x {}; took {:.0} s.",
+        settings.samples,
+        settings
+            .rtts
+            .iter()
+            .map(Duration::as_millis)
+            .collect::<Vec<_>>(),
+        settings.bulk_bytes >> 20,
+        settings.reps,
+        started.elapsed().as_secs_f64()
+    );
+    let name = match what {
+        What::Connect => "connect",
+        What::Reconnect => "reconnect",
+        What::Bulk => "bulk",
+        What::All => "all",
+    };
+    write_file(&out.join(format!("{name}-report.txt")), &report)?;
+    print!("{report}");
+    println!("Results in {}", out.display());
+    Ok(())
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|e| BenchError::io(format!("write {}", path.display()), e))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(String::new, |d| format!("{:.4}", ms(d)))
+}
+
+/// The values of one metric for one mode and RTT, in ms.
+fn metric(samples: &[Sample], rtt: Duration, mode: Peer, name: &str) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s.rtt == rtt && s.mode == mode)
+        .filter_map(|s| match name {
+            "app" => Some(ms(s.app)),
+            "syn_ack" => s.syn_ack.map(ms),
+            "downtime" => s.downtime.map(ms),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes the raw CSV, the summary CSV and the plot of a latency
+/// benchmark; returns its part of the report.
+fn write_latency(out: &Path, kind: Kind, samples: &[Sample]) -> Result<String, BenchError> {
+    let (name, modes, metrics): (&str, &[Peer], &[&str]) = match kind {
+        Kind::Connect => ("connect", &CONNECT_MODES, &["app", "syn_ack"]),
+        Kind::Reconnect => (
+            "reconnect",
+            &RECONNECT_MODES,
+            &["app", "downtime", "syn_ack"],
+        ),
+    };
+    let mut raw = String::from(match kind {
+        Kind::Connect => "rtt_ms,mode,sample,local_port,app_ms,syn_ack_ms\n",
+        Kind::Reconnect => "rtt_ms,mode,sample,local_port,app_ms,downtime_ms,syn_ack_ms\n",
+    });
+    for s in samples {
+        let port = s.local.map_or_else(String::new, |l| l.port().to_string());
+        let _ = write!(
+            raw,
+            "{},{},{},{},{:.4},",
+            s.rtt.as_millis(),
+            s.mode.name(),
+            s.index,
+            port,
+            ms(s.app)
+        );
+        if kind == Kind::Reconnect {
+            let _ = write!(raw, "{},", opt_ms(s.downtime));
+        }
+        let _ = writeln!(raw, "{}", opt_ms(s.syn_ack));
+    }
+    write_file(&out.join(format!("{name}.csv")), &raw)?;
+
+    let mut rtts: Vec<Duration> = samples.iter().map(|s| s.rtt).collect();
+    rtts.sort();
+    rtts.dedup();
+    let mut summary = String::from(
+        "rtt_ms,mode,metric,n,median_ms,ci95_low_ms,ci95_high_ms,mean_ms,min_ms,max_ms\n",
+    );
+    for &rtt in &rtts {
+        for &mode in modes {
+            for &m in metrics {
+                if let Some(s) = summarize(&metric(samples, rtt, mode, m)) {
+                    let _ = writeln!(
+                        summary,
+                        "{},{},{}_ms,{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                        rtt.as_millis(),
+                        mode.name(),
+                        m,
+                        s.n,
+                        s.median,
+                        s.ci_low,
+                        s.ci_high,
+                        s.mean,
+                        s.min,
+                        s.max
+                    );
+                }
+            }
+        }
+    }
+    write_file(&out.join(format!("{name}-summary.csv")), &summary)?;
+
+    let series = |label: &str, mode: Peer, m: &str| Series {
+        label: label.to_owned(),
+        points: rtts
+            .iter()
+            .filter_map(|&rtt| {
+                summarize(&metric(samples, rtt, mode, m))
+                    .map(|s| (ms(rtt), s.median, s.ci_low, s.ci_high))
+            })
+            .collect(),
+    };
+    let figure = match kind {
+        Kind::Connect => Figure {
+            title: "Connect time: connect() to the server's close seen by recv() (paper §IV.B.1)"
+                .into(),
+            what: "connect time".into(),
+            rtts: 2.0,
+            series: vec![
+                series("legacy -> legacy", Peer::Legacy, "app"),
+                series("TI -> TI", Peer::Ti, "app"),
+                series("legacy -> Linux", Peer::LegacyLinux, "app"),
+                series("TI -> Linux (falls back)", Peer::TiLinux, "app"),
+            ],
+        },
+        Kind::Reconnect => Figure {
+            title: "Time to reconnect vs RTT, SYN to ACK on the client's capture (paper Fig. 3)"
+                .into(),
+            what: "time".into(),
+            rtts: 1.0,
+            series: vec![
+                series("legacy connect (SYN->ACK)", Peer::Legacy, "syn_ack"),
+                series("TI reconnect (SYN->ACK)", Peer::Ti, "syn_ack"),
+            ],
+        },
+    };
+    plot::draw(&figure, &out.join(format!("{name}.svg")))?;
+    Ok(latency_report(kind, samples, &rtts))
+}
+
+fn fmt_summary(s: Option<Summary>) -> String {
+    s.map_or_else(
+        || "-".into(),
+        |s| format!("{:.3} [{:.3}, {:.3}]", s.median, s.ci_low, s.ci_high),
+    )
+}
+
+fn fmt_ratio(r: Option<(f64, f64, f64)>) -> String {
+    r.map_or_else(
+        || "-".into(),
+        |(r, lo, hi)| format!("{r:.3} [{lo:.3}, {hi:.3}]"),
+    )
+}
+
+fn latency_report(kind: Kind, samples: &[Sample], rtts: &[Duration]) -> String {
+    let mut r = String::new();
+    let m = |rtt, mode, name| metric(samples, rtt, mode, name);
+    match kind {
+        Kind::Connect => {
+            let _ = writeln!(
+                r,
+                "\n== connect: median ms [95% CI]; ratio TI/legacy [bootstrap 95% CI]\n\
+                 {:>4}  {:<26} {:<26} {:<22} {:<22} {:<22}",
+                "rtt",
+                "legacy app",
+                "TI app",
+                "TI/legacy app",
+                "TI/legacy SYN->ACK",
+                "TI/legacy vs Linux"
+            );
+            for &rtt in rtts {
+                let _ = writeln!(
+                    r,
+                    "{:>4}  {:<26} {:<26} {:<22} {:<22} {:<22}",
+                    rtt.as_millis(),
+                    fmt_summary(summarize(&m(rtt, Peer::Legacy, "app"))),
+                    fmt_summary(summarize(&m(rtt, Peer::Ti, "app"))),
+                    fmt_ratio(ratio_of_medians(
+                        &m(rtt, Peer::Ti, "app"),
+                        &m(rtt, Peer::Legacy, "app")
+                    )),
+                    fmt_ratio(ratio_of_medians(
+                        &m(rtt, Peer::Ti, "syn_ack"),
+                        &m(rtt, Peer::Legacy, "syn_ack")
+                    )),
+                    fmt_ratio(ratio_of_medians(
+                        &m(rtt, Peer::TiLinux, "app"),
+                        &m(rtt, Peer::LegacyLinux, "app")
+                    )),
+                );
+            }
+        }
+        Kind::Reconnect => {
+            let _ = writeln!(
+                r,
+                "\n== reconnect: median ms [95% CI]\n\
+                 {:>4}  {:<26} {:<26} {:>10} {:>12} {:<26} {:<26} {:<26}",
+                "rtt",
+                "legacy connect SYN->ACK",
+                "TI reconnect SYN->ACK",
+                "TI - RTT",
+                "TI - legacy",
+                "TI Resumed downtime",
+                "legacy app reconnect",
+                "TI app reconnect"
+            );
+            for &rtt in rtts {
+                let legacy = summarize(&m(rtt, Peer::Legacy, "syn_ack"));
+                let ti = summarize(&m(rtt, Peer::Ti, "syn_ack"));
+                let minus_rtt =
+                    ti.map_or_else(|| "-".into(), |t| format!("{:+.3}", t.median - ms(rtt)));
+                let minus_legacy = match (ti, legacy) {
+                    (Some(t), Some(l)) => format!("{:+.3}", t.median - l.median),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    r,
+                    "{:>4}  {:<26} {:<26} {:>10} {:>12} {:<26} {:<26} {:<26}",
+                    rtt.as_millis(),
+                    fmt_summary(legacy),
+                    fmt_summary(ti),
+                    minus_rtt,
+                    minus_legacy,
+                    fmt_summary(summarize(&m(rtt, Peer::Ti, "downtime"))),
+                    fmt_summary(summarize(&m(rtt, Peer::Legacy, "app"))),
+                    fmt_summary(summarize(&m(rtt, Peer::Ti, "app"))),
+                );
+            }
+        }
+    }
+    r
+}
+
+/// Writes the bulk CSVs; returns the report.
+fn write_bulk(out: &Path, runs: &[BulkRun]) -> Result<String, BenchError> {
+    let mut raw = String::from("mode,direction,rep,bytes,seconds,gbit_s\n");
+    for run in runs {
+        let _ = writeln!(
+            raw,
+            "{},{},{},{},{:.6},{:.4}",
+            run.mode.name(),
+            run.direction.name(),
+            run.rep,
+            run.bytes,
+            run.elapsed.as_secs_f64(),
+            run.gbit_s()
+        );
+    }
+    write_file(&out.join("bulk.csv"), &raw)?;
+    let gbits = |mode: BulkMode, dir: Direction| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.mode == mode && r.direction == dir)
+            .map(BulkRun::gbit_s)
+            .collect()
+    };
+    let mut summary = String::from("mode,direction,n,median_gbit_s,ci95_low,ci95_high\n");
+    let mut report = String::from(
+        "\n== bulk over TUN (MTU 1500, 1 MiB socket buffers): Gbit/s, median [95% CI]\n",
+    );
+    for mode in BulkMode::ALL {
+        for dir in [Direction::Up, Direction::Down] {
+            if let Some(s) = summarize(&gbits(mode, dir)) {
+                let _ = writeln!(
+                    summary,
+                    "{},{},{},{:.4},{:.4},{:.4}",
+                    mode.name(),
+                    dir.name(),
+                    s.n,
+                    s.median,
+                    s.ci_low,
+                    s.ci_high
+                );
+                let _ = writeln!(
+                    report,
+                    "{:<15} {:<5} {}",
+                    mode.name(),
+                    dir.name(),
+                    fmt_summary(Some(s))
+                );
+            }
+        }
+    }
+    write_file(&out.join("bulk-summary.csv"), &summary)?;
+    let _ = writeln!(report, "ratios of medians [bootstrap 95% CI]:");
+    for (a, b, what) in [
+        (
+            BulkMode::StackLegacy,
+            BulkMode::Smoltcp,
+            "our stack / plain smoltcp (TI off)",
+        ),
+        (
+            BulkMode::StackTi,
+            BulkMode::Smoltcp,
+            "our stack / plain smoltcp (TI on, legacy peer)",
+        ),
+        (
+            BulkMode::StackTi,
+            BulkMode::StackLegacy,
+            "TI on / TI off, Linux peer",
+        ),
+        (
+            BulkMode::RuntimeTi,
+            BulkMode::RuntimeLegacy,
+            "TI on / TI off, blocking API",
+        ),
+        (
+            BulkMode::RuntimeLegacy,
+            BulkMode::StackLegacy,
+            "blocking API / loop",
+        ),
+        (
+            BulkMode::PairTi,
+            BulkMode::PairLegacy,
+            "TI-flow / legacy, our stack both ends",
+        ),
+    ] {
+        for dir in [Direction::Up, Direction::Down] {
+            let (va, vb) = (gbits(a, dir), gbits(b, dir));
+            if va.is_empty() || vb.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                report,
+                "  {:<48} {:<5} {}",
+                what,
+                dir.name(),
+                fmt_ratio(ratio_of_medians(&va, &vb))
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// Progress on stderr: a line redrawn in place on a terminal, a line every
+/// quarter otherwise.
+pub struct Progress {
+    label: String,
+    total: usize,
+    done: usize,
+    tty: bool,
+    started: Instant,
+    last: Instant,
+    quarter: usize,
+}
+
+impl Progress {
+    /// Starts a progress display for `total` steps.
+    pub fn new(label: String, total: usize) -> Progress {
+        let now = Instant::now();
+        let p = Progress {
+            label,
+            total: total.max(1),
+            done: 0,
+            tty: io::stderr().is_terminal(),
+            started: now,
+            last: now,
+            quarter: 0,
+        };
+        p.draw();
+        p
+    }
+
+    /// One step done.
+    pub fn step(&mut self) {
+        self.done += 1;
+        if self.tty {
+            if self.last.elapsed() >= Duration::from_millis(100) {
+                self.last = Instant::now();
+                self.draw();
+            }
+        } else if self.done * 4 / self.total > self.quarter && self.done < self.total {
+            self.quarter = self.done * 4 / self.total;
+            self.draw();
+        }
+    }
+
+    /// Finishes the line.
+    pub fn done(&mut self) {
+        let mut err = io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "{}{}: {}/{} in {:.1} s",
+            if self.tty { "\r\x1b[K" } else { "" },
+            self.label,
+            self.done,
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn draw(&self) {
+        let mut err = io::stderr().lock();
+        let width = 30;
+        let filled = self.done * width / self.total;
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(width - filled));
+        if self.tty {
+            let _ = write!(
+                err,
+                "\r\x1b[K{} [{bar}] {}/{} {:.0} s",
+                self.label,
+                self.done,
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+            let _ = err.flush();
+        } else {
+            let _ = writeln!(err, "{} [{bar}] {}/{}", self.label, self.done, self.total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn settings(argv: &[&str]) -> Settings {
+        let mut full = vec!["bench"];
+        full.extend_from_slice(argv);
+        Cli::parse_from(full).args.settings()
+    }
+
+    #[test]
+    fn defaults_quick_and_explicit_options() {
+        let d = settings(&["connect"]);
+        assert_eq!(d.samples, 200);
+        assert_eq!(d.rtts.len(), 7);
+        assert_eq!(d.bulk_bytes, 256 << 20);
+        let q = settings(&["reconnect", "--quick"]);
+        assert_eq!(q.rtts, vec![Duration::ZERO, Duration::from_millis(10)]);
+        assert_eq!((q.samples, q.reps, q.bulk_bytes), (10, 1, 16 << 20));
+        let e = settings(&["all", "--quick", "--rtts", "0,100", "--samples", "3"]);
+        assert_eq!(e.rtts, vec![Duration::ZERO, Duration::from_millis(100)]);
+        assert_eq!(e.samples, 3);
+    }
+}

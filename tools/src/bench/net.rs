@@ -1,0 +1,252 @@
+//! The benchmark network: two host namespaces joined by a veth pair, our
+//! stacks on TUN devices inside them, and a device wrapper that wakes a
+//! runtime's driver when an application call fills a delay line.
+//!
+//! ```text
+//!  ns A (clients)                                   ns B (servers)
+//!  stack 10.71.N.x --TUN-- 10.71.N.1  kernel        kernel 10.72.N.1 --TUN-- stack 10.72.N.2
+//!                          10.70.0.1 ==== veth ==== 10.70.0.2  (Linux peer)
+//! ```
+//!
+//! Owns the namespaces (deleted on drop) and what it configures inside them;
+//! it never touches the root namespace. Each TUN's kernel side is the
+//! gateway of the stack on it; the kernels route between the two /16s over
+//! the veth. The emulated RTT lives in the client stack's [`Delay`] line
+//! (egress and ingress, half each), so every path, to our server stack or
+//! to the Linux peer, sees the same RTT.
+
+use std::cell::Cell;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use smoltcp::phy::{Device, DeviceCapabilities};
+use smoltcp::time::Instant;
+use ti_stack::StackConfig;
+use ti_stack::device::delay::Delay;
+use ti_stack::device::pcap_tap::PcapTap;
+use ti_stack::device::tun::TunDevice;
+use ti_stack::device::{Wait, Waiter};
+use ti_stack::netns::{self, NetNs};
+
+use super::BenchError;
+
+/// The MTU of every TUN and of the veth.
+pub const MTU: usize = 1500;
+/// Packets the kernel queues toward each TUN.
+pub const TXQUEUELEN: usize = 4096;
+/// Client namespace's veth address.
+pub const VETH_A: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 1);
+/// Server namespace's veth address; the Linux peer listens here.
+pub const VETH_B: Ipv4Addr = Ipv4Addr::new(10, 70, 0, 2);
+
+/// The two namespaces, configured and routed.
+pub struct Testbed {
+    /// Clients (and the Linux peer of the bulk benchmark).
+    pub a: NetNs,
+    /// Servers (and the Linux peer of the connect benchmark).
+    pub b: NetNs,
+}
+
+impl Testbed {
+    /// Checks privileges, then builds the namespaces and the veth.
+    pub fn new() -> Result<Testbed, BenchError> {
+        netns::check_privileges()?;
+        let a = NetNs::create("tibench-a")?;
+        let b = NetNs::create("tibench-b")?;
+        for ns in [&a, &b] {
+            ns.disable_ipv6()?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+        }
+        NetNs::veth_pair(&a, "va", &b, "vb")?;
+        a.add_addr("va", &format!("{VETH_A}/24"))?;
+        b.add_addr("vb", &format!("{VETH_B}/24"))?;
+        a.up("va")?;
+        b.up("vb")?;
+        a.add_route("10.72.0.0/16", &VETH_B.to_string())?;
+        b.add_route("10.71.0.0/16", &VETH_A.to_string())?;
+        Ok(Testbed { a, b })
+    }
+}
+
+/// Where a stack sits: its namespace's TUN and addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Site {
+    /// The TUN's kernel side (the stack's gateway), prefix /24.
+    pub gateway: Ipv4Addr,
+    /// The stack's own address.
+    pub address: Ipv4Addr,
+}
+
+impl Site {
+    /// A stack config for this site: /24, the kernel as gateway, TI on or off.
+    pub fn config(&self, ti: bool) -> StackConfig {
+        let mut config = StackConfig::new(self.address);
+        config.prefix_len = 24;
+        config.gateway = Some(self.gateway);
+        config.ti_enabled = ti;
+        config
+    }
+}
+
+/// Opens TUN `name` in `ns` with `site.gateway/24` on the kernel side, up.
+pub fn open_tun(ns: &NetNs, name: &str, site: Site) -> Result<TunDevice, BenchError> {
+    let tun = ns
+        .open_tun(name, MTU)
+        .map_err(|e| BenchError::io(format!("open TUN {name} in {}", ns.name()), e))?;
+    ns.add_addr(name, &format!("{}/24", site.gateway))?;
+    // The default queue (500 packets) is shorter than a 1 MiB window
+    // (724 full segments): a burst toward a stack that is busy would be
+    // dropped in the kernel, and smoltcp's 1 s minimum RTO would dominate.
+    ns.ip(&[
+        "link",
+        "set",
+        "dev",
+        name,
+        "txqueuelen",
+        &TXQUEUELEN.to_string(),
+    ])?;
+    ns.up(name)?;
+    Ok(tun)
+}
+
+/// The device of a latency benchmark's stack: capture outermost, then the
+/// wake-up wrapper, the delay line and the TUN.
+pub type LatencyDevice = PcapTap<Nudge<Delay<TunDevice>>>;
+
+/// Builds a [`LatencyDevice`]: `one_way` of delay each way (zero: none),
+/// capturing to `pcap`.
+pub fn latency_device(
+    tun: TunDevice,
+    one_way: Duration,
+    pcap: &std::path::Path,
+) -> Result<LatencyDevice, BenchError> {
+    let fd = tun
+        .wait_fd()
+        .map_err(|e| BenchError::io("duplicate the TUN fd", e))?;
+    let d = smoltcp::time::Duration::from_micros(one_way.as_micros() as u64);
+    let delay = Delay::new(tun, d, d);
+    let nudge = Nudge::new(delay, fd, !one_way.is_zero())
+        .map_err(|e| BenchError::io("create an eventfd", e))?;
+    PcapTap::create(nudge, pcap)
+        .map_err(|e| BenchError::io(format!("create {}", pcap.display()), e))
+}
+
+thread_local! {
+    /// Set on a runtime's driver thread by its first wait.
+    static IN_DRIVER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wakes the runtime's driver whenever an application thread uses the
+/// device, so a packet an application call put into the delay line is
+/// released on time.
+///
+/// Why: `Runtime`'s driver sleeps on the TUN fd until the deadline it
+/// computed before sleeping (at most 5 ms). An application call (connect,
+/// write, read) polls the stack itself; a packet it puts into a [`Delay`]
+/// line has a release time the sleeping driver does not know, so with a
+/// one-way delay under 5 ms it would leave late. The driver here also waits
+/// on an eventfd that an application thread's first device call of a poll
+/// signals; the woken driver takes the stack lock after that poll and sleeps
+/// again until the right deadline.
+pub struct Nudge<D> {
+    inner: D,
+    tun_fd: Arc<OwnedFd>,
+    event: Arc<OwnedFd>,
+    pending: Arc<AtomicBool>,
+    enabled: bool,
+}
+
+impl<D> Nudge<D> {
+    /// Wraps `inner`, waiting on `tun_fd` (the TUN below). `enabled: false`
+    /// never signals (no delay line to miss).
+    pub fn new(inner: D, tun_fd: OwnedFd, enabled: bool) -> io::Result<Nudge<D>> {
+        let event = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(Nudge {
+            inner,
+            tun_fd: Arc::new(tun_fd),
+            event: Arc::new(event),
+            pending: Arc::new(AtomicBool::new(false)),
+            enabled,
+        })
+    }
+
+    /// The wrapped device.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    fn nudge(&self) {
+        if self.enabled && !IN_DRIVER.get() && !self.pending.swap(true, Ordering::AcqRel) {
+            // A full counter (impossible: the driver drains it) only means
+            // the driver is already due to wake.
+            let _ = rustix::io::write(&*self.event, &1u64.to_ne_bytes());
+        }
+    }
+}
+
+impl<D: Device> Device for Nudge<D> {
+    type RxToken<'a>
+        = D::RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = D::TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.nudge();
+        self.inner.receive(timestamp)
+    }
+
+    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.nudge();
+        self.inner.transmit(timestamp)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.inner.capabilities()
+    }
+}
+
+impl<D: Device + Wait> Wait for Nudge<D> {
+    fn waiter(&self) -> io::Result<Waiter> {
+        let tun = self.tun_fd.clone();
+        let event = self.event.clone();
+        let pending = self.pending.clone();
+        Ok(Waiter::new(move |timeout| {
+            IN_DRIVER.set(true);
+            // A timeout too large for a timespec waits forever.
+            let timespec: Option<Timespec> = timeout
+                .map(Timespec::try_from)
+                .transpose()
+                .unwrap_or_default();
+            let mut fds = [
+                PollFd::new(&*tun, PollFlags::IN),
+                PollFd::new(&*event, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, timespec.as_ref()) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+            let readable = !fds[0].revents().is_empty();
+            let woken = !fds[1].revents().is_empty();
+            if woken {
+                pending.store(false, Ordering::Release);
+                let mut counter = [0u8; 8];
+                let _ = rustix::io::read(&*event, &mut counter);
+            }
+            Ok(readable || woken)
+        }))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.inner.next_deadline()
+    }
+}

@@ -1,0 +1,667 @@
+//! The control socket of `tiflow up`, and the `tiflow status` and
+//! `tiflow fail` commands that use it.
+//!
+//! Owns the protocol (one JSON request line, one JSON reply line, per
+//! connection, over a Unix stream socket), the client side of it, the socket's
+//! life (created mode 0600 at start, removed at exit, a stale one replaced, a
+//! live one never), and the status table. It never touches a flow itself: the
+//! server side hands each request to a handler `tiflow up` provides.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+use serde::{Deserialize, Serialize};
+
+/// Where `tiflow up` puts its control socket unless told otherwise.
+pub const DEFAULT_DIR: &str = "/run/tiflow";
+
+/// How long a client waits for a reply, and a server for a request.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest request or reply line accepted.
+const MAX_LINE: u64 = 16 << 20;
+
+/// The default control socket of the TUN device `tun`.
+pub fn default_path(tun: &str) -> PathBuf {
+    Path::new(DEFAULT_DIR).join(format!("{tun}.sock"))
+}
+
+/// A request to `tiflow up`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// Every flow and its counters.
+    Status,
+    /// Abandon the TCP connection of TI-flows so they resume.
+    Fail {
+        /// One TIFID (12 hex digits), or `None` for every TI-flow.
+        tifid: Option<String>,
+    },
+}
+
+/// One stream carried by `tiflow up`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowStatus {
+    /// The TIFID (12 hex digits) of a TI-flow; `None` for legacy TCP and
+    /// connections still in their handshake.
+    pub tifid: Option<String>,
+    /// `resilient`, `legacy` or `connecting`.
+    pub mode: String,
+    /// The stack's peer (the original one, across resumes).
+    pub peer: String,
+    /// What the stream is for: `forward LISTEN <- CLIENT` or `serve PORT -> TARGET`.
+    pub via: String,
+    /// Bytes the local program sent into the flow.
+    pub sent: u64,
+    /// Bytes the flow delivered towards the local program.
+    pub received: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Downtime of the last resume, in milliseconds.
+    pub last_downtime_ms: Option<f64>,
+    /// Bytes resent over all resumes.
+    pub resent: u64,
+    /// Whether a TCP connection carries the flow now (false while resuming).
+    pub attached: bool,
+    /// Seconds since the stream was opened.
+    pub age_s: f64,
+}
+
+/// What `tiflow up` reports about itself and its flows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The TUN device.
+    pub tun: String,
+    /// The stack's address with its prefix.
+    pub stack_address: String,
+    /// The kernel side of the TUN.
+    pub kernel_address: String,
+    /// Whether TI-flows are offered and accepted.
+    pub ti_enabled: bool,
+    /// The option kind.
+    pub option_kind: u8,
+    /// Seconds since `tiflow up` started.
+    pub uptime_s: f64,
+    /// Every stream, oldest first.
+    pub flows: Vec<FlowStatus>,
+}
+
+/// A reply of `tiflow up`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum Reply {
+    /// The answer to [`Request::Status`].
+    Status(StatusReport),
+    /// The TIFIDs whose transport was abandoned.
+    Failed {
+        /// TIFIDs, 12 hex digits each.
+        tifids: Vec<String>,
+    },
+    /// The request could not be carried out.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Errors of the control socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No `tiflow up` answers at the path.
+    #[error(
+        "cannot reach `tiflow up` at {}: {source} (is it running? for another TUN device \
+         use --tun NAME, or give the socket with --control PATH)",
+        path.display()
+    )]
+    Unreachable {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The conversation failed after connecting.
+    #[error("control socket {}: {source}", path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The other side sent something that is not the protocol.
+    #[error("control socket {}: unreadable reply: {detail}", path.display())]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// `tiflow up` refused the request.
+    #[error("{0}")]
+    Refused(String),
+    /// Another `tiflow up` already answers at the path.
+    #[error(
+        "another `tiflow up` already answers at {} (stop it, or use another --tun or --control)",
+        .0.display()
+    )]
+    InUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot create control socket {}: {source}", path.display())]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Sends one request to the `tiflow up` at `path` and returns its reply.
+pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Unreachable {
+        path: path.to_owned(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    let mut line = serde_json::to_string(request).map_err(|e| ControlError::Protocol {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(stream.take(MAX_LINE))
+        .read_line(&mut reply)
+        .map_err(io)?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::Protocol {
+        path: path.to_owned(),
+        detail: if reply.is_empty() {
+            "connection closed without a reply".into()
+        } else {
+            e.to_string()
+        },
+    })
+}
+
+/// The status of the `tiflow up` at `path`.
+pub fn status(path: &Path) -> Result<StatusReport, ControlError> {
+    match request(path, &Request::Status)? {
+        Reply::Status(report) => Ok(report),
+        Reply::Error { message } => Err(ControlError::Refused(message)),
+        other => Err(ControlError::Protocol {
+            path: path.to_owned(),
+            detail: format!("unexpected reply {other:?}"),
+        }),
+    }
+}
+
+/// Asks the `tiflow up` at `path` to fail the transport of one TI-flow
+/// (`Some(tifid)`) or of all (`None`); returns the TIFIDs failed.
+pub fn fail(path: &Path, tifid: Option<&str>) -> Result<Vec<String>, ControlError> {
+    let req = Request::Fail {
+        tifid: tifid.map(str::to_owned),
+    };
+    match request(path, &req)? {
+        Reply::Failed { tifids } => Ok(tifids),
+        Reply::Error { message } => Err(ControlError::Refused(message)),
+        other => Err(ControlError::Protocol {
+            path: path.to_owned(),
+            detail: format!("unexpected reply {other:?}"),
+        }),
+    }
+}
+
+/// The listening side, owned by `tiflow up`. Removes its socket file when
+/// dropped.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Creates the socket at `path` (and its directory), readable and
+    /// writable by the owner only. A stale socket file left by a process that
+    /// died is replaced; one a live `tiflow up` answers on is an error.
+    pub fn bind(path: &Path) -> Result<ControlServer, ControlError> {
+        let bind_err = |source| ControlError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse(path.to_owned()));
+            }
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            if !is_socket {
+                return Err(bind_err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                )));
+            }
+            tracing::info!(path = %path.display(), "replacing stale control socket");
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let server = ControlServer {
+            listener,
+            path: path.to_owned(),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        server.listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(server)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answers requests with `handler` until `stop` is set (checked every
+    /// 50 ms). One client at a time; each gets 5 s to send its line.
+    pub fn serve(&self, stop: &AtomicBool, mut handler: impl FnMut(Request) -> Reply) {
+        while !stop.load(Ordering::Acquire) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = answer(stream, &mut handler) {
+                        tracing::debug!(error = %e, "control client failed");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn answer(stream: UnixStream, handler: &mut impl FnMut(Request) -> Reply) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handler(req),
+        Err(e) => Reply::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut text = serde_json::to_string(&reply).map_err(std::io::Error::other)?;
+    text.push('\n');
+    (&stream).write_all(text.as_bytes())
+}
+
+/// Parses a TIFID as `tiflow status` prints it: 1 to 12 hex digits.
+pub fn parse_tifid(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 12 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{s:?} is not a TIFID (12 hex digits, as `tiflow status` shows)"
+        ));
+    }
+    u64::from_str_radix(digits, 16).map_err(|e| e.to_string())
+}
+
+fn tifid_arg(s: &str) -> Result<String, String> {
+    parse_tifid(s).map(|v| format!("{v:012x}"))
+}
+
+/// Which control socket to use.
+#[derive(Debug, Clone, Args)]
+pub struct ControlTarget {
+    /// The TUN device of the `tiflow up` to talk to (its socket is
+    /// /run/tiflow/NAME.sock).
+    #[arg(long, value_name = "NAME", default_value = "tiflow0")]
+    pub tun: String,
+
+    /// The control socket, if not the default of --tun.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+impl ControlTarget {
+    /// The socket path.
+    pub fn path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| default_path(&self.tun))
+    }
+}
+
+/// Arguments of `tiflow status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Which `tiflow up` to ask.
+    #[command(flatten)]
+    pub target: ControlTarget,
+
+    /// Print the report as JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `tiflow fail`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["tifid", "all"])))]
+pub struct FailArgs {
+    /// The TI-flow whose TCP connection to abandon (its TIFID, as `tiflow
+    /// status` shows it).
+    #[arg(value_name = "TIFID", value_parser = tifid_arg)]
+    pub tifid: Option<String>,
+
+    /// Abandon the TCP connection of every TI-flow.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Which `tiflow up` to ask.
+    #[command(flatten)]
+    pub target: ControlTarget,
+}
+
+/// `tiflow status`: prints the table (or JSON) of the flows of a `tiflow up`.
+pub fn run_status(args: &StatusArgs) -> Result<(), ControlError> {
+    let report = status(&args.target.path())?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| ControlError::Protocol {
+            path: args.target.path(),
+            detail: e.to_string(),
+        })?;
+        println!("{text}");
+    } else {
+        print!("{}", render_status(&report));
+    }
+    Ok(())
+}
+
+/// `tiflow fail`: abandons the TCP connection of one TI-flow or of all.
+pub fn run_fail(args: &FailArgs) -> Result<(), ControlError> {
+    let tifid = if args.all {
+        None
+    } else {
+        args.tifid.as_deref()
+    };
+    let failed = fail(&args.target.path(), tifid)?;
+    if failed.is_empty() {
+        println!("no TI-flow to fail");
+    }
+    for t in failed {
+        println!("{t}: transport abandoned; the flow resumes on a new TCP connection");
+    }
+    Ok(())
+}
+
+/// `12.3 MiB`-style byte counts.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `0.4 ms`, `850 ms` or `2.31 s`.
+pub fn human_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+/// Lays out rows as columns separated by two spaces (left-aligned).
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The status report as `tiflow status` prints it.
+pub fn render_status(report: &StatusReport) -> String {
+    let mut out = format!(
+        "{}: stack {}, kernel side {}, {}, up {:.0} s, {} flow{}\n",
+        report.tun,
+        report.stack_address,
+        report.kernel_address,
+        if report.ti_enabled {
+            format!("TI-flows on (option kind {})", report.option_kind)
+        } else {
+            "TI-flows off (plain TCP)".to_owned()
+        },
+        report.uptime_s,
+        report.flows.len(),
+        if report.flows.len() == 1 { "" } else { "s" },
+    );
+    if report.flows.is_empty() {
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "TIFID",
+            "MODE",
+            "PEER",
+            "VIA",
+            "SENT",
+            "RECEIVED",
+            "RESUMES",
+            "LAST DOWNTIME",
+            "STATE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for f in &report.flows {
+        rows.push(vec![
+            f.tifid.clone().unwrap_or_else(|| "-".into()),
+            f.mode.clone(),
+            f.peer.clone(),
+            f.via.clone(),
+            human_bytes(f.sent),
+            human_bytes(f.received),
+            f.resumes.to_string(),
+            f.last_downtime_ms.map_or_else(|| "-".into(), human_ms),
+            if f.attached { "attached" } else { "resuming" }.to_owned(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table(&rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        StatusReport {
+            tun: "tiflow0".into(),
+            stack_address: "10.0.2.1/24".into(),
+            kernel_address: "10.0.2.254".into(),
+            ti_enabled: true,
+            option_kind: 253,
+            uptime_s: 12.0,
+            flows: vec![
+                FlowStatus {
+                    tifid: Some("0a4530be79bf".into()),
+                    mode: "resilient".into(),
+                    peer: "10.0.2.2:22".into(),
+                    via: "forward 127.0.0.1:2222 <- 127.0.0.1:40112".into(),
+                    sent: 3 << 20,
+                    received: 2048,
+                    resumes: 2,
+                    last_downtime_ms: Some(312.4),
+                    resent: 1000,
+                    attached: true,
+                    age_s: 10.0,
+                },
+                FlowStatus {
+                    tifid: None,
+                    mode: "legacy".into(),
+                    peer: "10.0.2.3:80".into(),
+                    via: "serve 80 -> 127.0.0.1:8080".into(),
+                    sent: 10,
+                    received: 0,
+                    resumes: 0,
+                    last_downtime_ms: None,
+                    resent: 0,
+                    attached: false,
+                    age_s: 1.0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn protocol_round_trips() {
+        for req in [
+            Request::Status,
+            Request::Fail { tifid: None },
+            Request::Fail {
+                tifid: Some("0a4530be79bf".into()),
+            },
+        ] {
+            let text = serde_json::to_string(&req).expect("encode");
+            assert_eq!(serde_json::from_str::<Request>(&text).expect("decode"), req);
+        }
+        let reply = Reply::Status(report());
+        let text = serde_json::to_string(&reply).expect("encode");
+        assert_eq!(serde_json::from_str::<Reply>(&text).expect("decode"), reply);
+    }
+
+    #[test]
+    fn status_table_has_a_row_per_flow() {
+        let text = render_status(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("tiflow0: stack 10.0.2.1/24, kernel side 10.0.2.254"));
+        assert!(lines[2].starts_with("TIFID "), "{text}");
+        assert!(lines[3].starts_with("0a4530be79bf  resilient"), "{text}");
+        assert!(lines[3].contains("3.0 MiB"), "{text}");
+        assert!(lines[3].contains("312 ms"), "{text}");
+        assert!(lines[4].starts_with("-             legacy"), "{text}");
+        assert!(lines[4].ends_with("resuming"), "{text}");
+        // Columns line up.
+        let at = |l: &str| l.find("PEER").or_else(|| l.find("10.0.2."));
+        assert_eq!(at(lines[2]), at(lines[3]));
+        assert_eq!(at(lines[3]), at(lines[4]));
+    }
+
+    #[test]
+    fn tifids_parse_as_status_prints_them() {
+        assert_eq!(parse_tifid("0a4530be79bf"), Ok(0x0a45_30be_79bf));
+        assert_eq!(parse_tifid("0x1"), Ok(1));
+        assert_eq!(tifid_arg("1f"), Ok("00000000001f".into()));
+        for bad in ["", "0a4530be79bf0", "xyz", "-1", "12 34"] {
+            assert!(parse_tifid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_ms(0.42), "0.4 ms");
+        assert_eq!(human_ms(12.4), "12 ms");
+        assert_eq!(human_ms(2310.0), "2.31 s");
+    }
+
+    #[test]
+    fn unreachable_socket_says_what_to_check() {
+        let err = status(Path::new("/nonexistent/tiflow-test.sock")).expect_err("no server");
+        let text = err.to_string();
+        assert!(text.contains("cannot reach `tiflow up`"), "{text}");
+        assert!(text.contains("--control"), "{text}");
+    }
+
+    #[test]
+    fn server_answers_and_refuses_a_second_instance() {
+        let dir = std::env::temp_dir().join(format!("tiflow-ctl-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let server = ControlServer::bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                server.serve(&stop, |req| match req {
+                    Request::Status => Reply::Status(report()),
+                    Request::Fail { tifid: Some(t) } => Reply::Error {
+                        message: format!("no TI-flow {t}"),
+                    },
+                    Request::Fail { tifid: None } => Reply::Failed { tifids: vec![] },
+                })
+            });
+            assert_eq!(status(&path).expect("status"), report());
+            assert_eq!(fail(&path, None).expect("fail all"), Vec::<String>::new());
+            let err = fail(&path, Some("000000000001")).expect_err("refused");
+            assert_eq!(err.to_string(), "no TI-flow 000000000001");
+            assert!(matches!(
+                ControlServer::bind(&path),
+                Err(ControlError::InUse(_))
+            ));
+            stop.store(true, Ordering::Release);
+        });
+        drop(server);
+        assert!(!path.exists(), "socket removed on drop");
+        // A stale socket file is replaced.
+        let stale = UnixListener::bind(&path).expect("stale");
+        drop(stale);
+        let again = ControlServer::bind(&path).expect("replaces stale socket");
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

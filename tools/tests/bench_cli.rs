@@ -1,0 +1,203 @@
+//! `tiflow bench connect --quick` and `reconnect --quick` as a user runs
+//! them: the built binary, real namespaces and TUN devices (root needed:
+//! without it the test fails with the reason). Checks the files and their
+//! shape, never the timings.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn require_privileges() {
+    if let Err(e) = ti_stack::netns::check_privileges() {
+        panic!("this test needs root, iproute2 and /dev/net/tun: {e}");
+    }
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs the bench; returns its stdout and its pid.
+fn run_bench(what: &str, out: &Path) -> (String, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_tiflow"))
+        .args(["bench", what, "--quick", "--out"])
+        .arg(out)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tiflow");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("wait for tiflow");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tiflow bench {what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "tiflow panicked: {stderr}");
+    (stdout, pid)
+}
+
+/// Reads a CSV: its header and its rows split on commas.
+fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .expect("a header line")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    for row in &rows {
+        assert_eq!(row.len(), header.len(), "{path:?}: row {row:?}");
+    }
+    (header, rows)
+}
+
+fn column<'a>(header: &[String], rows: &'a [Vec<String>], name: &str) -> Vec<&'a str> {
+    let i = header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+    rows.iter().map(|r| r[i].as_str()).collect()
+}
+
+fn assert_svg(path: &Path, labels: &[&str]) {
+    let svg = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert!(svg.starts_with("<svg"), "{path:?} is not an SVG");
+    for label in labels {
+        assert!(svg.contains(label), "{path:?} lacks {label:?}");
+    }
+}
+
+/// The namespaces of process `pid` are gone (their names carry its pid in
+/// hex; the other test's may still exist).
+fn assert_no_namespaces_left(pid: u32) {
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let tag = format!("{pid:x}-");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tibench") && l.contains(&tag)),
+        "bench namespaces left behind: {text}"
+    );
+}
+
+#[test]
+fn bench_connect_quick_writes_csv_summary_and_svg() {
+    require_privileges();
+    let out = out_dir("bench-connect");
+    let (stdout, pid) = run_bench("connect", &out);
+    assert!(stdout.contains("== connect"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("connect.csv"));
+    assert_eq!(
+        header,
+        [
+            "rtt_ms",
+            "mode",
+            "sample",
+            "local_port",
+            "app_ms",
+            "syn_ack_ms"
+        ]
+    );
+    // --quick: RTTs 0 and 10 ms, 10 samples of each of 4 modes.
+    assert_eq!(rows.len(), 2 * 4 * 10);
+    let rtts: BTreeSet<&str> = column(&header, &rows, "rtt_ms").into_iter().collect();
+    assert_eq!(rtts, BTreeSet::from(["0", "10"]));
+    let modes: BTreeSet<&str> = column(&header, &rows, "mode").into_iter().collect();
+    assert_eq!(
+        modes,
+        BTreeSet::from(["legacy", "ti", "legacy-linux", "ti-linux"])
+    );
+    for v in column(&header, &rows, "app_ms") {
+        assert!(v.parse::<f64>().is_ok_and(|x| x > 0.0), "app_ms {v:?}");
+    }
+    // Every handshake was found in the client's capture.
+    for v in column(&header, &rows, "syn_ack_ms") {
+        assert!(v.parse::<f64>().is_ok_and(|x| x > 0.0), "syn_ack_ms {v:?}");
+    }
+
+    let (header, rows) = csv(&out.join("connect-summary.csv"));
+    assert_eq!(
+        header,
+        [
+            "rtt_ms",
+            "mode",
+            "metric",
+            "n",
+            "median_ms",
+            "ci95_low_ms",
+            "ci95_high_ms",
+            "mean_ms",
+            "min_ms",
+            "max_ms"
+        ]
+    );
+    assert_eq!(rows.len(), 2 * 4 * 2, "RTT x mode x (app, syn_ack)");
+    assert_svg(
+        &out.join("connect.svg"),
+        &["legacy -&gt; legacy", "TI -&gt; TI"],
+    );
+    assert!(out.join("connect-report.txt").exists());
+    assert!(out.join("pcap/connect-rtt10ms-ti-client.pcap").exists());
+    assert_no_namespaces_left(pid);
+}
+
+#[test]
+fn bench_reconnect_quick_writes_csv_summary_and_svg() {
+    require_privileges();
+    let out = out_dir("bench-reconnect");
+    let (stdout, pid) = run_bench("reconnect", &out);
+    assert!(stdout.contains("== reconnect"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("reconnect.csv"));
+    assert_eq!(
+        header,
+        [
+            "rtt_ms",
+            "mode",
+            "sample",
+            "local_port",
+            "app_ms",
+            "downtime_ms",
+            "syn_ack_ms"
+        ]
+    );
+    assert_eq!(rows.len(), 2 * 2 * 10, "RTT x (legacy, ti) x 10 samples");
+    let mode = column(&header, &rows, "mode");
+    let downtime = column(&header, &rows, "downtime_ms");
+    let syn_ack = column(&header, &rows, "syn_ack_ms");
+    for ((m, d), s) in mode.iter().zip(&downtime).zip(&syn_ack) {
+        assert!(s.parse::<f64>().is_ok_and(|x| x > 0.0), "syn_ack_ms {s:?}");
+        match *m {
+            "ti" => assert!(d.parse::<f64>().is_ok_and(|x| x > 0.0), "downtime {d:?}"),
+            "legacy" => assert!(d.is_empty(), "a legacy reconnect has no downtime: {d:?}"),
+            other => panic!("unexpected mode {other}"),
+        }
+    }
+    let (_, rows) = csv(&out.join("reconnect-summary.csv"));
+    // Per RTT: legacy (app, syn_ack), ti (app, downtime, syn_ack).
+    assert_eq!(rows.len(), 2 * 5);
+    assert_svg(
+        &out.join("reconnect.svg"),
+        &[
+            "TI reconnect (SYN-&gt;ACK)",
+            "legacy connect (SYN-&gt;ACK)",
+            "minus RTT",
+        ],
+    );
+    assert_no_namespaces_left(pid);
+}

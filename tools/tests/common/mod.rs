@@ -1,0 +1,413 @@
+//! Helpers of the live tests: `tiflow up` processes in network namespaces,
+//! a NAT middlebox, kernel-TCP programs (std sockets opened inside the
+//! namespaces). Everything is bounded in time and removed on drop.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use ti_stack::netns::{self, NetNs};
+use ti_tools::control::{self, StatusReport};
+
+/// The built `tiflow` binary.
+pub const TIFLOW: &str = env!("CARGO_BIN_EXE_tiflow");
+
+/// Longest any single wait in these tests lasts.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Fails the test with a clear message when namespaces, TUN devices or the
+/// commands the test needs are not available (it never passes silently).
+pub fn require_root(commands: &[(&str, &str)]) {
+    if let Err(e) = netns::check_privileges() {
+        panic!("this test needs root and network namespaces: {e}");
+    }
+    for (command, package) in commands {
+        if ti_tools::host::which(command).is_none() {
+            panic!("this test needs `{command}`: apt-get install {package}");
+        }
+    }
+}
+
+/// A scratch directory for one test, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("live-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Runs `tiflow args...` directly (for commands that touch no network).
+pub fn tiflow(args: &[&str]) -> Output {
+    let out = Command::new(TIFLOW)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tiflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "tiflow panicked: {stderr}");
+    out
+}
+
+/// Runs `tiflow args...` inside `ns` and waits for it (bounded by the
+/// command itself exiting early: used for commands that fail at once).
+pub fn tiflow_in(ns: &NetNs, args: &[&str]) -> Output {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), TIFLOW])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tiflow in namespace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "tiflow panicked: {stderr}");
+    out
+}
+
+/// A `tiflow up` in a namespace; stopped (stdin closed, then killed if it
+/// lingers) when dropped.
+pub struct Up {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    pub log: PathBuf,
+    pub control: PathBuf,
+}
+
+impl Up {
+    /// Starts `tiflow -v up --exit-on-stdin-close --control DIR/NAME.sock args...`
+    /// in `ns` and waits until its control socket answers.
+    pub fn start(ns: &NetNs, scratch: &Scratch, name: &str, args: &[&str]) -> Up {
+        let mut up = Up::spawn(ns, scratch, name, args);
+        up.wait_ready();
+        up
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(ns: &NetNs, scratch: &Scratch, name: &str, args: &[&str]) -> Up {
+        let log = scratch.path(&format!("{name}.log"));
+        let control = scratch.path(&format!("{name}.sock"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                TIFLOW,
+                "-v",
+                "up",
+                "--exit-on-stdin-close",
+            ])
+            .arg("--control")
+            .arg(&control)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start tiflow up");
+        let stdin = child.stdin.take();
+        Up {
+            child,
+            stdin,
+            log,
+            control,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "tiflow up exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if control::status(&self.control).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tiflow up not ready in 15 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn status(&self) -> StatusReport {
+        control::status(&self.control).expect("status")
+    }
+
+    /// Polls the status until `f` holds (bounded).
+    pub fn wait_status(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&StatusReport) -> bool,
+    ) -> StatusReport {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let report = self.status();
+            if f(&report) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {report:#?}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Closes stdin and waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// client (c0 10.10.1.2) -- middlebox (m0 10.10.1.1 | m1 10.10.2.1, NAT) -- server (s0 10.10.2.2).
+pub struct NatTopology {
+    pub client: NetNs,
+    pub middlebox: NetNs,
+    pub server: NetNs,
+}
+
+impl NatTopology {
+    pub fn new(tag: &str) -> NatTopology {
+        let client = NetNs::create(&format!("{tag}c")).expect("client ns");
+        let middlebox = NetNs::create(&format!("{tag}m")).expect("middlebox ns");
+        let server = NetNs::create(&format!("{tag}s")).expect("server ns");
+        for ns in [&client, &middlebox, &server] {
+            ns.disable_ipv6().expect("ipv6 off");
+        }
+        NetNs::veth_pair(&client, "c0", &middlebox, "m0").expect("veth c-m");
+        NetNs::veth_pair(&middlebox, "m1", &server, "s0").expect("veth m-s");
+        client.add_addr("c0", "10.10.1.2/24").expect("addr");
+        client.up("c0").expect("up");
+        client.add_route("default", "10.10.1.1").expect("route");
+        middlebox.add_addr("m0", "10.10.1.1/24").expect("addr");
+        middlebox.add_addr("m1", "10.10.2.1/24").expect("addr");
+        middlebox.add_addr("m1", "10.10.2.3/24").expect("addr");
+        middlebox.up("m0").expect("up");
+        middlebox.up("m1").expect("up");
+        middlebox.enable_forwarding().expect("forwarding");
+        server.add_addr("s0", "10.10.2.2/24").expect("addr");
+        server.up("s0").expect("up");
+        server.add_route("default", "10.10.2.1").expect("route");
+        for rule in [
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "m1",
+                "-j",
+                "MASQUERADE",
+            ][..],
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                "m1",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &["-A", "FORWARD", "-i", "m1", "-j", "DROP"],
+        ] {
+            let mut argv = vec!["iptables", "-w"];
+            argv.extend_from_slice(rule);
+            middlebox.run(&argv).expect("iptables");
+        }
+        NatTopology {
+            client,
+            middlebox,
+            server,
+        }
+    }
+
+    /// The middlebox loses every mapping and comes back with another address.
+    pub fn lose_state(&self) {
+        self.middlebox
+            .run(&[
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-R",
+                "POSTROUTING",
+                "1",
+                "-o",
+                "m1",
+                "-j",
+                "SNAT",
+                "--to-source",
+                "10.10.2.3",
+            ])
+            .expect("new NAT address");
+        self.middlebox
+            .run(&["conntrack", "-F"])
+            .expect("conntrack -F");
+    }
+}
+
+/// Listens on `addr` inside `ns`.
+pub fn listen_in(ns: &NetNs, addr: &str) -> TcpListener {
+    ns.enter(|| TcpListener::bind(addr))
+        .expect("enter")
+        .unwrap_or_else(|e| panic!("listen on {addr}: {e}"))
+}
+
+/// Connects to `addr` from inside `ns`.
+pub fn connect_in(ns: &NetNs, addr: &str) -> TcpStream {
+    let target: SocketAddr = addr.parse().expect("address");
+    ns.enter(|| TcpStream::connect_timeout(&target, Duration::from_secs(10)))
+        .expect("enter")
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// Accepts one connection (bounded).
+pub fn accept_bounded(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking");
+                return s;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no connection in {DEADLINE:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A kernel-TCP echo server (an unmodified program): accepts one
+/// connection, echoes everything, closes its side at end of stream.
+/// Returns how many bytes it echoed.
+pub fn echo_server(listener: TcpListener) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut s = accept_bounded(&listener);
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.set_write_timeout(Some(DEADLINE)).expect("timeout");
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).expect("echo read");
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n]).expect("echo write");
+            total += n as u64;
+        }
+        s.shutdown(Shutdown::Write).expect("echo shutdown");
+        total
+    })
+}
+
+/// Reads `s` to its end (bounded) and returns (length, SHA-256).
+pub fn read_all_sha(mut s: TcpStream) -> JoinHandle<(u64, [u8; 32])> {
+    std::thread::spawn(move || {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        (total, hasher.finalize().into())
+    })
+}
+
+/// Deterministic test data.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Names of namespaces that exist now.
+pub fn namespaces() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}

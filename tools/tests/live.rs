@@ -1,0 +1,336 @@
+//! `tiflow up`, `status`, `fail` and `demo` on live hosts: network
+//! namespaces with real kernel TCP programs, a NAT middlebox with conntrack,
+//! and TUN devices. Needs root; fails with a clear message otherwise.
+//!
+//! Every address is inside the tests' own namespaces (and loopback); every
+//! wait is bounded; the namespaces are deleted on drop, also on a panic.
+
+mod common;
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const NAT_TOOLS: [(&str, &str); 3] = [
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("conntrack", "conntrack"),
+];
+
+/// (a) Unmodified kernel-TCP programs (an echo server and its client), with
+/// `tiflow up` on both hosts, survive a NAT middlebox losing its state and an
+/// explicit `tiflow fail --all`: both directions byte-exact.
+#[test]
+fn kernel_tcp_programs_survive_middlebox_state_loss() {
+    require_root(&NAT_TOOLS);
+    let scratch = Scratch::new("survive");
+    let net = NatTopology::new("tfla");
+    let echo = echo_server(listen_in(&net.server, "127.0.0.1:7000"));
+    let server = Up::start(
+        &net.server,
+        &scratch,
+        "server",
+        &[
+            "--address",
+            "10.0.2.1/24",
+            "--serve",
+            "7000=127.0.0.1:7000",
+            "--expose",
+            "7000",
+            "--stall-timeout",
+            "1s",
+        ],
+    );
+    let pcap = scratch.path("client.pcap");
+    let mut client = Up::start(
+        &net.client,
+        &scratch,
+        "client",
+        &[
+            "--address",
+            "10.0.1.1/24",
+            "--masquerade",
+            "--forward",
+            "127.0.0.1:7000=10.10.2.2:7000",
+            "--stall-timeout",
+            "1s",
+            "--pcap",
+            pcap.to_str().expect("path"),
+        ],
+    );
+
+    let conn = connect_in(&net.client, "127.0.0.1:7000");
+    let reader = read_all_sha(conn.try_clone().expect("clone"));
+    let payload = data(12 << 20, 5);
+    let (half_tx, half_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let writer = {
+        let payload = payload.clone();
+        let mut conn = conn;
+        std::thread::spawn(move || {
+            conn.set_write_timeout(Some(DEADLINE)).expect("timeout");
+            // Paced, so the failures land in mid-transfer: about 8 MiB/s.
+            for (i, chunk) in payload.chunks(64 * 1024).enumerate() {
+                conn.write_all(chunk).expect("client write");
+                std::thread::sleep(Duration::from_millis(8));
+                if i == 32 {
+                    half_tx.send(()).expect("signal");
+                }
+                if i == 96 {
+                    go_rx.recv_timeout(DEADLINE).expect("go on");
+                }
+            }
+            conn.shutdown(Shutdown::Write).expect("client shutdown");
+        })
+    };
+
+    half_rx.recv_timeout(DEADLINE).expect("2 MiB sent");
+    net.lose_state();
+    let report = client.wait_status("a resume after the middlebox lost its state", |r| {
+        r.flows.iter().any(|f| f.resumes >= 1)
+    });
+    let tifid = report.flows[0].tifid.clone().expect("a TI-flow");
+    assert_eq!(report.flows[0].mode, "resilient");
+    assert_eq!(report.flows[0].peer, "10.10.2.2:7000");
+
+    // `tiflow fail` and `tiflow status` as a user runs them.
+    let control = client.control.to_str().expect("path").to_owned();
+    let out = tiflow(&["fail", &tifid, "--control", &control]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&tifid), "{}", text(&out.stdout));
+    client.wait_status("a second resume", |r| {
+        r.flows.iter().any(|f| f.resumes >= 2)
+    });
+    let out = tiflow(&["status", "--control", &control]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&tifid))
+        .unwrap_or_else(|| panic!("no row for {tifid}:\n{table}"));
+    assert!(
+        row.contains("resilient") && row.contains("10.10.2.2:7000"),
+        "{table}"
+    );
+    assert!(
+        row.contains("forward 127.0.0.1:7000 <- 127.0.0.1:"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("stack 10.0.1.1/24")),
+        "{table}"
+    );
+    go_tx.send(()).expect("go");
+
+    writer.join().expect("writer");
+    let (len, sha) = reader.join().expect("reader");
+    assert_eq!(
+        echo.join().expect("echo"),
+        payload.len() as u64,
+        "server got every byte"
+    );
+    assert_eq!(len, payload.len() as u64, "client got every byte back");
+    assert_eq!(sha, sha256(&payload), "byte-exact both ways");
+
+    let server_log = server.log_text();
+    assert!(server_log.contains("resume accepted"), "{server_log}");
+    let status = client.stop().expect("client stopped");
+    assert!(status.success(), "{}", client.log_text());
+    drop(server);
+
+    // The capture shows the flow option: the first SYN, and two resume SYNs.
+    let out = tiflow(&["dump", pcap.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dump = text(&out.stdout);
+    let syns = dump
+        .lines()
+        .filter(|l| l.contains("Flags [S]") && l.contains(&format!("flow-d tifid {tifid}")))
+        .count();
+    assert!(syns >= 2, "resume SYNs carry the complete TIFID:\n{dump}");
+}
+
+/// (b) A legacy Linux peer (no tiflow on the far side): the forwarded
+/// connection is plain TCP and works; `status` says legacy.
+#[test]
+fn legacy_linux_peer_gets_plain_tcp() {
+    require_root(&[("ip", "iproute2"), ("iptables", "iptables")]);
+    let scratch = Scratch::new("legacy");
+    let client_ns = ti_stack::netns::NetNs::create("tflbc").expect("ns");
+    let server_ns = ti_stack::netns::NetNs::create("tflbs").expect("ns");
+    for ns in [&client_ns, &server_ns] {
+        ns.disable_ipv6().expect("ipv6 off");
+    }
+    ti_stack::netns::NetNs::veth_pair(&client_ns, "c0", &server_ns, "s0").expect("veth");
+    client_ns.add_addr("c0", "10.30.0.1/24").expect("addr");
+    client_ns.up("c0").expect("up");
+    server_ns.add_addr("s0", "10.30.0.2/24").expect("addr");
+    server_ns.up("s0").expect("up");
+    let echo = echo_server(listen_in(&server_ns, "10.30.0.2:7100"));
+    let client = Up::start(
+        &client_ns,
+        &scratch,
+        "client",
+        &[
+            "--address",
+            "10.0.1.1/24",
+            "--masquerade",
+            "--forward",
+            "7100=10.30.0.2:7100",
+        ],
+    );
+    let conn = connect_in(&client_ns, "127.0.0.1:7100");
+    let reader = read_all_sha(conn.try_clone().expect("clone"));
+    let payload = data(1 << 20, 9);
+    let mut w = conn;
+    w.set_write_timeout(Some(DEADLINE)).expect("timeout");
+    w.write_all(&payload[..4096]).expect("write");
+    let report = client.wait_status("the connection", |r| {
+        r.flows.iter().any(|f| f.mode != "connecting")
+    });
+    assert_eq!(report.flows[0].mode, "legacy", "{report:#?}");
+    assert_eq!(report.flows[0].tifid, None);
+    let control = client.control.to_str().expect("path").to_owned();
+    let out = tiflow(&["fail", "--all", "--control", &control]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("no TI-flow to fail"),
+        "{}",
+        text(&out.stdout)
+    );
+    w.write_all(&payload[4096..]).expect("write");
+    w.shutdown(Shutdown::Write).expect("shutdown");
+    let (len, sha) = reader.join().expect("reader");
+    assert_eq!(echo.join().expect("echo"), payload.len() as u64);
+    assert_eq!((len, sha), (payload.len() as u64, sha256(&payload)));
+    let log = client.log_text();
+    assert!(log.contains("peer without TI: plain TCP"), "{log}");
+}
+
+/// SIGTERM stops `tiflow up` with exit code 0 and reverts what it changed:
+/// control socket, NAT rules, IPv4 forwarding, the TUN device.
+#[test]
+fn sigterm_stops_up_cleanly_and_reverts_the_host() {
+    require_root(&NAT_TOOLS);
+    let scratch = Scratch::new("sigterm");
+    let ns = ti_stack::netns::NetNs::create("tflt").expect("ns");
+    let forwarding = || {
+        text(
+            &ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+                .expect("cat")
+                .stdout,
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(forwarding(), "0");
+    let mut up = Up::start(
+        &ns,
+        &scratch,
+        "up",
+        &[
+            "--tun",
+            "tfterm0",
+            "--masquerade",
+            "--serve",
+            "80=127.0.0.1:8080",
+            "--expose",
+            "8080=80",
+        ],
+    );
+    assert_eq!(forwarding(), "1");
+    let nat = text(
+        &ns.run(&["iptables", "-w", "-t", "nat", "-S"])
+            .expect("iptables")
+            .stdout,
+    );
+    assert!(nat.contains("MASQUERADE") && nat.contains("DNAT"), "{nat}");
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(links.contains("tfterm0"), "{links}");
+
+    // Our own child, by its id (`ip netns exec` execs tiflow in place);
+    // the shell's builtin `kill`, so procps need not be installed.
+    let pid = up.child.id();
+    let kill = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = up.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tiflow up ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", up.log_text());
+    assert!(
+        up.log_text().contains("tiflow up: stopped"),
+        "{}",
+        up.log_text()
+    );
+    assert!(!exists(&up.control), "control socket removed");
+    let nat = text(
+        &ns.run(&["iptables", "-w", "-t", "nat", "-S"])
+            .expect("iptables")
+            .stdout,
+    );
+    assert!(
+        !nat.contains("MASQUERADE") && !nat.contains("DNAT"),
+        "{nat}"
+    );
+    let filter = text(
+        &ns.run(&["iptables", "-w", "-S", "FORWARD"])
+            .expect("iptables")
+            .stdout,
+    );
+    assert!(!filter.contains("tfterm0"), "{filter}");
+    assert_eq!(forwarding(), "0", "IPv4 forwarding restored");
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tfterm0"), "{links}");
+}
+
+/// (c) `tiflow demo` with a short run exits 0, prints its table, and leaves
+/// no namespace behind.
+#[test]
+fn demo_short_run_survives_and_cleans_up() {
+    require_root(&NAT_TOOLS);
+    let out = std::process::Command::new(TIFLOW)
+        .args(["demo", "--duration", "6"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run demo");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for want in [
+        "plain TCP",
+        "tiflow (TI-flow ",
+        "survived byte-exact",
+        "SHA-256 received",
+        "The TI-flow survived the middlebox's state loss byte-exact",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let exact = stdout
+        .lines()
+        .find(|l| l.starts_with("byte-exact"))
+        .expect("byte-exact row");
+    assert!(exact.trim_end().ends_with("yes"), "{stdout}");
+    assert!(stderr.contains("middlebox lost its state"), "{stderr}");
+    let left: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with("tfdemo"))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}

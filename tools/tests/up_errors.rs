@@ -1,0 +1,225 @@
+//! Bad input to `tiflow up`, `status`, `fail` and `demo`: clear messages
+//! and the documented exit codes (1 runtime error, 2 usage error), and
+//! nothing left behind.
+//!
+//! Commands that could touch the network run inside a fresh namespace of
+//! their own (so even a bug cannot change the root namespace); those that
+//! need root fail with a clear message without it.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use common::*;
+use ti_stack::netns::NetNs;
+
+fn code_and_stderr(out: &std::process::Output) -> (Option<i32>, String) {
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn bad_arguments_are_usage_errors_with_clear_messages() {
+    require_root(&[("ip", "iproute2")]);
+    let ns = NetNs::create("tfebad").expect("ns");
+    let cases: &[(&[&str], &str)] = &[
+        (&["up", "--forward", "2222"], "is not LISTEN=REMOTE"),
+        (&["up", "--forward", "2222=10.0.2.2"], "is not IPV4:PORT"),
+        (
+            &["up", "--serve", "22=127.0.0.1:0"],
+            "needs a port other than 0",
+        ),
+        (
+            &["up", "--address", "10.0.2.1/31"],
+            "leaves no room for the kernel side",
+        ),
+        (&["up", "--option-kind", "1"], "no-operation"),
+        (&["up", "--option-kind", "300"], "is not an option kind"),
+        (&["up", "--stall-timeout", "soon"], "is not a duration"),
+        (&["up", "--tun", "a/b"], "is not an interface name"),
+        (
+            &["up", "--kernel-address", "10.0.2.1"],
+            "is the stack's own address",
+        ),
+        (&["up", "--expose", "2022=22"], "no --serve listens on"),
+        (
+            &["up", "--serve", "22=22", "--serve", "22=23"],
+            "given twice",
+        ),
+        (&["fail"], "required"),
+        (&["fail", "xyz"], "is not a TIFID"),
+        (&["fail", "0a4530be79bf", "--all"], "cannot be used with"),
+        (&["demo", "--duration", "1"], "is not a duration in seconds"),
+        (&["up", "--no-such-flag"], "unexpected argument"),
+    ];
+    for (args, want) in cases {
+        let (code, stderr) = code_and_stderr(&tiflow_in(&ns, args));
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: want {want:?} in {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--help") || stderr.contains("Usage: tiflow"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tiflow0"), "{links}");
+}
+
+#[test]
+fn help_documents_exit_codes_and_addressing() {
+    for sub in ["up", "status", "fail", "demo"] {
+        let out = tiflow(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        assert!(help.contains("Exit codes:"), "{sub}: {help}");
+        assert!(help.contains("2  usage error"), "{sub}: {help}");
+    }
+    let help = text(&tiflow(&["up", "--help"]).stdout);
+    assert!(help.contains("Addressing:"), "{help}");
+    assert!(help.contains("10.0.2.254"), "{help}");
+}
+
+#[test]
+fn unreachable_control_socket_is_a_clear_runtime_error() {
+    let scratch = Scratch::new("unreachable");
+    let path = scratch.path("nobody-here.sock");
+    let p = path.to_str().expect("path");
+    for args in [
+        vec!["status", "--control", p],
+        vec!["fail", "--all", "--control", p],
+    ] {
+        let (code, stderr) = code_and_stderr(&tiflow(&args));
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot reach `tiflow up` at"), "{stderr}");
+        assert!(stderr.contains("is it running?"), "{stderr}");
+    }
+    // A file that is not a socket.
+    std::fs::write(&path, b"not a socket").expect("write");
+    let (code, stderr) = code_and_stderr(&tiflow(&["status", "--control", p]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach `tiflow up`"), "{stderr}");
+}
+
+/// A copy of the binary that an unprivileged user can run, removed on drop.
+struct PublicCopy(PathBuf);
+
+impl PublicCopy {
+    fn new() -> PublicCopy {
+        let dir = std::env::temp_dir().join(format!("tiflow-nocap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = dir.join("tiflow");
+        std::fs::copy(TIFLOW, &bin).expect("copy binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        PublicCopy(dir)
+    }
+}
+
+impl Drop for PublicCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn without_cap_net_admin_up_and_demo_say_what_is_missing() {
+    require_root(&[("ip", "iproute2"), ("setpriv", "util-linux")]);
+    let ns = NetNs::create("tfecap").expect("ns");
+    let copy = PublicCopy::new();
+    let bin = copy.0.join("tiflow");
+    let bin = bin.to_str().expect("path");
+    let control = copy.0.join("c.sock");
+    let control = control.to_str().expect("path");
+    let nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin,
+    ];
+    let mut up = nobody.to_vec();
+    up.extend(["up", "--control", control]);
+    let out = ns.run(&up).expect_err("refused");
+    let message = out.to_string();
+    assert!(
+        message.contains("CAP_NET_ADMIN is missing (effective uid 65534)"),
+        "{message}"
+    );
+    assert!(message.contains("run it as root"), "{message}");
+    let mut demo = nobody.to_vec();
+    demo.extend(["demo", "--duration", "2"]);
+    let message = ns.run(&demo).expect_err("refused").to_string();
+    assert!(message.contains("not privileged"), "{message}");
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tiflow0"), "{links}");
+}
+
+#[test]
+fn taken_tun_name_and_taken_control_socket_are_refused() {
+    require_root(&[("ip", "iproute2")]);
+    let scratch = Scratch::new("taken");
+    let ns = NetNs::create("tfetun").expect("ns");
+    let first = Up::start(&ns, &scratch, "first", &["--tun", "tfbusy0"]);
+    let other = scratch.path("other.sock");
+    let other = other.to_str().expect("path");
+    let out = tiflow_in(&ns, &["up", "--tun", "tfbusy0", "--control", other]);
+    let (code, stderr) = code_and_stderr(&out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TUN device name \"tfbusy0\" is taken"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--tun"), "{stderr}");
+    assert!(
+        !exists(std::path::Path::new(other)),
+        "no control socket left behind"
+    );
+
+    let same = first.control.to_str().expect("path");
+    let out = tiflow_in(&ns, &["up", "--tun", "tfbusy1", "--control", same]);
+    let (code, stderr) = code_and_stderr(&out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another `tiflow up` already answers at"),
+        "{stderr}"
+    );
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tfbusy1"), "{links}");
+
+    // The first one is unharmed, and refuses an unknown TIFID clearly.
+    let (code, stderr) = code_and_stderr(&tiflow(&["fail", "00000000abcd", "--control", same]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no TI-flow 00000000abcd here"), "{stderr}");
+    assert_eq!(first.status().tun, "tfbusy0");
+}
+
+#[test]
+fn forward_port_in_use_is_refused_before_anything_changes() {
+    require_root(&[("ip", "iproute2")]);
+    let scratch = Scratch::new("port");
+    let ns = NetNs::create("tfeport").expect("ns");
+    let _busy = listen_in(&ns, "127.0.0.1:7300");
+    let control = scratch.path("c.sock");
+    let c = control.to_str().expect("path");
+    let out = tiflow_in(
+        &ns,
+        &[
+            "up",
+            "--forward",
+            "127.0.0.1:7300=10.9.9.9:80",
+            "--control",
+            c,
+        ],
+    );
+    let (code, stderr) = code_and_stderr(&out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:7300 for --forward"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("another program listens there"), "{stderr}");
+    assert!(!exists(&control), "no control socket left behind");
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tiflow0"), "{links}");
+}
