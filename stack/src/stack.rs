@@ -382,9 +382,11 @@ impl<D: Device> Stack<D> {
         let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
         if !s.recv_buf.is_empty() {
             let n = data.len().min(s.recv_buf.len());
-            for (dst, src) in data.iter_mut().zip(s.recv_buf.drain(..n)) {
-                *dst = src;
-            }
+            let (front, back) = s.recv_buf.as_slices();
+            let from_front = n.min(front.len());
+            data[..from_front].copy_from_slice(&front[..from_front]);
+            data[from_front..n].copy_from_slice(&back[..n - from_front]);
+            s.recv_buf.drain(..n);
             return Ok(Some(n));
         }
         if s.eof {
