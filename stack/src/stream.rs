@@ -41,14 +41,15 @@ impl Clock {
     }
 }
 
-struct Shared<D: Device> {
+struct Shared<D: Device + Wait> {
     stack: Mutex<Stack<D>>,
+    waiter: Waiter,
     changed: Condvar,
     stopping: AtomicBool,
     clock: Clock,
 }
 
-impl<D: Device> Shared<D> {
+impl<D: Device + Wait> Shared<D> {
     fn lock(&self) -> MutexGuard<'_, Stack<D>> {
         // A panic while holding the lock leaves the stack in a state no
         // invariant check covers; keep serving rather than cascade panics.
@@ -61,7 +62,13 @@ impl<D: Device> Shared<D> {
         let now = self.clock.now();
         let result = f(&mut stack, now);
         stack.poll(now);
+        // Packets held by the device (a delay line) or timers set by this
+        // call may be due before the driver's current sleep ends.
+        let wake_driver = stack.device().next_deadline().is_some();
         drop(stack);
+        if wake_driver {
+            self.waiter.wake();
+        }
         self.changed.notify_all();
         result
     }
@@ -114,6 +121,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let stack = Stack::new(config, device, clock.now());
         let shared = Arc::new(Shared {
             stack: Mutex::new(stack),
+            waiter,
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
             clock,
@@ -121,7 +129,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let driver_shared = shared.clone();
         let driver = std::thread::Builder::new()
             .name("tiflow-driver".into())
-            .spawn(move || drive(&driver_shared, &waiter))?;
+            .spawn(move || drive(&driver_shared))?;
         Ok(Runtime {
             shared,
             driver: Some(driver),
@@ -174,6 +182,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
 
     fn stop_driver(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
+        self.shared.waiter.wake();
         self.shared.changed.notify_all();
         if let Some(driver) = self.driver.take()
             && driver.join().is_err()
@@ -190,7 +199,7 @@ impl<D: Device + Wait + Send + 'static> Drop for Runtime<D> {
 }
 
 /// The driver loop: poll, wake waiters, sleep until a packet or a deadline.
-fn drive<D: Device + Wait>(shared: &Shared<D>, waiter: &Waiter) {
+fn drive<D: Device + Wait>(shared: &Shared<D>) {
     while !shared.stopping.load(Ordering::Acquire) {
         let sleep = {
             let mut stack = shared.lock();
@@ -204,7 +213,7 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, waiter: &Waiter) {
         };
         shared.changed.notify_all();
         if !sleep.is_zero()
-            && let Err(e) = waiter.wait(Some(sleep))
+            && let Err(e) = shared.waiter.wait(Some(sleep))
         {
             warn!(error = %e, "device wait failed");
             std::thread::sleep(MAX_SLEEP);
@@ -214,12 +223,12 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, waiter: &Waiter) {
 
 /// The shared part of a stream's handles: closes the stream when the last
 /// handle goes.
-struct StreamRef<D: Device> {
+struct StreamRef<D: Device + Wait> {
     shared: Arc<Shared<D>>,
     id: StreamId,
 }
 
-impl<D: Device> Drop for StreamRef<D> {
+impl<D: Device + Wait> Drop for StreamRef<D> {
     fn drop(&mut self) {
         self.shared.act(|stack, _| stack.close(self.id));
     }
@@ -227,12 +236,12 @@ impl<D: Device> Drop for StreamRef<D> {
 
 /// A byte stream to a peer: a TI-flow that survives the loss of its TCP
 /// connection, or plain TCP when the peer or the path does not support it.
-pub struct TiStream<D: Device> {
+pub struct TiStream<D: Device + Wait> {
     inner: Arc<StreamRef<D>>,
     read_timeout: Option<Duration>,
 }
 
-impl<D: Device> TiStream<D> {
+impl<D: Device + Wait> TiStream<D> {
     fn new(shared: Arc<Shared<D>>, id: StreamId) -> TiStream<D> {
         TiStream {
             inner: Arc::new(StreamRef { shared, id }),
@@ -338,7 +347,7 @@ impl<D: Device> TiStream<D> {
     }
 }
 
-impl<D: Device> Read for TiStream<D> {
+impl<D: Device + Wait> Read for TiStream<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -363,7 +372,7 @@ impl<D: Device> Read for TiStream<D> {
     }
 }
 
-impl<D: Device> Write for TiStream<D> {
+impl<D: Device + Wait> Write for TiStream<D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -387,13 +396,13 @@ impl<D: Device> Write for TiStream<D> {
 }
 
 /// Accepts incoming connections on a port.
-pub struct TiListener<D: Device> {
+pub struct TiListener<D: Device + Wait> {
     shared: Arc<Shared<D>>,
     id: ListenerId,
     port: u16,
 }
 
-impl<D: Device> TiListener<D> {
+impl<D: Device + Wait> TiListener<D> {
     /// The port listened on.
     pub fn port(&self) -> u16 {
         self.port
@@ -425,7 +434,7 @@ impl<D: Device> TiListener<D> {
     }
 }
 
-impl<D: Device> Drop for TiListener<D> {
+impl<D: Device + Wait> Drop for TiListener<D> {
     fn drop(&mut self) {
         let id = self.id;
         self.shared.act(|stack, _| stack.unlisten(id));

@@ -1045,7 +1045,11 @@ fn accept_serves<D: Device + Wait + Send + 'static>(
 /// Copies both ways between a kernel TCP connection and a TI stream until
 /// both directions are closed (an end of stream is passed on as a shutdown
 /// of writing; an error as closing the other side), or `stop`.
-fn relay<D: Device + Send + 'static>(kernel: TcpStream, ti: TiStream<D>, stop: &Arc<AtomicBool>) {
+fn relay<D: Device + Wait + Send + 'static>(
+    kernel: TcpStream,
+    ti: TiStream<D>,
+    stop: &Arc<AtomicBool>,
+) {
     let (k_in, k_out) = match (kernel.try_clone(), kernel.try_clone()) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -1067,7 +1071,7 @@ fn relay<D: Device + Send + 'static>(kernel: TcpStream, ti: TiStream<D>, stop: &
     }
 }
 
-fn kernel_to_ti<D: Device>(mut kernel: TcpStream, mut ti: TiStream<D>, stop: &AtomicBool) {
+fn kernel_to_ti<D: Device + Wait>(mut kernel: TcpStream, mut ti: TiStream<D>, stop: &AtomicBool) {
     let _ = kernel.set_read_timeout(Some(TICK));
     let mut buf = vec![0u8; COPY_BUF];
     loop {
@@ -1093,7 +1097,7 @@ fn kernel_to_ti<D: Device>(mut kernel: TcpStream, mut ti: TiStream<D>, stop: &At
     let _ = ti.shutdown(Shutdown::Write);
 }
 
-fn ti_to_kernel<D: Device>(mut ti: TiStream<D>, mut kernel: TcpStream, stop: &AtomicBool) {
+fn ti_to_kernel<D: Device + Wait>(mut ti: TiStream<D>, mut kernel: TcpStream, stop: &AtomicBool) {
     ti.set_read_timeout(Some(TICK));
     let _ = kernel.set_write_timeout(Some(TICK));
     let mut buf = vec![0u8; COPY_BUF];

@@ -10,26 +10,61 @@ pub mod pcap_tap;
 pub mod pipe;
 pub mod tun;
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use smoltcp::time::Instant;
 
 /// Sleeps until a device may have a packet, without borrowing the device
-/// (the driver thread waits while application threads use the stack).
-pub struct Waiter(Box<dyn Fn(Option<Duration>) -> io::Result<bool> + Send + Sync>);
+/// (the driver thread waits while application threads use the stack), and
+/// can be woken early from another thread.
+pub struct Waiter {
+    wait: Box<dyn Fn(Option<Duration>) -> io::Result<bool> + Send + Sync>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
 
 impl Waiter {
-    /// A waiter running `wait`.
+    /// A waiter running `wait`, interrupted by `wake`.
     pub fn new(
         wait: impl Fn(Option<Duration>) -> io::Result<bool> + Send + Sync + 'static,
+        wake: impl Fn() + Send + Sync + 'static,
     ) -> Waiter {
-        Waiter(Box::new(wait))
+        Waiter {
+            wait: Box::new(wait),
+            wake: Box::new(wake),
+        }
     }
 
-    /// Blocks until a packet may be readable or `timeout` passes.
+    /// A waiter on a readable fd; `wake` interrupts it through a self-pipe.
+    pub fn on_fd(fd: OwnedFd) -> io::Result<Waiter> {
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        Ok(Waiter::new(
+            move |timeout| {
+                let readable = tun::wait_readable_any(&[fd.as_fd(), wake_rx.as_fd()], timeout)?;
+                let mut sink = [0u8; 64];
+                while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+                Ok(readable)
+            },
+            move || {
+                // A full pipe already holds a wake-up: nothing to add.
+                let _ = (&wake_tx).write(&[1]);
+            },
+        ))
+    }
+
+    /// Blocks until a packet may be readable, `wake` is called, or `timeout`
+    /// passes. Returns true when the device or the wake-up became readable.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        (self.0)(timeout)
+        (self.wait)(timeout)
+    }
+
+    /// Ends a `wait` in progress (or the next one) early.
+    pub fn wake(&self) {
+        (self.wake)()
     }
 }
 
@@ -52,11 +87,7 @@ pub trait Wait {
 
 impl Wait for tun::TunDevice {
     fn waiter(&self) -> io::Result<Waiter> {
-        let fd = self.wait_fd()?;
-        Ok(Waiter::new(move |timeout| {
-            use std::os::fd::AsFd;
-            tun::wait_readable(fd.as_fd(), timeout)
-        }))
+        Waiter::on_fd(self.wait_fd()?)
     }
 }
 
@@ -80,5 +111,43 @@ impl<D: smoltcp::phy::Device + Wait> Wait for pcap_tap::PcapTap<D> {
 
     fn next_deadline(&self) -> Option<Instant> {
         self.inner().next_deadline()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_waiter_reports_readable_and_is_woken_from_another_thread() {
+        let (device_end, peer) = UnixStream::pair().expect("socketpair");
+        let waiter =
+            Waiter::on_fd(device_end.as_fd().try_clone_to_owned().expect("dup")).expect("waiter");
+        assert!(
+            !waiter.wait(Some(Duration::from_millis(1))).expect("wait"),
+            "nothing to read yet"
+        );
+        (&peer).write_all(b"x").expect("write");
+        assert!(
+            waiter.wait(Some(Duration::from_secs(60))).expect("wait"),
+            "device readable"
+        );
+        let mut sink = [0u8; 1];
+        (&device_end).read_exact(&mut sink).expect("drain");
+
+        let waiter = std::sync::Arc::new(waiter);
+        let waker = waiter.clone();
+        let started = std::time::Instant::now();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            waker.wake();
+        });
+        // Without the wake this would sleep for an hour.
+        waiter.wait(Some(Duration::from_secs(3600))).expect("wait");
+        t.join().expect("waker thread");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the wake ended the wait"
+        );
     }
 }

@@ -57,18 +57,22 @@ fn lock(queue: &Queue) -> std::sync::MutexGuard<'_, VecDeque<Vec<u8>>> {
 impl Wait for Pipe {
     fn waiter(&self) -> io::Result<Waiter> {
         let rx = self.rx.clone();
-        Ok(Waiter::new(move |timeout| {
-            let guard = lock(&rx);
-            if !guard.is_empty() {
-                return Ok(true);
-            }
-            let timeout = timeout.unwrap_or(Duration::from_secs(3600));
-            let (guard, _) = rx
-                .ready
-                .wait_timeout(guard, timeout)
-                .unwrap_or_else(|e| e.into_inner());
-            Ok(!guard.is_empty())
-        }))
+        let woken = rx.clone();
+        Ok(Waiter::new(
+            move |timeout| {
+                let guard = lock(&rx);
+                if !guard.is_empty() {
+                    return Ok(true);
+                }
+                let timeout = timeout.unwrap_or(Duration::from_secs(3600));
+                let (guard, _) = rx
+                    .ready
+                    .wait_timeout(guard, timeout)
+                    .unwrap_or_else(|e| e.into_inner());
+                Ok(!guard.is_empty())
+            },
+            move || woken.ready.notify_all(),
+        ))
     }
 }
 

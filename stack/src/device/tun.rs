@@ -248,6 +248,11 @@ impl phy::TxToken for TunTxToken<'_> {
 /// nanosecond precision, so a delay line is released on time). Returns
 /// whether it became readable; an interrupted wait counts as not readable.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    wait_readable_any(&[fd], timeout)
+}
+
+/// [`wait_readable`] on several fds (at most 4): true when any is readable.
+pub fn wait_readable_any(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<bool> {
     let timespec = timeout.map(|t| libc::timespec {
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
@@ -255,16 +260,28 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
     let timeout_ptr = timespec
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
+    let mut pfds = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
+    }; 4];
+    let count = fds.len().min(pfds.len());
+    for (pfd, fd) in pfds.iter_mut().zip(fds) {
+        pfd.fd = fd.as_raw_fd();
+    }
+    // SAFETY: `pfds` is an array of valid pollfds on this stack frame and
+    // `count` does not exceed its length; `timeout_ptr` is null or points to
+    // `timespec`, alive for the call; the signal mask pointer is null (keep
+    // the current mask). Every fd is borrowed, so it stays open for the call.
+    // ppoll only writes `revents`.
+    let n = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            count as libc::nfds_t,
+            timeout_ptr,
+            std::ptr::null(),
+        )
     };
-    // SAFETY: `pfd` is a valid pollfd on this stack frame and the count is 1;
-    // `timeout_ptr` is null or points to `timespec`, alive for the call; the
-    // signal mask pointer is null (keep the current mask). `fd` is borrowed,
-    // so it stays open for the call. ppoll only writes `revents`.
-    let n = unsafe { libc::ppoll(&mut pfd, 1, timeout_ptr, std::ptr::null()) };
     if n < 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::Interrupted {
@@ -272,5 +289,5 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
         }
         return Err(err);
     }
-    Ok(n > 0 && pfd.revents != 0)
+    Ok(n > 0)
 }

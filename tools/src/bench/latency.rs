@@ -539,7 +539,7 @@ fn echo_byte(stream: &mut TiStream<LatencyDevice>, byte: u8) -> Result<(), Bench
 }
 
 /// Echoes everything until the stream ends or fails.
-fn echo_loop<D: smoltcp::phy::Device>(mut stream: TiStream<D>) {
+fn echo_loop<D: smoltcp::phy::Device + ti_stack::device::Wait>(mut stream: TiStream<D>) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {

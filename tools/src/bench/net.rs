@@ -15,22 +15,13 @@
 //! (egress and ingress, half each), so every path, to our server stack or
 //! to the Linux peer, sees the same RTT.
 
-use std::cell::Cell;
-use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
-use smoltcp::phy::{Device, DeviceCapabilities};
-use smoltcp::time::Instant;
 use ti_stack::StackConfig;
 use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
-use ti_stack::device::{Wait, Waiter};
 use ti_stack::netns::{self, NetNs};
 
 use super::BenchError;
@@ -115,8 +106,9 @@ pub fn open_tun(ns: &NetNs, name: &str, site: Site) -> Result<TunDevice, BenchEr
 }
 
 /// The device of a latency benchmark's stack: capture outermost, then the
-/// wake-up wrapper, the delay line and the TUN.
-pub type LatencyDevice = PcapTap<Nudge<Delay<TunDevice>>>;
+/// delay line and the TUN. (The runtime wakes its driver when an application
+/// call leaves packets in the delay line.)
+pub type LatencyDevice = PcapTap<Delay<TunDevice>>;
 
 /// Builds a [`LatencyDevice`]: `one_way` of delay each way (zero: none),
 /// capturing to `pcap`.
@@ -125,128 +117,8 @@ pub fn latency_device(
     one_way: Duration,
     pcap: &std::path::Path,
 ) -> Result<LatencyDevice, BenchError> {
-    let fd = tun
-        .wait_fd()
-        .map_err(|e| BenchError::io("duplicate the TUN fd", e))?;
     let d = smoltcp::time::Duration::from_micros(one_way.as_micros() as u64);
     let delay = Delay::new(tun, d, d);
-    let nudge = Nudge::new(delay, fd, !one_way.is_zero())
-        .map_err(|e| BenchError::io("create an eventfd", e))?;
-    PcapTap::create(nudge, pcap)
+    PcapTap::create(delay, pcap)
         .map_err(|e| BenchError::io(format!("create {}", pcap.display()), e))
-}
-
-thread_local! {
-    /// Set on a runtime's driver thread by its first wait.
-    static IN_DRIVER: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Wakes the runtime's driver whenever an application thread uses the
-/// device, so a packet an application call put into the delay line is
-/// released on time.
-///
-/// Why: `Runtime`'s driver sleeps on the TUN fd until the deadline it
-/// computed before sleeping (at most 5 ms). An application call (connect,
-/// write, read) polls the stack itself; a packet it puts into a [`Delay`]
-/// line has a release time the sleeping driver does not know, so with a
-/// one-way delay under 5 ms it would leave late. The driver here also waits
-/// on an eventfd that an application thread's first device call of a poll
-/// signals; the woken driver takes the stack lock after that poll and sleeps
-/// again until the right deadline.
-pub struct Nudge<D> {
-    inner: D,
-    tun_fd: Arc<OwnedFd>,
-    event: Arc<OwnedFd>,
-    pending: Arc<AtomicBool>,
-    enabled: bool,
-}
-
-impl<D> Nudge<D> {
-    /// Wraps `inner`, waiting on `tun_fd` (the TUN below). `enabled: false`
-    /// never signals (no delay line to miss).
-    pub fn new(inner: D, tun_fd: OwnedFd, enabled: bool) -> io::Result<Nudge<D>> {
-        let event = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
-        Ok(Nudge {
-            inner,
-            tun_fd: Arc::new(tun_fd),
-            event: Arc::new(event),
-            pending: Arc::new(AtomicBool::new(false)),
-            enabled,
-        })
-    }
-
-    /// The wrapped device.
-    pub fn inner(&self) -> &D {
-        &self.inner
-    }
-
-    fn nudge(&self) {
-        if self.enabled && !IN_DRIVER.get() && !self.pending.swap(true, Ordering::AcqRel) {
-            // A full counter (impossible: the driver drains it) only means
-            // the driver is already due to wake.
-            let _ = rustix::io::write(&*self.event, &1u64.to_ne_bytes());
-        }
-    }
-}
-
-impl<D: Device> Device for Nudge<D> {
-    type RxToken<'a>
-        = D::RxToken<'a>
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = D::TxToken<'a>
-    where
-        Self: 'a;
-
-    fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        self.nudge();
-        self.inner.receive(timestamp)
-    }
-
-    fn transmit(&mut self, timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        self.nudge();
-        self.inner.transmit(timestamp)
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        self.inner.capabilities()
-    }
-}
-
-impl<D: Device + Wait> Wait for Nudge<D> {
-    fn waiter(&self) -> io::Result<Waiter> {
-        let tun = self.tun_fd.clone();
-        let event = self.event.clone();
-        let pending = self.pending.clone();
-        Ok(Waiter::new(move |timeout| {
-            IN_DRIVER.set(true);
-            // A timeout too large for a timespec waits forever.
-            let timespec: Option<Timespec> = timeout
-                .map(Timespec::try_from)
-                .transpose()
-                .unwrap_or_default();
-            let mut fds = [
-                PollFd::new(&*tun, PollFlags::IN),
-                PollFd::new(&*event, PollFlags::IN),
-            ];
-            match rustix::event::poll(&mut fds, timespec.as_ref()) {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => return Ok(false),
-                Err(e) => return Err(e.into()),
-            }
-            let readable = !fds[0].revents().is_empty();
-            let woken = !fds[1].revents().is_empty();
-            if woken {
-                pending.store(false, Ordering::Release);
-                let mut counter = [0u8; 8];
-                let _ = rustix::io::read(&*event, &mut counter);
-            }
-            Ok(readable || woken)
-        }))
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.inner.next_deadline()
-    }
 }
