@@ -9,7 +9,7 @@
 //! simulation can drive it in virtual time. It never blocks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -657,9 +657,18 @@ impl<D: Device> Stack<D> {
                 let Some(id) = stream else { return true };
                 match outcome {
                     RstOutcome::Refused => {
-                        warn!(tifid = ?initiator.syn_option().tifid, "resume refused by peer");
+                        let tifid = initiator.syn_option().tifid;
                         self.drop_connection(handle);
-                        self.lose_flow(id, LostCause::Refused);
+                        if self.only_our_fin_unconfirmed(id) {
+                            // The peer had our every byte and sent its FIN: it
+                            // finished the flow, and only the ACK of our FIN was
+                            // lost with the path. The conversation is complete.
+                            info!(%tifid, "resume refused after a complete exchange: closed");
+                            self.finish_closed(id);
+                        } else {
+                            warn!(%tifid, "resume refused by peer");
+                            self.lose_flow(id, LostCause::Refused);
+                        }
                     }
                     RstOutcome::Transient => {
                         debug!("resume attempt reset (transient); will retry");
@@ -801,6 +810,28 @@ impl<D: Device> Stack<D> {
                 s.events.push_back(StreamEvent::FellBack(cause));
             }
             s.mode = StreamMode::Known(Mode::Legacy);
+        }
+    }
+
+    /// Everything we sent is acknowledged but our FIN, and the peer's FIN
+    /// has arrived: a refused resume then means the peer finished the flow.
+    fn only_our_fin_unconfirmed(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.eof && s.shutdown_write && s.send_buf.is_empty() && !s.fin_acked)
+    }
+
+    /// Ends a flow whose conversation completed (both FINs delivered).
+    fn finish_closed(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.resume = None;
+            s.fin_acked = true;
+            if let Some(tifid) = s.tifid {
+                if let Some(flow) = self.table.get_mut(tifid) {
+                    flow.finish();
+                }
+                self.by_tifid.remove(&tifid);
+            }
         }
     }
 
@@ -1600,12 +1631,4 @@ fn to_std_ip(addr: IpAddress) -> std::net::IpAddr {
 /// Payload of a full segment with timestamps at this IP MTU.
 fn effective_mss(ip_mtu: usize) -> usize {
     ip_mtu.saturating_sub(20 + 20 + 12)
-}
-
-/// Converts a std socket address for [`Stack::connect`].
-pub fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
-    }
 }

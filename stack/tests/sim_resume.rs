@@ -418,3 +418,58 @@ fn syn_flood_is_bounded_by_max_half_open_and_the_server_recovers() {
     let (c, _s) = connect(&mut sim, listener);
     assert!(resilient(&sim, 0, c));
 }
+
+#[test]
+fn refused_resume_after_a_complete_exchange_ends_cleanly() {
+    let (mut sim, listener) = pair(49, link(5));
+    let (c, s) = connect(&mut sim, listener);
+    // The server speaks first and closes; the client reads to the end.
+    sim.hosts[1].write(s, &payload(5000, 1)).expect("write");
+    sim.hosts[1].shutdown_write(s).expect("shutdown");
+    let mut got = Vec::new();
+    let eof = sim.run_until(Duration::from_secs(10), |sim| {
+        let mut buf = [0u8; 8192];
+        match sim.hosts[0].read(c, &mut buf) {
+            Ok(Some(0)) => true,
+            Ok(Some(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            _ => false,
+        }
+    });
+    assert!(eof && got == payload(5000, 1));
+    // The client closes last; the ACK of its FIN is lost, then the path dies
+    // for longer than the server's TIME-WAIT: the server finished the flow,
+    // the client never learned that its FIN arrived.
+    sim.net.drop_matching(Direction::BtoA, 1, |seg| {
+        seg.flags.ack && !seg.flags.fin && !seg.flags.syn && seg.payload_len == 0
+    });
+    sim.hosts[0].shutdown_write(c).expect("shutdown");
+    sim.run_until(Duration::from_secs(5), |sim| {
+        sim.net
+            .stats()
+            .dropped(ti_stack::device::link::DropReason::Rule)
+            == 1
+    });
+    sim.net.blackhole(sim.now(), Duration::from_secs(15), None);
+    sim.run_for(Duration::from_secs(40));
+    assert!(
+        sim.hosts[1].flows().is_empty(),
+        "the server finished and removed the flow"
+    );
+    let client_events = events(&mut sim, 0, c);
+    assert!(
+        !client_events
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Lost(_))),
+        "a complete exchange is not a lost flow: {client_events:?}"
+    );
+    assert_eq!(sim.hosts[0].error(c), None);
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        sim.hosts[0].read(c, &mut buf),
+        Ok(Some(0)),
+        "still a clean end of stream"
+    );
+}

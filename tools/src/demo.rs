@@ -147,17 +147,35 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
     move |source| DemoError::Io { what, source }
 }
 
-/// The three namespaces. Dropped (deleted) in field order.
-struct Topology {
-    client: NetNs,
-    middlebox: NetNs,
-    server: NetNs,
+/// The demo's network: client (c0 10.10.1.2) -- middlebox (m0 10.10.1.1 |
+/// m1 10.10.2.1, masquerading NAT, only replies get in) -- server (s0
+/// 10.10.2.2). Dropped (deleted) in field order. Also used by the tests.
+pub struct NatTopology {
+    /// The client host.
+    pub client: NetNs,
+    /// The NAT middlebox.
+    pub middlebox: NetNs,
+    /// The server host.
+    pub server: NetNs,
 }
 
-fn build_topology() -> Result<Topology, DemoError> {
-    let client = NetNs::create("tfdemo-c")?;
-    let middlebox = NetNs::create("tfdemo-m")?;
-    let server = NetNs::create("tfdemo-s")?;
+impl NatTopology {
+    /// Builds the three namespaces, named from `prefix`.
+    pub fn build(prefix: &str) -> Result<NatTopology, DemoError> {
+        build_topology(prefix)
+    }
+
+    /// The middlebox "reboots": its NAT maps to a new address and it
+    /// forgets every connection.
+    pub fn lose_state(&self) -> Result<(), DemoError> {
+        break_middlebox(&self.middlebox)
+    }
+}
+
+fn build_topology(prefix: &str) -> Result<NatTopology, DemoError> {
+    let client = NetNs::create(&format!("{prefix}c"))?;
+    let middlebox = NetNs::create(&format!("{prefix}m"))?;
+    let server = NetNs::create(&format!("{prefix}s"))?;
     for ns in [&client, &middlebox, &server] {
         ns.disable_ipv6()?;
     }
@@ -205,7 +223,7 @@ fn build_topology() -> Result<Topology, DemoError> {
         argv.extend_from_slice(rule);
         middlebox.run(&argv)?;
     }
-    Ok(Topology {
+    Ok(NatTopology {
         client,
         middlebox,
         server,
@@ -596,7 +614,7 @@ fn run_in(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<(), Dem
     let rate = args.rate * 1024.0 * 1024.0;
     let fail_at = duration.mul_f64(0.4);
     eprintln!("tiflow demo: building namespaces client, middlebox (NAT + conntrack), server");
-    let net = build_topology()?;
+    let net = build_topology("tfdemo-")?;
 
     // Receivers in the server, listening before anything connects.
     let plain_listener = bind_in(&net.server, PLAIN_SINK)?;

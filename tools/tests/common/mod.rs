@@ -209,93 +209,24 @@ impl Drop for Up {
     }
 }
 
-/// client (c0 10.10.1.2) -- middlebox (m0 10.10.1.1 | m1 10.10.2.1, NAT) -- server (s0 10.10.2.2).
-pub struct NatTopology {
-    pub client: NetNs,
-    pub middlebox: NetNs,
-    pub server: NetNs,
-}
+/// The demo's NAT topology (see `ti_tools::demo::NatTopology`).
+pub struct NatTopology(pub ti_tools::demo::NatTopology);
 
 impl NatTopology {
     pub fn new(tag: &str) -> NatTopology {
-        let client = NetNs::create(&format!("{tag}c")).expect("client ns");
-        let middlebox = NetNs::create(&format!("{tag}m")).expect("middlebox ns");
-        let server = NetNs::create(&format!("{tag}s")).expect("server ns");
-        for ns in [&client, &middlebox, &server] {
-            ns.disable_ipv6().expect("ipv6 off");
-        }
-        NetNs::veth_pair(&client, "c0", &middlebox, "m0").expect("veth c-m");
-        NetNs::veth_pair(&middlebox, "m1", &server, "s0").expect("veth m-s");
-        client.add_addr("c0", "10.10.1.2/24").expect("addr");
-        client.up("c0").expect("up");
-        client.add_route("default", "10.10.1.1").expect("route");
-        middlebox.add_addr("m0", "10.10.1.1/24").expect("addr");
-        middlebox.add_addr("m1", "10.10.2.1/24").expect("addr");
-        middlebox.add_addr("m1", "10.10.2.3/24").expect("addr");
-        middlebox.up("m0").expect("up");
-        middlebox.up("m1").expect("up");
-        middlebox.enable_forwarding().expect("forwarding");
-        server.add_addr("s0", "10.10.2.2/24").expect("addr");
-        server.up("s0").expect("up");
-        server.add_route("default", "10.10.2.1").expect("route");
-        for rule in [
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "m1",
-                "-j",
-                "MASQUERADE",
-            ][..],
-            &[
-                "-A",
-                "FORWARD",
-                "-i",
-                "m1",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-            &["-A", "FORWARD", "-i", "m1", "-j", "DROP"],
-        ] {
-            let mut argv = vec!["iptables", "-w"];
-            argv.extend_from_slice(rule);
-            middlebox.run(&argv).expect("iptables");
-        }
-        NatTopology {
-            client,
-            middlebox,
-            server,
-        }
+        NatTopology(ti_tools::demo::NatTopology::build(tag).expect("build the NAT topology"))
     }
 
     /// The middlebox loses every mapping and comes back with another address.
     pub fn lose_state(&self) {
-        self.middlebox
-            .run(&[
-                "iptables",
-                "-w",
-                "-t",
-                "nat",
-                "-R",
-                "POSTROUTING",
-                "1",
-                "-o",
-                "m1",
-                "-j",
-                "SNAT",
-                "--to-source",
-                "10.10.2.3",
-            ])
-            .expect("new NAT address");
-        self.middlebox
-            .run(&["conntrack", "-F"])
-            .expect("conntrack -F");
+        self.0.lose_state().expect("middlebox state loss");
+    }
+}
+
+impl std::ops::Deref for NatTopology {
+    type Target = ti_tools::demo::NatTopology;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
