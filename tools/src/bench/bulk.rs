@@ -592,22 +592,7 @@ fn runtime_up(
 ) -> Result<Instant, BenchError> {
     let rt = Runtime::start(config, tun).map_err(|e| BenchError::io("start the stack", e))?;
     let mut stream = rt.connect(remote).map_err(BenchError::stream("connect"))?;
-    let data = pattern();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < bytes {
-        let len = ((bytes - sent) as usize).min(CHUNK);
-        stream
-            .write_all(&data[..len])
-            .map_err(|e| BenchError::io("write", e))?;
-        sent += len as u64;
-    }
-    stream
-        .shutdown(Shutdown::Write)
-        .map_err(BenchError::stream("shutdown"))?;
-    stream
-        .wait_acknowledged(RUN_TIMEOUT)
-        .map_err(BenchError::stream("wait for acknowledgements"))?;
+    let start = send_all_acknowledged(&mut stream, bytes)?;
     // Keep the stack up until the sink saw our FIN.
     while !sink_done.load(Ordering::Acquire) {
         deadline_check(start)?;
@@ -694,23 +679,7 @@ fn pair(
                 stream.mode()
             )));
         }
-        let data = pattern();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while sent < bytes {
-            let len = ((bytes - sent) as usize).min(CHUNK);
-            stream
-                .write_all(&data[..len])
-                .map_err(|e| BenchError::io("write", e))?;
-            sent += len as u64;
-        }
-        stream
-            .shutdown(Shutdown::Write)
-            .map_err(BenchError::stream("shutdown"))?;
-        stream
-            .wait_acknowledged(RUN_TIMEOUT)
-            .map_err(BenchError::stream("wait for acknowledgements"))?;
-        Ok(start)
+        send_all_acknowledged(&mut stream, bytes)
     })();
     let received = receiver
         .join()
@@ -874,4 +843,29 @@ fn linux_source(
         let _ = stream.shutdown(Shutdown::Write);
         let _ = starts.send(start);
     }
+}
+
+/// Writes `bytes` of the pattern, shuts down writing and waits until the
+/// peer acknowledged everything. Returns when the writing started.
+fn send_all_acknowledged<D: smoltcp::phy::Device + ti_stack::device::Wait>(
+    stream: &mut ti_stack::TiStream<D>,
+    bytes: u64,
+) -> Result<Instant, BenchError> {
+    let data = pattern();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let len = ((bytes - sent) as usize).min(CHUNK);
+        stream
+            .write_all(&data[..len])
+            .map_err(|e| BenchError::io("write", e))?;
+        sent += len as u64;
+    }
+    stream
+        .shutdown(Shutdown::Write)
+        .map_err(BenchError::stream("shutdown"))?;
+    stream
+        .wait_acknowledged(RUN_TIMEOUT)
+        .map_err(BenchError::stream("wait for acknowledgements"))?;
+    Ok(start)
 }
