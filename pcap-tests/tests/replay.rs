@@ -15,7 +15,7 @@ use pcap_tests::paper_traces::{self, TracePacket, traces_dir};
 use pcap_tests::replay::{Replay, ReplayConfig, TraceError, load_trace, read_trace};
 use pcap_tests::scenarios::{self, Scenario, Side};
 use ti_stack::segment::Segment;
-use ti_stack::{Mode, StreamEvent, StreamMode};
+use ti_stack::{Mode, StreamEvent, StreamId, StreamMode};
 use tifid::{FlowOptionRepr, Half, Seq48, Tifid};
 
 fn trace(scenario: Scenario, side: Side) -> Vec<TracePacket> {
@@ -60,6 +60,20 @@ fn replay_scenario(scenario: Scenario, side: Side, seed: u64) -> (Replay, App) {
 }
 
 /// Our answers that are TCP segments.
+/// Replays with our stack listening on `port`; returns the first stream it
+/// accepted.
+fn run_listening(replay: &mut Replay, port: u16) -> Option<StreamId> {
+    let mut listener = None;
+    let mut accepted = None;
+    replay.run(|stack, _| {
+        let l = *listener.get_or_insert_with(|| stack.listen(port).expect("listen"));
+        if accepted.is_none() {
+            accepted = stack.accept(l).expect("listener exists");
+        }
+    });
+    accepted
+}
+
 fn ours(replay: &Replay) -> Vec<Segment> {
     replay.answer_segments()
 }
@@ -290,15 +304,7 @@ fn c_paper_trace2_syn_into_our_listener() {
     config.peer_addresses = vec![(Ipv4Addr::from(paper_traces::INITIATOR), scenarios::KERNEL)];
     config.seed = 15;
     let mut replay = Replay::new(&trace.packets, config);
-    let mut listener = None;
-    let mut accepted = None;
-    replay.run(|stack, _| {
-        let l =
-            *listener.get_or_insert_with(|| stack.listen(paper_traces::SSH_PORT).expect("listen"));
-        if accepted.is_none() {
-            accepted = stack.accept(l).expect("listener exists");
-        }
-    });
+    let accepted = run_listening(&mut replay, paper_traces::SSH_PORT);
     let t = replay.transcript();
     let peer = peers(&replay);
     let syn = peer.first().expect("the paper's SYN");
@@ -346,15 +352,7 @@ fn paper_trace1_unconfirmed_flow_is_legacy() {
     let mut config = ReplayConfig::new(Ipv4Addr::from(paper_traces::RESPONDER));
     config.seed = 16;
     let mut replay = Replay::new(&trace.packets, config);
-    let mut listener = None;
-    let mut accepted = None;
-    replay.run(|stack, _| {
-        let l =
-            *listener.get_or_insert_with(|| stack.listen(paper_traces::SSH_PORT).expect("listen"));
-        if accepted.is_none() {
-            accepted = stack.accept(l).expect("listener exists");
-        }
-    });
+    let accepted = run_listening(&mut replay, paper_traces::SSH_PORT);
     let t = replay.transcript();
     let ours = ours(&replay);
     let syn_ack = ours.iter().find(|s| is_syn_ack(s)).expect("a SYN-ACK");
@@ -451,14 +449,7 @@ fn d_resume_syn_with_unknown_tifid_gets_rst_echoing_the_tifid() {
     config.start = resume_syn_index(&trace, ours_addr);
     config.seed = 18;
     let mut replay = Replay::new(&trace, config);
-    let mut listener = None;
-    let mut accepted = None;
-    replay.run(|stack, _| {
-        let l = *listener.get_or_insert_with(|| stack.listen(scenario.port).expect("listen"));
-        if let Some(id) = stack.accept(l).expect("listener exists") {
-            accepted = Some(id);
-        }
-    });
+    let accepted = run_listening(&mut replay, scenario.port);
     let t = replay.transcript();
     let peer = peers(&replay);
     let syn = peer.first().expect("the resume SYN");
