@@ -166,18 +166,8 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
     let deadline = Instant::now() + DEADLINE;
     let ours_report = join_bounded(job, deadline, "our end");
     let linux_report = join_bounded(linux, deadline, "linux thread");
-    assert_eq!(linux_report.received_len, ours.len());
-    assert_eq!(
-        linux_report.received_sha,
-        sha256(&ours),
-        "Linux got our bytes"
-    );
-    assert_eq!(ours_report.received_len, theirs.len());
-    assert_eq!(
-        ours_report.received_sha,
-        sha256(&theirs),
-        "we got Linux's bytes"
-    );
+    linux_report.assert_received(&ours, "Linux got our bytes");
+    ours_report.assert_received(&theirs, "we got Linux's bytes");
     assert_eq!(stream.mode(), Mode::Legacy);
     assert!(stream.events().is_empty(), "a legacy stream has no events");
 
@@ -249,18 +239,8 @@ fn linux_client_to_our_listener_is_legacy() {
     let deadline = Instant::now() + DEADLINE;
     let linux_report = join_bounded(linux_job, deadline, "linux end");
     let ours_report = join_bounded(our_job, deadline, "our end");
-    assert_eq!(linux_report.received_len, ours.len());
-    assert_eq!(
-        linux_report.received_sha,
-        sha256(&ours),
-        "Linux got our bytes"
-    );
-    assert_eq!(ours_report.received_len, theirs.len());
-    assert_eq!(
-        ours_report.received_sha,
-        sha256(&theirs),
-        "we got Linux's bytes"
-    );
+    linux_report.assert_received(&ours, "Linux got our bytes");
+    ours_report.assert_received(&theirs, "we got Linux's bytes");
     assert_eq!(stream.mode(), Mode::Legacy);
     assert!(stream.events().is_empty());
 

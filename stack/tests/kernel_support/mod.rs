@@ -711,6 +711,18 @@ pub struct EndReport {
     pub received_sha: [u8; 32],
 }
 
+impl EndReport {
+    /// Asserts this end received exactly `sent` (length and SHA-256).
+    pub fn assert_received(&self, sent: &[u8], what: &str) {
+        assert_eq!(self.received_len, sent.len(), "{what}: every byte");
+        assert_eq!(
+            self.received_sha,
+            sha256(sent),
+            "{what}: exact bytes (SHA-256)"
+        );
+    }
+}
+
 /// Runs `end`: writes `data` at `pace` then shuts down writing, while
 /// reading until end of stream; `received` counts bytes read so far.
 pub fn run_end(
@@ -911,26 +923,8 @@ impl RunningFlow {
         let client = join_bounded(self.client_job, deadline, "client end");
         let server = join_bounded(self.server_job, deadline, "server end");
         let elapsed = self.started.elapsed();
-        assert_eq!(
-            server.received_len,
-            self.client_data.len(),
-            "server got every byte of the client"
-        );
-        assert_eq!(
-            server.received_sha,
-            sha256(&self.client_data),
-            "server got the client's bytes exactly (SHA-256)"
-        );
-        assert_eq!(
-            client.received_len,
-            self.server_data.len(),
-            "client got every byte of the server"
-        );
-        assert_eq!(
-            client.received_sha,
-            sha256(&self.server_data),
-            "client got the server's bytes exactly (SHA-256)"
-        );
+        server.assert_received(&self.client_data, "server got the client's bytes");
+        client.assert_received(&self.server_data, "client got the server's bytes");
         self.client_events.extend(self.client.events());
         FlowOutcome {
             client_mode: self.client.mode(),
