@@ -1,0 +1,158 @@
+//! Connections: opening, socket settings, ports, dropping, and the
+//! per-connection checks after smoltcp ran.
+
+use super::*;
+
+impl<D: Device> Stack<D> {
+    pub(super) fn new_socket(&self) -> tcp::Socket<'static> {
+        let size = self.config.socket_buffer;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; size]),
+            tcp::SocketBuffer::new(vec![0u8; size]),
+        );
+        socket.set_congestion_control(tcp::CongestionControl::Cubic);
+        socket.set_tsval_generator(Some(tsval));
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
+        socket.set_timeout(Some(smol(self.config.connect_timeout)));
+        // Armed before the handshake: enabling it on an idle established
+        // socket makes smoltcp send a probe at once.
+        socket.set_keep_alive(Some(smol(self.config.keepalive)));
+        socket
+    }
+
+    pub(super) fn fresh_port(&mut self) -> u16 {
+        for _ in 0..1024 {
+            let port = self.rng.random_range(49152..=65535u16);
+            let in_use = self.by_tuple.keys().any(|t| t.local.port() == port)
+                || self.listeners.contains_key(&port);
+            if !in_use && !self.recent_port_set.contains(&port) {
+                self.recent_ports.push_back(port);
+                self.recent_port_set.insert(port);
+                if self.recent_ports.len() > RECENT_PORTS
+                    && let Some(old) = self.recent_ports.pop_front()
+                {
+                    self.recent_port_set.remove(&old);
+                }
+                return port;
+            }
+        }
+        self.rng.random_range(49152..=65535u16)
+    }
+
+    pub(super) fn open_connection(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        initiator: Option<Initiator>,
+    ) -> Result<(), StreamError> {
+        let peer = self
+            .streams
+            .get(&id)
+            .map(|s| s.peer)
+            .ok_or(StreamError::NoSuchStream)?;
+        let port = self.fresh_port();
+        let local = SocketAddrV4::new(self.config.address, port);
+        let mut socket = self.new_socket();
+        let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
+        let local_ep = IpEndpoint::new(IpAddress::Ipv4(*local.ip()), local.port());
+        socket
+            .connect(self.iface.context(), remote, local_ep)
+            .map_err(|_| StreamError::ConnectionRefused)?;
+        let handle = self.sockets.add(socket);
+        let tuple = FourTuple {
+            local,
+            remote: peer,
+        };
+        if let Some(i) = &initiator {
+            self.device.attach_option(tuple, i.syn_option());
+        }
+        self.conns.insert(
+            handle,
+            Conn {
+                tuple,
+                stream: Some(id),
+                phase: Phase::SynSent(initiator),
+                written: 0,
+                acked: 0,
+                base: Seq48::ZERO,
+                fin_pushed: false,
+                rst_seen: false,
+                was_last_ack: false,
+                last_rx: now,
+                created: now,
+            },
+        );
+        self.by_tuple.insert(tuple, handle);
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.conn = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// Removes a connection's socket and bookkeeping without touching its stream's flow.
+    pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
+        if let Some(conn) = self.conns.remove(&handle) {
+            self.by_tuple.remove(&conn.tuple);
+            self.device.detach_option(&conn.tuple);
+            if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
+                && s.conn == Some(handle)
+            {
+                s.conn = None;
+            }
+        }
+        self.sockets.remove(handle);
+    }
+
+    /// Per-connection checks after smoltcp ran: handshakes that ended,
+    /// connections that died.
+    pub(super) fn service_connections(&mut self, now: Instant) {
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            let Some(conn) = self.conns.get_mut(&handle) else {
+                continue;
+            };
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            let state = socket.state();
+            if state == tcp::State::LastAck {
+                conn.was_last_ack = true;
+            }
+            let synchronized = !matches!(
+                state,
+                tcp::State::Closed
+                    | tcp::State::Listen
+                    | tcp::State::SynSent
+                    | tcp::State::SynReceived
+            );
+            if synchronized && socket.timeout().is_some() {
+                socket.set_timeout(None);
+            }
+            // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
+            // tracked connection must never become a listener for anyone else.
+            if state == tcp::State::Listen {
+                debug!(remote = %conn.tuple.remote, "handshake reset: connection dropped");
+                self.drop_connection(handle);
+                continue;
+            }
+            match (&conn.phase, conn.stream) {
+                // Legacy responder connection established: hand it out.
+                // (Data and FIN may have come with the handshake's ACK: any
+                // synchronized state means smoltcp accepted the connection.)
+                (Phase::SynReceived(None), None) if synchronized => {
+                    conn.phase = Phase::Open;
+                    self.accept_connection(now, handle, Mode::Legacy, None);
+                }
+                (Phase::Open | Phase::SynReceived(_), None) if state == tcp::State::Closed => {
+                    self.drop_connection(handle);
+                }
+                (Phase::SynSent(None), Some(id)) if state == tcp::State::Established => {
+                    conn.phase = Phase::Open;
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.mode = StreamMode::Known(Mode::Legacy);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Ingress inspection and the TI handshakes: every segment of a known
+//! connection or a new SYN passes here before smoltcp sees it.
+
+use super::*;
+
+impl<D: Device> Stack<D> {
+    pub(super) fn on_ingress(&mut self, now: Instant, packet: Vec<u8>) {
+        let Some(seg) = Segment::parse(&packet, self.device.kind()) else {
+            self.device.deliver(packet);
+            return;
+        };
+        // Act only on what smoltcp will accept too: a SYN or RST with a bad
+        // checksum must not change any state (it is passed on and dropped there).
+        if (seg.syn || seg.rst) && !segment::checksum_ok(&packet) {
+            self.device.deliver(packet);
+            return;
+        }
+        let tuple = seg.tuple_at_receiver();
+        if let Some(&handle) = self.by_tuple.get(&tuple) {
+            // A segment that may end a handshake phase must be one smoltcp accepts.
+            let handshaking = self
+                .conns
+                .get(&handle)
+                .is_some_and(|c| !matches!(c.phase, Phase::Open));
+            if handshaking && !segment::checksum_ok(&packet) {
+                self.device.deliver(packet);
+                return;
+            }
+            if self.on_connection_segment(now, handle, &seg) {
+                self.device.deliver(packet);
+            } else {
+                self.device.recycle(packet);
+            }
+            return;
+        }
+        let is_new_syn = seg.syn && !seg.ack && !seg.rst;
+        let ours = *tuple.local.ip() == self.config.address;
+        if is_new_syn && ours && self.listeners.contains_key(&tuple.local.port()) {
+            if self.pending.contains_key(&tuple) {
+                self.device.deliver(packet);
+                return;
+            }
+            let half_open = self.pending.len()
+                + self
+                    .conns
+                    .values()
+                    .filter(|c| matches!(c.phase, Phase::SynReceived(_)))
+                    .count();
+            if half_open >= self.config.max_half_open {
+                debug!(peer = %seg.src, half_open, "SYN dropped: too many half-open connections");
+                self.device.recycle(packet);
+                return;
+            }
+            if self.on_new_syn(now, &seg) {
+                self.device.deliver(packet);
+            } else {
+                self.device.recycle(packet);
+            }
+            return;
+        }
+        self.device.deliver(packet);
+    }
+
+    /// A segment of a known connection. Returns whether smoltcp gets it.
+    pub(super) fn on_connection_segment(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        seg: &Segment,
+    ) -> bool {
+        let max_gap = self.table.config().max_resume_gap;
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return true;
+        };
+        // A RST proves nothing about the path being alive (a host without
+        // the connection sends them), so it does not count as a sign of life.
+        if seg.rst {
+            conn.rst_seen = true;
+        } else {
+            conn.last_rx = now;
+        }
+        let tuple = conn.tuple;
+        let stream = conn.stream;
+        match &mut conn.phase {
+            Phase::SynSent(Some(initiator)) if seg.rst => {
+                let outcome = initiator.on_rst(seg.option);
+                let resume = initiator.is_resume();
+                if !resume {
+                    return true;
+                }
+                let Some(id) = stream else { return true };
+                match outcome {
+                    RstOutcome::Refused => {
+                        let tifid = initiator.syn_option().tifid;
+                        self.drop_connection(handle);
+                        if self.only_our_fin_unconfirmed(id) {
+                            // The peer had our every byte and sent its FIN: it
+                            // finished the flow, and only the ACK of our FIN was
+                            // lost with the path. The conversation is complete.
+                            info!(%tifid, "resume refused after a complete exchange: closed");
+                            self.finish_closed(id);
+                        } else {
+                            warn!(%tifid, "resume refused by peer");
+                            self.lose_flow(id, LostCause::Refused);
+                        }
+                    }
+                    RstOutcome::Transient => {
+                        debug!("resume attempt reset (transient); will retry");
+                        self.drop_connection(handle);
+                    }
+                }
+                false
+            }
+            Phase::SynSent(Some(initiator)) if seg.syn && seg.ack => {
+                let Some(id) = stream else { return true };
+                let flow = self
+                    .streams
+                    .get(&id)
+                    .and_then(|s| s.tifid)
+                    .and_then(|t| self.table.get(t));
+                let outcome = initiator.on_syn_ack(seg.option, flow, max_gap);
+                let initiator = initiator.clone();
+                self.on_syn_ack_outcome(now, handle, id, tuple, seg, initiator, outcome)
+            }
+            Phase::SynSent(None) if seg.syn && seg.ack => {
+                if let Some(s) = stream.and_then(|id| self.streams.get_mut(&id)) {
+                    s.mode = StreamMode::Known(Mode::Legacy);
+                }
+                conn.phase = Phase::Open;
+                true
+            }
+            Phase::Confirming(initiator) => {
+                if !seg.rst && initiator.on_peer_segment(seg.syn) {
+                    debug!(tifid = %initiator.syn_option().tifid, "confirmation acknowledged by peer");
+                    self.device.detach_option(&tuple);
+                    conn.phase = Phase::Open;
+                }
+                true
+            }
+            Phase::SynReceived(Some(_)) if !seg.syn && !seg.rst && seg.ack => {
+                let Phase::SynReceived(Some(responder)) =
+                    std::mem::replace(&mut conn.phase, Phase::Open)
+                else {
+                    return true;
+                };
+                self.device.detach_option(&tuple);
+                self.on_handshake_ack(now, handle, seg, responder)
+            }
+            _ => true,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_syn_ack_outcome(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        id: StreamId,
+        tuple: FourTuple,
+        seg: &Segment,
+        initiator: Initiator,
+        outcome: SynAckOutcome,
+    ) -> bool {
+        match outcome {
+            SynAckOutcome::Established { tifid, peer_isn } => {
+                let isn = initiator.syn_option().tiseq;
+                let peer = IpAddress::Ipv4(*seg.src.ip());
+                let flow = Flow::new(tifid, Role::Initiator, isn, peer_isn, to_std_ip(peer));
+                if self.table.insert(flow).is_err() {
+                    warn!(%tifid, "flow table refused the flow: legacy");
+                    self.fall_back(handle, id, FallbackCause::TableFull);
+                    return true;
+                }
+                info!(%tifid, peer = %seg.src, "TI-flow established (initiator)");
+                let confirm = initiator.confirm_option();
+                if let Some(conn) = self.conns.get_mut(&handle) {
+                    conn.base = isn;
+                    conn.phase = Phase::Confirming(initiator);
+                }
+                if let Some(option) = confirm {
+                    self.device.attach_option(tuple, option);
+                }
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.tifid = Some(tifid);
+                    s.mode = StreamMode::Known(Mode::Resilient { tifid });
+                    s.sent_high = isn;
+                    let flow = self.table.get_mut(tifid);
+                    if let Some(flow) = flow {
+                        let _ = flow.on_write(s.send_buf.len() as u64);
+                        if s.shutdown_write {
+                            flow.queue_fin();
+                        }
+                    }
+                }
+                self.by_tifid.insert(tifid, id);
+                true
+            }
+            SynAckOutcome::Resumed { peer_rcv_nxt, .. } => {
+                let Some(s) = self.streams.get_mut(&id) else {
+                    return true;
+                };
+                let Some(tifid) = s.tifid else { return true };
+                let Some(flow) = self.table.get_mut(tifid) else {
+                    return true;
+                };
+                let dropped = flow.resume_from(peer_rcv_nxt).unwrap_or(0);
+                flow.attach();
+                let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);
+                info!(%tifid, ?downtime, resent, local = %tuple.local, "TI-flow resumed (initiator)");
+                let confirm = initiator.confirm_option();
+                if let Some(conn) = self.conns.get_mut(&handle) {
+                    conn.base = peer_rcv_nxt;
+                    conn.phase = Phase::Confirming(initiator);
+                }
+                if let Some(option) = confirm {
+                    self.device.attach_option(tuple, option);
+                }
+                true
+            }
+            SynAckOutcome::FellBack(cause) => {
+                info!(peer = %seg.src, %cause, "connection falls back to legacy TCP");
+                self.fall_back(handle, id, cause);
+                true
+            }
+            SynAckOutcome::Lost(cause) => {
+                warn!(%cause, "resume failed: flow lost");
+                self.drop_connection(handle);
+                self.lose_flow(id, cause);
+                false
+            }
+        }
+    }
+
+    pub(super) fn fall_back(&mut self, handle: SocketHandle, id: StreamId, cause: FallbackCause) {
+        if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.phase = Phase::Open;
+            let tuple = conn.tuple;
+            self.device.detach_option(&tuple);
+        }
+        if let Some(s) = self.streams.get_mut(&id) {
+            if let Some(tifid) = s.tifid.take() {
+                self.table.remove(tifid);
+                self.by_tifid.remove(&tifid);
+                s.events.push_back(StreamEvent::FellBack(cause));
+            }
+            s.mode = StreamMode::Known(Mode::Legacy);
+        }
+    }
+
+    /// A SYN for a listener, from a tuple we do not know. Returns whether
+    /// smoltcp gets it.
+    pub(super) fn on_new_syn(&mut self, now: Instant, seg: &Segment) -> bool {
+        let tuple = seg.tuple_at_receiver();
+        if let Ok(Some(option)) = seg.option
+            && option.tifid.is_complete()
+        {
+            // A resume: positions must be current before the checks.
+            if let Some(&id) = self.by_tifid.get(&option.tifid) {
+                self.sync_stream(now, id);
+            }
+        }
+        let policy = ResponderPolicy {
+            enabled: self.config.ti_enabled,
+        };
+        let ts = self.ts(now);
+        let decision = Responder::on_syn(
+            &mut self.table,
+            policy,
+            seg.option,
+            to_std_ip(IpAddress::Ipv4(*seg.src.ip())),
+            &mut self.rng,
+            ts,
+        );
+        let responder = match decision {
+            SynDecision::Legacy(cause) => {
+                debug!(peer = %seg.src, %cause, "SYN accepted as legacy TCP");
+                None
+            }
+            SynDecision::Accept(responder) => {
+                if responder.is_resume() {
+                    let tifid = responder.tifid();
+                    if let Some(&id) = self.by_tifid.get(&tifid)
+                        && let Some(old) = self.streams.get(&id).and_then(|s| s.conn)
+                    {
+                        info!(%tifid, "resume for an attached flow: abandoning its old connection");
+                        self.fail_connection(now, old, "superseded by resume");
+                    }
+                    info!(%tifid, peer = %seg.src, "resume accepted");
+                }
+                self.device.attach_option(tuple, responder.syn_ack_option());
+                Some(responder)
+            }
+            SynDecision::Refuse { reason, reply } => {
+                self.refuse(now, seg, reason, reply);
+                return false;
+            }
+        };
+        self.pending.insert(tuple, responder);
+        self.add_listener(tuple.local.port());
+        true
+    }
+
+    pub(super) fn refuse(
+        &mut self,
+        now: Instant,
+        seg: &Segment,
+        reason: RefuseReason,
+        reply: Option<tifid::FlowOptionRepr>,
+    ) {
+        let tifid = seg.option.ok().flatten().map(|o| o.tifid);
+        match reply {
+            Some(reply) => {
+                warn!(?tifid, peer = %seg.src, %reason, "resume refused");
+                let rst = refusal_rst(seg, &reply, self.device.kind());
+                self.device.send_raw(now, &rst);
+            }
+            None => warn!(?tifid, peer = %seg.src, %reason, "resume refused silently (rate limit)"),
+        }
+    }
+
+    /// The first segment completing a responder handshake.
+    pub(super) fn on_handshake_ack(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        seg: &Segment,
+        responder: Responder,
+    ) -> bool {
+        let tifid = responder.tifid();
+        match responder.on_handshake_ack(seg.option) {
+            ConfirmOutcome::Confirmed if responder.is_resume() => {
+                let Some(&id) = self.by_tifid.get(&tifid) else {
+                    self.drop_connection(handle);
+                    return false;
+                };
+                let Some(flow) = self.table.get_mut(tifid) else {
+                    self.drop_connection(handle);
+                    return false;
+                };
+                let from = responder.resume_send_from();
+                let dropped = flow.resume_from(from).unwrap_or(0);
+                flow.attach();
+                flow.set_peer(to_std_ip(IpAddress::Ipv4(*seg.src.ip())));
+                let Some(s) = self.streams.get_mut(&id) else {
+                    return true;
+                };
+                let (downtime, resent) = s.reattach(now, handle, from, dropped);
+                if let Some(conn) = self.conns.get_mut(&handle) {
+                    conn.stream = Some(id);
+                    conn.base = from;
+                }
+                info!(%tifid, ?downtime, resent, "TI-flow resumed (responder)");
+                true
+            }
+            ConfirmOutcome::Confirmed => {
+                let (isn, peer_isn) = responder.isns();
+                let peer = to_std_ip(IpAddress::Ipv4(*seg.src.ip()));
+                let inserted = self
+                    .table
+                    .insert(Flow::new(tifid, Role::Responder, isn, peer_isn, peer))
+                    .is_ok();
+                let mode = if inserted {
+                    info!(%tifid, peer = %seg.src, "TI-flow established (responder)");
+                    Mode::Resilient { tifid }
+                } else {
+                    warn!(%tifid, "flow table refused the confirmed flow: legacy");
+                    Mode::Legacy
+                };
+                self.accept_connection(now, handle, mode, inserted.then_some((tifid, isn)));
+                true
+            }
+            ConfirmOutcome::Unconfirmed(cause) if responder.is_resume() => {
+                warn!(%tifid, %cause, "resume not confirmed: connection dropped, flow stays detached");
+                self.drop_connection(handle);
+                false
+            }
+            ConfirmOutcome::Unconfirmed(cause) => {
+                info!(%tifid, %cause, peer = %seg.src, "no confirmation: legacy TCP");
+                self.accept_connection(now, handle, Mode::Legacy, None);
+                true
+            }
+        }
+    }
+
+    pub(super) fn on_egress_event(&mut self, now: Instant, event: EgressEvent) {
+        let EgressEvent::DoesNotFit(tuple) = event;
+        let Some(&handle) = self.by_tuple.get(&tuple) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&handle) else {
+            return;
+        };
+        let resume =
+            matches!(&conn.phase, Phase::Confirming(i) | Phase::SynSent(Some(i)) if i.is_resume());
+        let stream = conn.stream;
+        warn!(local = %tuple.local, "flow option did not fit a segment");
+        if resume {
+            self.fail_connection(now, handle, "confirmation did not fit");
+        } else if let Some(id) = stream {
+            self.fall_back(handle, id, FallbackCause::OptionDoesNotFit);
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! The stack: smoltcp + the boundary + the flow table, driven by `poll(now)`.
+//!
+//! Owns every connection and every TI stream: moves bytes between the
+//! application-facing TI buffers and the smoltcp sockets, runs the handshakes
+//! through `tifid`'s state machines on segments the boundary shows it, detects
+//! failed connections (RST, stall, idle path, explicit request), resumes
+//! flows (initiator) or waits for a resume (responder), and keeps invariants
+//! I1 to I3 of DESIGN §4. It never reads a clock: time is passed in, so a
+//! simulation can drive it in virtual time. It never blocks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration as SmolDuration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use tifid::handshake::{
+    ConfirmOutcome, FallbackCause, Initiator, LostCause, Mode, RefuseReason, Responder,
+    ResponderPolicy, RstOutcome, SynAckOutcome, SynDecision,
+};
+use tifid::{Flow, FlowTable, Role, Seq48, TableConfig, Tifid, Timestamp};
+use tracing::{debug, info, warn};
+
+mod accept;
+mod conns;
+mod handshake;
+mod lifecycle;
+mod pump;
+
+use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
+use crate::config::StackConfig;
+use crate::error::{StreamError, StreamEvent};
+use crate::segment::{self, FourTuple, Segment, refusal_rst};
+
+/// Identifies a stream inside a [`Stack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(u64);
+
+/// Identifies a listener inside a [`Stack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u16);
+
+/// What a stream's mode is, as far as the stack knows now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// The handshake has not finished.
+    Connecting,
+    /// Decided.
+    Known(Mode),
+}
+
+/// Counters for a stream, for `tiflow status` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Bytes the application wrote.
+    pub bytes_written: u64,
+    /// Bytes delivered to the application's receive buffer.
+    pub bytes_received: u64,
+    /// Successful resumes.
+    pub resumes: u64,
+    /// Downtime of the last resume.
+    pub last_downtime: Option<Duration>,
+    /// Bytes resent over all resumes.
+    pub resent_bytes: u64,
+}
+
+/// A snapshot of one stream for status displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream.
+    pub id: StreamId,
+    /// Its mode.
+    pub mode: StreamMode,
+    /// The original peer.
+    pub peer: SocketAddrV4,
+    /// Counters.
+    pub stats: StreamStats,
+    /// A live TCP connection carries it now (not a resume attempt).
+    pub attached: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Our SYN is out.
+    SynSent(Option<Initiator>),
+    /// Initiator, TI: attaching the confirmation until the peer's first segment.
+    Confirming(Initiator),
+    /// Responder: our SYN-ACK is out (None: legacy).
+    SynReceived(Option<Responder>),
+    /// Handshake over.
+    Open,
+}
+
+#[derive(Debug)]
+struct Conn {
+    tuple: FourTuple,
+    stream: Option<StreamId>,
+    phase: Phase,
+    /// Bytes written into this socket.
+    written: u64,
+    /// Of those, acknowledged by TCP.
+    acked: u64,
+    /// TI position of the socket's first byte.
+    base: Seq48,
+    fin_pushed: bool,
+    rst_seen: bool,
+    was_last_ack: bool,
+    last_rx: Instant,
+    created: Instant,
+}
+
+#[derive(Debug)]
+struct ResumeState {
+    attempt: u32,
+    next_attempt: Instant,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    mode: StreamMode,
+    role: Role,
+    peer: SocketAddrV4,
+    tifid: Option<Tifid>,
+    conn: Option<SocketHandle>,
+    /// Bytes from `snd_una` on (TI mode) or from the oldest unacknowledged byte.
+    send_buf: VecDeque<u8>,
+    /// TI position one past the highest byte ever handed to a socket.
+    sent_high: Seq48,
+    recv_buf: VecDeque<u8>,
+    shutdown_write: bool,
+    eof: bool,
+    fin_acked: bool,
+    error: Option<StreamError>,
+    events: VecDeque<StreamEvent>,
+    stats: StreamStats,
+    failed_at: Option<Instant>,
+    resume: Option<ResumeState>,
+    last_progress: Instant,
+    fail_requested: bool,
+    /// The application dropped its handle.
+    abandoned: bool,
+}
+
+impl StreamState {
+    /// A resume handshake succeeded on `handle`: the peer holds everything
+    /// before `send_from` (`dropped` sequence numbers newly known delivered).
+    /// Drops those bytes, attaches the connection, records the resume.
+    /// Returns the downtime and the bytes to be sent again.
+    fn reattach(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        send_from: Seq48,
+        dropped: u64,
+    ) -> (Duration, u64) {
+        let drop_bytes = (dropped as usize).min(self.send_buf.len());
+        self.send_buf.drain(..drop_bytes);
+        let resent = self.sent_high.bytes_since(send_from).unwrap_or(0);
+        let downtime = self.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
+        self.conn = Some(handle);
+        self.resume = None;
+        self.failed_at = None;
+        self.last_progress = now;
+        self.stats.resumes += 1;
+        self.stats.last_downtime = Some(downtime);
+        self.stats.resent_bytes += resent;
+        self.events.push_back(StreamEvent::Resumed {
+            downtime,
+            resent_bytes: resent,
+        });
+        (downtime, resent)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ListenerState {
+    accept_queue: VecDeque<StreamId>,
+}
+
+/// One host's stack: smoltcp interface, sockets, boundary and flow table.
+pub struct Stack<D: Device> {
+    config: StackConfig,
+    iface: Interface,
+    device: Boundary<D>,
+    sockets: SocketSet<'static>,
+    table: FlowTable,
+    rng: StdRng,
+    conns: HashMap<SocketHandle, Conn>,
+    by_tuple: HashMap<FourTuple, SocketHandle>,
+    pending: HashMap<FourTuple, Option<Responder>>,
+    fresh_listeners: Vec<(SocketHandle, u16)>,
+    streams: HashMap<StreamId, StreamState>,
+    by_tifid: HashMap<Tifid, StreamId>,
+    listeners: HashMap<u16, ListenerState>,
+    recent_ports: VecDeque<u16>,
+    recent_port_set: HashSet<u16>,
+    next_stream: u64,
+    epoch: Instant,
+}
+
+/// Ports remembered as recently used so a resume never reuses one the peer
+/// may hold in TIME_WAIT.
+const RECENT_PORTS: usize = 8192;
+/// Packets inspected per poll before smoltcp runs.
+const INGRESS_BATCH: usize = 256;
+
+fn tsval() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u32
+}
+
+fn smol(d: Duration) -> SmolDuration {
+    SmolDuration::from_micros(d.as_micros() as u64)
+}
+
+fn std_dur(d: SmolDuration) -> Duration {
+    Duration::from_micros(d.total_micros())
+}
+
+impl<D: Device> Stack<D> {
+    /// A stack on `device`, started at `now`.
+    pub fn new(config: StackConfig, device: D, now: Instant) -> Stack<D> {
+        let mut device = Boundary::new(device, config.option_kind);
+        let mut rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        // smoltcp derives TCP initial sequence numbers from this seed: a
+        // constant one makes them predictable to off-path attackers.
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = rng.random();
+        let mut iface = Interface::new(iface_config, &mut device, now);
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv4(config.address),
+                config.prefix_len,
+            ));
+        });
+        if let Some(gw) = config.gateway {
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        let table = FlowTable::new(TableConfig {
+            max_flows: config.max_flows,
+            resume_timeout: config.resume_timeout,
+            max_resume_gap: config.send_buffer as u64 + config.socket_buffer as u64,
+            allow_migration: config.allow_migration,
+            ..TableConfig::default()
+        });
+        Stack {
+            config,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            table,
+            rng,
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            pending: HashMap::new(),
+            fresh_listeners: Vec::new(),
+            streams: HashMap::new(),
+            by_tifid: HashMap::new(),
+            listeners: HashMap::new(),
+            recent_ports: VecDeque::new(),
+            recent_port_set: HashSet::new(),
+            next_stream: 1,
+            epoch: now,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StackConfig {
+        &self.config
+    }
+
+    /// The device below the boundary.
+    pub fn device(&self) -> &D {
+        self.device.inner()
+    }
+
+    /// The device below the boundary, mutably.
+    pub fn device_mut(&mut self) -> &mut D {
+        self.device.inner_mut()
+    }
+
+    /// The boundary's counters.
+    pub fn boundary_stats(&self) -> BoundaryStats {
+        self.device.stats()
+    }
+
+    /// The flow table.
+    pub fn flows(&self) -> &FlowTable {
+        &self.table
+    }
+
+    fn ts(&self, now: Instant) -> Timestamp {
+        Timestamp::from_micros((now - self.epoch).total_micros())
+    }
+
+    /// Moves the stack to a new address (the host moved). Connections on
+    /// the old address are failed; TI-flows we initiated resume from the new
+    /// address.
+    pub fn set_address(&mut self, now: Instant, address: Ipv4Addr, prefix_len: u8) {
+        info!(%address, "address changed");
+        self.config.address = address;
+        self.config.prefix_len = prefix_len;
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.clear();
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), prefix_len));
+        });
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.fail_connection(now, handle, "address changed");
+        }
+    }
+
+    // ---------------------------------------------------------------- API
+
+    /// Opens a connection to `remote`, offering a TI-flow (if enabled).
+    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<StreamId, StreamError> {
+        let id = self.new_stream(Role::Initiator, remote, now);
+        let initiator = if self.config.ti_enabled {
+            self.table
+                .new_initiator_half(&mut self.rng)
+                .map(|half| Initiator::new_flow(half, FlowTable::new_isn(&mut self.rng)))
+        } else {
+            None
+        };
+        self.open_connection(now, id, initiator)?;
+        Ok(id)
+    }
+
+    /// Listens on `port`.
+    pub fn listen(&mut self, port: u16) -> Result<ListenerId, StreamError> {
+        if self.listeners.contains_key(&port) || port == 0 {
+            return Err(StreamError::AddrInUse);
+        }
+        self.listeners.insert(port, ListenerState::default());
+        Ok(ListenerId(port))
+    }
+
+    /// Stops listening; queued connections not yet accepted are closed.
+    pub fn unlisten(&mut self, listener: ListenerId) {
+        if let Some(state) = self.listeners.remove(&listener.0) {
+            for id in state.accept_queue {
+                self.close(id);
+            }
+        }
+    }
+
+    /// The next accepted connection, if one is ready.
+    pub fn accept(&mut self, listener: ListenerId) -> Result<Option<StreamId>, StreamError> {
+        let state = self
+            .listeners
+            .get_mut(&listener.0)
+            .ok_or(StreamError::NoSuchStream)?;
+        Ok(state.accept_queue.pop_front())
+    }
+
+    /// Queues bytes for sending; returns how many fit in the send buffer.
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let limit = self.config.send_buffer;
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        if let Some(e) = s.error {
+            return Err(e);
+        }
+        if s.shutdown_write {
+            return Err(StreamError::WriteAfterShutdown);
+        }
+        let n = data.len().min(limit.saturating_sub(s.send_buf.len()));
+        s.send_buf.extend(&data[..n]);
+        s.stats.bytes_written += n as u64;
+        if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
+            let _ = flow.on_write(n as u64);
+        }
+        Ok(n)
+    }
+
+    /// Reads delivered bytes. `Ok(0)` with `data` non-empty means end of
+    /// stream; `Err(WouldBlock)`-like `Ok(None)` means nothing yet.
+    pub fn read(&mut self, id: StreamId, data: &mut [u8]) -> Result<Option<usize>, StreamError> {
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        if !s.recv_buf.is_empty() {
+            let n = data.len().min(s.recv_buf.len());
+            let (front, back) = s.recv_buf.as_slices();
+            let from_front = n.min(front.len());
+            data[..from_front].copy_from_slice(&front[..from_front]);
+            data[from_front..n].copy_from_slice(&back[..n - from_front]);
+            s.recv_buf.drain(..n);
+            return Ok(Some(n));
+        }
+        if s.eof {
+            return Ok(Some(0));
+        }
+        if let Some(e) = s.error {
+            return Err(e);
+        }
+        Ok(None)
+    }
+
+    /// Bytes ready to read.
+    pub fn readable(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.recv_buf.len())
+    }
+
+    /// Room left in the send buffer.
+    pub fn writable(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| {
+            self.config.send_buffer.saturating_sub(s.send_buf.len())
+        })
+    }
+
+    /// Bytes written but not yet acknowledged by the peer's TCP.
+    pub fn unacknowledged(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.send_buf.len())
+    }
+
+    /// Ends our sending direction after the queued bytes (a TI FIN).
+    pub fn shutdown_write(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        if !s.shutdown_write {
+            s.shutdown_write = true;
+            if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
+                flow.queue_fin();
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream's mode.
+    pub fn mode(&self, id: StreamId) -> Option<StreamMode> {
+        self.streams.get(&id).map(|s| s.mode)
+    }
+
+    /// The stream's error, if it failed.
+    pub fn error(&self, id: StreamId) -> Option<StreamError> {
+        self.streams.get(&id).and_then(|s| s.error)
+    }
+
+    /// The connection is established (or failed: see [`Stack::error`]).
+    pub fn is_connected(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id)
+            .is_some_and(|s| s.mode != StreamMode::Connecting)
+    }
+
+    /// The original peer, unchanged across resumes.
+    pub fn peer_addr(&self, id: StreamId) -> Option<SocketAddrV4> {
+        self.streams.get(&id).map(|s| s.peer)
+    }
+
+    /// Our end of the stream's current TCP connection.
+    pub fn local_addr(&self, id: StreamId) -> Option<SocketAddrV4> {
+        let s = self.streams.get(&id)?;
+        s.conn
+            .and_then(|h| self.conns.get(&h))
+            .map(|c| c.tuple.local)
+    }
+
+    /// The next event of the stream.
+    pub fn poll_event(&mut self, id: StreamId) -> Option<StreamEvent> {
+        self.streams.get_mut(&id).and_then(|s| s.events.pop_front())
+    }
+
+    /// Counters and state of every stream.
+    pub fn stream_infos(&self) -> Vec<StreamInfo> {
+        let mut infos: Vec<StreamInfo> = self
+            .streams
+            .iter()
+            .map(|(id, s)| StreamInfo {
+                id: *id,
+                mode: s.mode,
+                peer: s.peer,
+                stats: s.stats,
+                attached: s.conn.is_some() && s.failed_at.is_none(),
+            })
+            .collect();
+        infos.sort_by_key(|i| i.id);
+        infos
+    }
+
+    /// Abandons the stream's TCP connection as if it had failed (the paper's
+    /// sysctl): the flow resumes on a new connection.
+    pub fn fail_transport(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        s.fail_requested = true;
+        Ok(())
+    }
+
+    /// The application is done with the stream: queued data is still sent
+    /// (with a FIN) unless the stream failed; state is freed when done.
+    pub fn close(&mut self, id: StreamId) {
+        let _ = self.shutdown_write(id);
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.abandoned = true;
+            s.recv_buf.clear();
+        }
+    }
+
+    /// When the stack next needs a poll, at the latest.
+    pub fn poll_at(&mut self, now: Instant) -> Instant {
+        let mut at = match self.iface.poll_delay(now, &self.sockets) {
+            Some(d) => now + d,
+            None => now + SmolDuration::from_millis(1000),
+        };
+        let stall = smol(self.config.stall_timeout);
+        let keepalive = smol(self.config.keepalive);
+        for s in self.streams.values() {
+            if let Some(r) = &s.resume {
+                for deadline in [r.next_attempt, r.deadline] {
+                    if deadline > now {
+                        at = at.min(deadline);
+                    }
+                }
+            }
+            if let Some(conn) = s.conn.and_then(|h| self.conns.get(&h)) {
+                let outstanding = !s.send_buf.is_empty();
+                let deadline = if outstanding {
+                    s.last_progress + stall
+                } else {
+                    conn.last_rx + keepalive + stall
+                };
+                if deadline > now {
+                    at = at.min(deadline);
+                }
+            }
+        }
+        if self.device.pending_ingress() > 0 {
+            at = now;
+        }
+        at.max(now)
+    }
+
+    // --------------------------------------------------------------- poll
+
+    /// Runs the stack at time `now`: takes in packets, runs smoltcp, moves
+    /// bytes, detects failures, resumes. Returns true if anything happened.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let mut activity = false;
+        for _ in 0..INGRESS_BATCH {
+            let Some(packet) = self.device.receive_raw(now) else {
+                break;
+            };
+            activity = true;
+            self.on_ingress(now, packet);
+        }
+        activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
+            != smoltcp::iface::PollResult::None;
+        self.bind_fresh_listeners(now);
+        self.service_connections(now);
+        for event in self.device.take_events() {
+            self.on_egress_event(now, event);
+        }
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.service_stream(now, id);
+        }
+        activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
+            != smoltcp::iface::PollResult::None;
+        for tifid in self.table.expire(self.ts(now)) {
+            debug!(%tifid, "flow entry removed");
+            if let Some(id) = self.by_tifid.remove(&tifid)
+                && let Some(s) = self.streams.get_mut(&id)
+                && s.conn.is_none()
+                && s.error.is_none()
+                && !(s.eof && s.fin_acked)
+            {
+                warn!(%tifid, "detached flow expired: lost");
+                s.error = Some(StreamError::FlowLost(LostCause::Timeout));
+                s.events.push_back(StreamEvent::Lost(LostCause::Timeout));
+            }
+        }
+        activity
+    }
+
+    // ------------------------------------------------------------ ingress
+
+    // ------------------------------------------------------ connections
+
+    // ------------------------------------------------------------ streams
+
+    fn new_stream(&mut self, role: Role, peer: SocketAddrV4, now: Instant) -> StreamId {
+        let id = StreamId(self.next_stream);
+        self.next_stream += 1;
+        self.streams.insert(
+            id,
+            StreamState {
+                mode: StreamMode::Connecting,
+                role,
+                peer,
+                tifid: None,
+                conn: None,
+                send_buf: VecDeque::new(),
+                sent_high: Seq48::ZERO,
+                recv_buf: VecDeque::new(),
+                shutdown_write: false,
+                eof: false,
+                fin_acked: false,
+                error: None,
+                events: VecDeque::new(),
+                stats: StreamStats::default(),
+                failed_at: None,
+                resume: None,
+                last_progress: now,
+                fail_requested: false,
+                abandoned: false,
+            },
+        );
+        id
+    }
+}
+
+fn endpoint_tuple(local: IpEndpoint, remote: IpEndpoint) -> Option<FourTuple> {
+    match (local.addr, remote.addr) {
+        (IpAddress::Ipv4(l), IpAddress::Ipv4(r)) => Some(FourTuple {
+            local: SocketAddrV4::new(l, local.port),
+            remote: SocketAddrV4::new(r, remote.port),
+        }),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn to_std_ip(addr: IpAddress) -> std::net::IpAddr {
+    match addr {
+        IpAddress::Ipv4(a) => std::net::IpAddr::V4(a),
+        #[allow(unreachable_patterns)]
+        IpAddress::Ipv6(a) => std::net::IpAddr::V6(a),
+    }
+}
+
+/// Payload of a full segment with timestamps at this IP MTU.
+fn effective_mss(ip_mtu: usize) -> usize {
+    ip_mtu.saturating_sub(20 + 20 + 12)
+}

@@ -1,0 +1,155 @@
+//! The byte pump between a stream's TI buffers and its smoltcp socket
+//! (invariants I1 and I2 of DESIGN §4).
+
+use super::*;
+
+impl<D: Device> Stack<D> {
+    /// Brings a flow's positions up to date with its connection (used
+    /// before judging a resume of it).
+    pub(super) fn sync_stream(&mut self, now: Instant, id: StreamId) {
+        if let Some(handle) = self.streams.get(&id).and_then(|s| s.conn) {
+            self.pump(now, id, handle, true);
+        }
+    }
+
+    /// Moves bytes between the stream's TI buffers and its socket.
+    /// `draining`: take every received byte regardless of the receive
+    /// buffer bound, and push nothing new (the connection is going away).
+    pub(super) fn pump(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        draining: bool,
+    ) {
+        let recv_limit = self.config.recv_buffer;
+        let mtu = self.device.capabilities().max_transmission_unit;
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let flow = s.tifid.and_then(|t| self.table.get_mut(t));
+        let mut flow = flow;
+
+        // Acknowledged by TCP: drop from the send buffer (I2 keeps the rest).
+        let in_socket = socket.send_queue() as u64;
+        let acked_total = conn.written.saturating_sub(in_socket);
+        let newly = acked_total.saturating_sub(conn.acked);
+        if newly > 0 {
+            conn.acked = acked_total;
+            let n = (newly as usize).min(s.send_buf.len());
+            s.send_buf.drain(..n);
+            if let Some(flow) = flow.as_deref_mut() {
+                let una = flow.positions().snd_una + newly;
+                let _ = flow.on_acked(una);
+            }
+            s.last_progress = now;
+        }
+        if in_socket == 0 {
+            s.last_progress = now;
+        }
+
+        // Push new bytes (the first flight is one MSS-20 segment while confirming).
+        let established = matches!(
+            socket.state(),
+            tcp::State::Established | tcp::State::CloseWait
+        );
+        if !draining
+            && established
+            && !matches!(conn.phase, Phase::SynSent(_) | Phase::SynReceived(_))
+        {
+            let limit = match &conn.phase {
+                Phase::Confirming(i) => i
+                    .first_flight_limit(effective_mss(mtu))
+                    .map(|l| (l as u64).saturating_sub(conn.written)),
+                _ => None,
+            };
+            let unsent_from = in_socket as usize;
+            if unsent_from < s.send_buf.len() {
+                let (a, b) = s.send_buf.as_slices();
+                let mut offset = unsent_from;
+                let mut budget = limit.unwrap_or(u64::MAX);
+                for part in [a, b] {
+                    if offset >= part.len() {
+                        offset -= part.len();
+                        continue;
+                    }
+                    let chunk = &part[offset..];
+                    offset = 0;
+                    let chunk = &chunk[..chunk.len().min(budget as usize)];
+                    let n = socket.send_slice(chunk).unwrap_or(0);
+                    conn.written += n as u64;
+                    budget -= n as u64;
+                    let high = conn.base + conn.written;
+                    if s.sent_high < high || s.tifid.is_none() {
+                        s.sent_high = high;
+                    }
+                    if n < chunk.len() || budget == 0 {
+                        break;
+                    }
+                }
+            }
+            let all_pushed = in_socket as usize + (conn.written - acked_total - in_socket) as usize
+                >= s.send_buf.len();
+            if s.shutdown_write && !conn.fin_pushed && all_pushed && limit.is_none() {
+                socket.close();
+                // Closing from CLOSE-WAIT enters LAST-ACK now; its ACK may come
+                // before any later poll sees the state.
+                if socket.state() == tcp::State::LastAck {
+                    conn.was_last_ack = true;
+                }
+                conn.fin_pushed = true;
+            }
+        }
+
+        // Receive (I1: when draining, everything TCP acknowledged).
+        while socket.can_recv() && (draining || s.recv_buf.len() < recv_limit) {
+            let room = if draining {
+                usize::MAX
+            } else {
+                recv_limit - s.recv_buf.len()
+            };
+            let got = socket.recv(|data| {
+                let n = data.len().min(room);
+                s.recv_buf.extend(&data[..n]);
+                (n, n)
+            });
+            match got {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    s.stats.bytes_received += n as u64;
+                    if let Some(flow) = flow.as_deref_mut() {
+                        let _ = flow.on_received(n as u64);
+                    }
+                }
+            }
+        }
+        let state = socket.state();
+        let fin_in = matches!(
+            state,
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        );
+        if fin_in && socket.recv_queue() == 0 && !s.eof {
+            s.eof = true;
+            if let Some(flow) = flow.as_deref_mut() {
+                flow.on_fin_received();
+            }
+        }
+        let fin_acked = conn.fin_pushed
+            && (matches!(state, tcp::State::FinWait2 | tcp::State::TimeWait)
+                || (state == tcp::State::Closed && conn.was_last_ack && !conn.rst_seen));
+        if fin_acked && !s.fin_acked {
+            s.fin_acked = true;
+            if let Some(flow) = flow {
+                let end = flow.positions().snd_nxt;
+                let _ = flow.on_acked(end);
+            }
+        }
+    }
+}
