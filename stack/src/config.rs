@@ -39,6 +39,12 @@ pub struct StackConfig {
     /// Most connections in SYN-RECEIVED at once; further SYNs are dropped
     /// (each holds two socket buffers until its handshake ends).
     pub max_half_open: usize,
+    /// Connections accepted by the stack but not yet by the application,
+    /// per listener; SYNs beyond it are not answered.
+    pub accept_backlog: usize,
+    /// A legacy connection whose data stays unacknowledged this long ends
+    /// with [`crate::StreamError::UserTimeout`] (like `TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
     /// Give up a connect or a handshake after this long.
     pub connect_timeout: Duration,
     /// Seed for ports, TIFID halves and TI ISNs; `None` seeds from the OS
@@ -65,6 +71,8 @@ impl StackConfig {
             send_buffer: 4 << 20,
             recv_buffer: 4 << 20,
             max_half_open: 256,
+            accept_backlog: 128,
+            user_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),
             seed: None,
         }

@@ -29,6 +29,12 @@ pub enum StreamError {
     /// The port is already listened on.
     #[error("address in use")]
     AddrInUse,
+    /// The application aborted the stream ([`crate::TiStream::abort`]).
+    #[error("stream aborted")]
+    Aborted,
+    /// A legacy connection had data unacknowledged for `user_timeout`.
+    #[error("user timeout: data unacknowledged too long")]
+    UserTimeout,
     /// The stack has stopped.
     #[error("stack stopped")]
     StackStopped,
@@ -41,7 +47,8 @@ impl From<StreamError> for io::Error {
                 io::ErrorKind::ConnectionReset
             }
             StreamError::ConnectionRefused => io::ErrorKind::ConnectionRefused,
-            StreamError::TimedOut => io::ErrorKind::TimedOut,
+            StreamError::TimedOut | StreamError::UserTimeout => io::ErrorKind::TimedOut,
+            StreamError::Aborted => io::ErrorKind::ConnectionAborted,
             StreamError::WriteAfterShutdown => io::ErrorKind::BrokenPipe,
             StreamError::NoSuchStream | StreamError::StackStopped => io::ErrorKind::NotConnected,
             StreamError::AddrInUse => io::ErrorKind::AddrInUse,

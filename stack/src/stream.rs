@@ -311,6 +311,12 @@ impl<D: Device + Wait> TiStream<D> {
             .act(|stack, _| stack.fail_transport(self.id()))
     }
 
+    /// Ends the stream at both ends at once, without resume: queued data is
+    /// discarded and the peer's program sees a reset (DESIGN §4 "Abort").
+    pub fn abort(&self) -> Result<(), StreamError> {
+        self.shared().act(|stack, now| stack.abort(now, self.id()))
+    }
+
     /// Shuts down writing (a TI FIN after the queued data); `Read` has no
     /// effect beyond discarding what arrives later.
     pub fn shutdown(&self, how: Shutdown) -> Result<(), StreamError> {

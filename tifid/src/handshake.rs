@@ -100,6 +100,10 @@ pub enum LostCause {
     /// No resume succeeded within `resume_timeout`.
     #[error("resume timed out")]
     Timeout,
+    /// The peer aborted the flow (an acceptable RST carrying our option
+    /// with zero positions, DESIGN §4 "Abort").
+    #[error("aborted by the peer")]
+    PeerAborted,
 }
 
 /// The initiator's reading of a SYN-ACK.

@@ -90,6 +90,64 @@ impl<D: Device> Stack<D> {
         Ok(())
     }
 
+    /// Resets a connection: smoltcp sends one RST on its next poll, carrying
+    /// `option` when given. The boundary keeps attaching the option to the
+    /// tuple for [`RESET_LINGER`], so the RST smoltcp sends in answer to a
+    /// challenge ACK (RFC 5961) carries it too. The socket leaves the set
+    /// once its RST is out.
+    pub(super) fn reset_connection(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        option: Option<tifid::FlowOptionRepr>,
+    ) {
+        let Some(conn) = self.conns.remove(&handle) else {
+            return;
+        };
+        self.by_tuple.remove(&conn.tuple);
+        match option {
+            Some(option) => self.device.attach_option(conn.tuple, option),
+            None => self.device.detach_option(&conn.tuple),
+        }
+        if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
+            && s.conn == Some(handle)
+        {
+            s.conn = None;
+        }
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.resetting.push_back(Resetting {
+            handle: Some(handle),
+            tuple: conn.tuple,
+            until: now + RESET_LINGER,
+        });
+    }
+
+    /// Frees sockets whose RST went out and forgets the options of resets
+    /// older than [`RESET_LINGER`].
+    pub(super) fn reap_resets(&mut self, now: Instant) {
+        for r in self.resetting.iter_mut() {
+            if let Some(handle) = r.handle
+                && self
+                    .sockets
+                    .get::<tcp::Socket>(handle)
+                    .remote_endpoint()
+                    .is_none()
+            {
+                self.sockets.remove(handle);
+                r.handle = None;
+            }
+        }
+        while let Some(r) = self.resetting.front()
+            && r.handle.is_none()
+            && r.until <= now
+        {
+            if !self.by_tuple.contains_key(&r.tuple) {
+                self.device.detach_option(&r.tuple);
+            }
+            self.resetting.pop_front();
+        }
+    }
+
     /// Removes a connection's socket and bookkeeping without touching its stream's flow.
     pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
         if let Some(conn) = self.conns.remove(&handle) {

@@ -25,6 +25,38 @@ impl<D: Device> Stack<D> {
         }
     }
 
+    /// The application aborted the stream: reset its live connection with
+    /// our option `{TIFID, 0, 0}` (legacy: a plain RST), forget the flow,
+    /// and fail every later call with [`StreamError::Aborted`].
+    pub(super) fn abort_stream(&mut self, now: Instant, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.error.is_none() {
+            s.error = Some(StreamError::Aborted);
+        }
+        s.resume = None;
+        s.send_buf.clear();
+        s.recv_buf.clear();
+        let tifid = s.tifid;
+        let conn = s.conn;
+        if let Some(tifid) = tifid {
+            info!(%tifid, "flow aborted by the application");
+            if let Some(flow) = self.table.get_mut(tifid) {
+                flow.finish();
+            }
+            self.by_tifid.remove(&tifid);
+        }
+        if let Some(handle) = conn {
+            let option = tifid.map(|tifid| tifid::FlowOptionRepr {
+                tifid,
+                tiseq: Seq48::ZERO,
+                tiack: Seq48::ZERO,
+            });
+            self.reset_connection(now, handle, option);
+        }
+    }
+
     pub(super) fn lose_flow(&mut self, id: StreamId, cause: LostCause) {
         if let Some(s) = self.streams.get_mut(&id) {
             s.resume = None;

@@ -200,6 +200,8 @@ pub struct Stack<D: Device> {
     listeners: HashMap<u16, ListenerState>,
     recent_ports: VecDeque<u16>,
     recent_port_set: HashSet<u16>,
+    /// Connections reset by us whose RST (and option rule) is still needed.
+    resetting: VecDeque<Resetting>,
     next_stream: u64,
     epoch: Instant,
 }
@@ -209,6 +211,18 @@ pub struct Stack<D: Device> {
 const RECENT_PORTS: usize = 8192;
 /// Packets inspected per poll before smoltcp runs.
 const INGRESS_BATCH: usize = 256;
+/// How long the option of a connection we reset stays attached to its
+/// tuple (answers to challenge ACKs carry it).
+const RESET_LINGER: SmolDuration = SmolDuration::from_secs(2);
+
+/// A connection we reset: its socket until the RST is out, its tuple until
+/// the option rule is dropped.
+#[derive(Debug)]
+struct Resetting {
+    handle: Option<SocketHandle>,
+    tuple: FourTuple,
+    until: Instant,
+}
 
 fn tsval() -> u32 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -269,6 +283,7 @@ impl<D: Device> Stack<D> {
             listeners: HashMap::new(),
             recent_ports: VecDeque::new(),
             recent_port_set: HashSet::new(),
+            resetting: VecDeque::new(),
             next_stream: 1,
             epoch: now,
         }
@@ -493,6 +508,18 @@ impl<D: Device> Stack<D> {
         Ok(())
     }
 
+    /// Ends the stream at both ends without resume (DESIGN §4 "Abort"): the
+    /// live connection, if any, is reset with our option carrying the TIFID
+    /// and zero positions, so the peer ends the flow too; queued data is
+    /// discarded; later calls fail with [`StreamError::Aborted`].
+    pub fn abort(&mut self, now: Instant, id: StreamId) -> Result<(), StreamError> {
+        if !self.streams.contains_key(&id) {
+            return Err(StreamError::NoSuchStream);
+        }
+        self.abort_stream(now, id);
+        Ok(())
+    }
+
     /// The application is done with the stream: queued data is still sent
     /// (with a FIN) unless the stream failed; state is freed when done.
     pub fn close(&mut self, id: StreamId) {
@@ -553,6 +580,7 @@ impl<D: Device> Stack<D> {
         activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
             != smoltcp::iface::PollResult::None;
         self.bind_fresh_listeners(now);
+        self.reap_resets(now);
         self.service_connections(now);
         for event in self.device.take_events() {
             self.on_egress_event(now, event);
