@@ -9,6 +9,7 @@
 //! starts no threads: callers pass time in as [`time::Timestamp`] and carry
 //! out the decisions it returns.
 //!
+//! - [`acceptance`]: TCP's acceptance tests, judged before TI state changes.
 //! - [`option`]: the 20-byte option on the wire and TCP option lists.
 //! - [`seq`]: 48-bit sequence arithmetic and the TI <-> TCP mapping.
 //! - [`handshake`]: initiator and responder negotiation.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acceptance;
 pub mod flow;
 pub mod handshake;
 pub mod option;

@@ -148,14 +148,29 @@ impl<D: Device> Stack<D> {
             let done = s.eof && s.fin_acked;
             let handshaking = matches!(conn.phase, Phase::SynSent(_));
             let mut failure: Option<&str> = None;
+            if ti && state == tcp::State::Closed && conn.reset == Some(ResetKind::Aborted) {
+                // The peer aborted the flow: keep what TCP delivered (I1),
+                // then end the stream with a reset, no resume.
+                self.pump(now, id, handle, true);
+                self.drop_connection(handle);
+                warn!(tifid = ?self.streams.get(&id).and_then(|s| s.tifid), "flow aborted by the peer");
+                self.lose_flow(id, LostCause::PeerAborted);
+                return;
+            }
             if std::mem::take(&mut s.fail_requested) && ti {
                 failure = Some("explicit request");
             } else if state == tcp::State::Closed && !done {
-                failure = Some(if conn.rst_seen { "reset" } else { "closed" });
+                failure = Some(match conn.reset {
+                    Some(ResetKind::Abandoned) => "abandoned by the peer",
+                    Some(_) => "reset",
+                    None => "closed",
+                });
             } else if ti
                 && !handshaking
                 && socket.send_queue() > 0
-                && now >= s.last_progress + stall
+                // Alive means answering: any acceptable segment (answers to
+                // zero-window probes included) is progress.
+                && now >= s.last_progress.max(conn.last_rx) + stall
             {
                 failure = Some("stall");
             } else if ti

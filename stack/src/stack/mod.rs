@@ -31,6 +31,7 @@ mod conns;
 mod handshake;
 mod lifecycle;
 mod pump;
+mod validate;
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -108,10 +109,58 @@ struct Conn {
     /// TI position of the socket's first byte.
     base: Seq48,
     fin_pushed: bool,
-    rst_seen: bool,
+    /// An acceptable RST arrived (what it carried).
+    reset: Option<ResetKind>,
     was_last_ack: bool,
+    /// Last acceptable segment from the peer (a sign of life).
     last_rx: Instant,
     created: Instant,
+    /// Our initial sequence number (TI connections, once known).
+    iss: Option<u32>,
+    /// The peer's initial sequence number (TI connections, once known).
+    irs: Option<u32>,
+    /// Bytes taken out of the socket's receive buffer.
+    consumed: u64,
+    /// Bytes at the start of this connection's stream the flow already has
+    /// (a resume the old connection outran): dropped on receipt.
+    skip_rx: u64,
+    /// When we last sent a challenge ACK (RFC 5961 rate limit).
+    last_challenge: Option<Instant>,
+}
+
+impl Conn {
+    fn new(tuple: FourTuple, stream: Option<StreamId>, phase: Phase, now: Instant) -> Conn {
+        Conn {
+            tuple,
+            stream,
+            phase,
+            written: 0,
+            acked: 0,
+            base: Seq48::ZERO,
+            fin_pushed: false,
+            reset: None,
+            was_last_ack: false,
+            last_rx: now,
+            created: now,
+            iss: None,
+            irs: None,
+            consumed: 0,
+            skip_rx: 0,
+            last_challenge: None,
+        }
+    }
+}
+
+/// What an acceptable RST on a TI connection said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetKind {
+    /// No option of this flow: a host or middlebox without the connection.
+    Bare,
+    /// Our option with positions: the peer abandoned the connection on
+    /// purpose; the flow resumes at once.
+    Abandoned,
+    /// Our option with zero positions: the peer aborted the flow.
+    Aborted,
 }
 
 #[derive(Debug)]
@@ -549,7 +598,7 @@ impl<D: Device> Stack<D> {
             if let Some(conn) = s.conn.and_then(|h| self.conns.get(&h)) {
                 let outstanding = !s.send_buf.is_empty();
                 let deadline = if outstanding {
-                    s.last_progress + stall
+                    s.last_progress.max(conn.last_rx) + stall
                 } else {
                     conn.last_rx + keepalive + stall
                 };
