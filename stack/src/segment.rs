@@ -45,6 +45,8 @@ pub struct Segment {
     pub rst: bool,
     /// Payload length.
     pub payload_len: usize,
+    /// The window field as sent (unscaled).
+    pub window: u16,
     /// Our flow option: `Ok(None)` absent, `Err` malformed.
     pub option: ParsedOption,
 }
@@ -74,6 +76,7 @@ impl Segment {
             fin: tcp.fin(),
             rst: tcp.rst(),
             payload_len: tcp.payload().len(),
+            window: tcp.window_len(),
             option: find_flow_option(tcp.options(), kind),
         })
     }
@@ -194,7 +197,8 @@ pub fn refusal_rst(syn: &Segment, reply: &FlowOptionRepr, kind: u8) -> Vec<u8> {
     build_segment(&SegmentSpec {
         tuple: syn.tuple_at_receiver(),
         seq: 0,
-        ack: syn.seq.wrapping_add(1),
+        ack: Some(syn.seq.wrapping_add(1)),
+        syn: false,
         rst: true,
         option: &option,
     })
@@ -207,7 +211,8 @@ pub fn challenge_ack(tuple: FourTuple, seq: u32, ack: u32) -> Vec<u8> {
     build_segment(&SegmentSpec {
         tuple,
         seq,
-        ack,
+        ack: Some(ack),
+        syn: false,
         rst: false,
         option: &[],
     })
@@ -220,8 +225,10 @@ pub struct SegmentSpec<'a> {
     pub tuple: FourTuple,
     /// Sequence number.
     pub seq: u32,
-    /// Acknowledgement number (the ACK flag is always set).
-    pub ack: u32,
+    /// Acknowledgement number, with the ACK flag; `None`: no ACK flag.
+    pub ack: Option<u32>,
+    /// SYN flag.
+    pub syn: bool,
     /// RST flag.
     pub rst: bool,
     /// TCP option bytes, already padded to a multiple of 4.
@@ -255,10 +262,11 @@ pub fn build_segment(spec: &SegmentSpec) -> Vec<u8> {
         tcp.set_src_port(src.port());
         tcp.set_dst_port(dst.port());
         tcp.set_seq_number(TcpSeqNumber(spec.seq as i32));
-        tcp.set_ack_number(TcpSeqNumber(spec.ack as i32));
+        tcp.set_ack_number(TcpSeqNumber(spec.ack.unwrap_or(0) as i32));
         tcp.clear_flags();
         tcp.set_rst(spec.rst);
-        tcp.set_ack(true);
+        tcp.set_syn(spec.syn);
+        tcp.set_ack(spec.ack.is_some());
         tcp.set_window_len(0);
         tcp.set_urgent_at(0);
     }

@@ -170,7 +170,13 @@ mod tests {
         // Blind forgeries: sequence number or acknowledgement far off.
         assert!(!is_sign_of_life(500 + 1_000_000, 0, true, 9000, &w));
         assert!(!is_sign_of_life(500, 0, true, 9000 + 5000, &w));
-        assert!(!is_sign_of_life(500, 0, true, 9000u32.wrapping_sub(70_000), &w));
+        assert!(!is_sign_of_life(
+            500,
+            0,
+            true,
+            9000u32.wrapping_sub(70_000),
+            &w
+        ));
         // No ACK flag: not a segment of a synchronized connection.
         assert!(!is_sign_of_life(500, 0, false, 9000, &w));
     }

@@ -79,8 +79,8 @@ impl<D: Device> Stack<D> {
         let our_isn = conn.iss.or_else(|| self.device.sent_isn(&tuple));
         // Nothing changes TI state unless TCP would accept the segment
         // (DESIGN §4 "Acceptance before decision").
-        let answers_syn = our_isn
-            .is_some_and(|isn| acceptance::answers_our_syn(isn, seg.ack, seg.ack_number));
+        let answers_syn =
+            our_isn.is_some_and(|isn| acceptance::answers_our_syn(isn, seg.ack, seg.ack_number));
         match &mut conn.phase {
             Phase::SynSent(Some(_)) if (seg.rst || seg.syn) && !answers_syn => {
                 // A blind forgery or a stale answer: smoltcp answers a wrong
@@ -291,14 +291,9 @@ impl<D: Device> Stack<D> {
             }
             SynDecision::Accept(responder) => {
                 if responder.is_resume() {
-                    let tifid = responder.tifid();
-                    if let Some(&id) = self.by_tifid.get(&tifid)
-                        && let Some(old) = self.streams.get(&id).and_then(|s| s.conn)
-                    {
-                        info!(%tifid, "resume for an attached flow: abandoning its old connection");
-                        self.fail_connection(now, old, "superseded by resume");
-                    }
-                    info!(%tifid, peer = %seg.src, "resume accepted");
+                    // An attached flow keeps its connection until this resume
+                    // is confirmed: a forged SYN must not cost it anything.
+                    info!(tifid = %responder.tifid(), peer = %seg.src, "resume accepted");
                 }
                 self.device.attach_option(tuple, responder.syn_ack_option());
                 Some(responder)
@@ -350,6 +345,24 @@ impl<D: Device> Stack<D> {
                     self.drop_connection(handle);
                     return false;
                 };
+                let _ = flow;
+                // Confirmed: only now is the old connection (if any) given
+                // up, after taking everything it delivered (I1).
+                if let Some(old) = self.streams.get(&id).and_then(|s| s.conn) {
+                    info!(%tifid, "resume confirmed: abandoning the superseded connection");
+                    self.fail_connection(now, old, "superseded by a confirmed resume");
+                }
+                let Some(flow) = self.table.get_mut(tifid) else {
+                    self.drop_connection(handle);
+                    return false;
+                };
+                // What the old connection delivered after our SYN-ACK named
+                // our receive position comes again on the new one: skip it.
+                let skip_rx = flow
+                    .positions()
+                    .rcv_nxt
+                    .bytes_since(responder.syn_ack_option().tiack)
+                    .unwrap_or(0);
                 let from = responder.resume_send_from();
                 let dropped = flow.resume_from(from).unwrap_or(0);
                 flow.attach();
@@ -361,8 +374,9 @@ impl<D: Device> Stack<D> {
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.stream = Some(id);
                     conn.base = from;
+                    conn.skip_rx = skip_rx;
                 }
-                info!(%tifid, ?downtime, resent, "TI-flow resumed (responder)");
+                info!(%tifid, ?downtime, resent, skip_rx, "TI-flow resumed (responder)");
                 true
             }
             ConfirmOutcome::Confirmed => {

@@ -21,7 +21,10 @@ impl<D: Device> Stack<D> {
         let socket = self.sockets.get::<tcp::Socket>(handle);
         let fin_in = matches!(
             socket.state(),
-            tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
         );
         let received = conn.consumed + socket.recv_queue() as u64 + u64::from(fin_in);
         let rcv_nxt = irs.wrapping_add(1).wrapping_add(received as u32);
@@ -124,11 +127,8 @@ impl<D: Device> Stack<D> {
         }
         conn.last_challenge = Some(now);
         debug!(remote = %conn.tuple.remote, "RST in window but not at rcv_nxt: challenge ACK");
-        let ack = segment::challenge_ack(
-            conn.tuple,
-            window.snd_una.wrapping_sub(1),
-            window.rcv_nxt,
-        );
+        let ack =
+            segment::challenge_ack(conn.tuple, window.snd_una.wrapping_sub(1), window.rcv_nxt);
         self.device.send_raw(now, &ack);
     }
 }
