@@ -502,6 +502,12 @@ impl<D: Device> Stack<D> {
         self.streams.get(&id).map(|s| s.mode)
     }
 
+    /// Both directions ended and were acknowledged (the flow's entry goes
+    /// when its TCP connection leaves TIME-WAIT).
+    pub fn is_finished(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.eof && s.fin_acked)
+    }
+
     /// The stream's error, if it failed.
     pub fn error(&self, id: StreamId) -> Option<StreamError> {
         self.streams.get(&id).and_then(|s| s.error)
@@ -642,8 +648,18 @@ impl<D: Device> Stack<D> {
             != smoltcp::iface::PollResult::None;
         for tifid in self.table.expire(self.ts(now)) {
             debug!(%tifid, "flow entry removed");
-            if let Some(id) = self.by_tifid.remove(&tifid)
-                && let Some(s) = self.streams.get_mut(&id)
+            let Some(id) = self.by_tifid.remove(&tifid) else {
+                continue;
+            };
+            if self.only_our_fin_unconfirmed(id) {
+                // Every byte went both ways and the peer's FIN arrived: the
+                // peer finished the flow and only the ACK of our FIN was lost
+                // with the path (the initiator would have resumed for it).
+                info!(%tifid, "detached flow expired after a complete exchange: closed");
+                self.finish_closed(id);
+                continue;
+            }
+            if let Some(s) = self.streams.get_mut(&id)
                 && s.conn.is_none()
                 && s.error.is_none()
                 && !(s.eof && s.fin_acked)

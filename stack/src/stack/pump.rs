@@ -94,7 +94,9 @@ impl<D: Device> Stack<D> {
             }
             let all_pushed = in_socket as usize + (conn.written - acked_total - in_socket) as usize
                 >= s.send_buf.len();
-            if s.shutdown_write && !conn.fin_pushed && all_pushed && limit.is_none() {
+            // While confirming too: a FIN after the last byte never makes a
+            // segment too large for the option.
+            if s.shutdown_write && !conn.fin_pushed && all_pushed {
                 socket.close();
                 // Closing from CLOSE-WAIT enters LAST-ACK now; its ACK may come
                 // before any later poll sees the state.
