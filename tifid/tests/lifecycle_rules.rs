@@ -61,9 +61,15 @@ fn arb_input() -> impl Strategy<Value = Input> {
     ]
 }
 
+/// Mostly bursts (a resume reset right after acceptance), sometimes long
+/// pauses.
+fn arb_delay() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => 0u64..50, 1 => 0u64..3000]
+}
+
 fn arb_step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0u64..3000, arb_input()).prop_map(|(delay_ms, input)| Step::Input { delay_ms, input }),
+        6 => (arb_delay(), arb_input()).prop_map(|(delay_ms, input)| Step::Input { delay_ms, input }),
         3 => Just(Step::Timer),
         1 => (0u64..10_000).prop_map(|delay_ms| Step::Late { delay_ms }),
     ]
@@ -144,7 +150,7 @@ fn fire(lc: &mut Lifecycle, model: &mut Model, now: Timestamp) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
     fn every_connection_is_released_exactly_once_and_attempts_stay_rate_limited(
