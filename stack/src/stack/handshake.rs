@@ -99,7 +99,8 @@ impl<D: Device> Stack<D> {
                 match outcome {
                     RstOutcome::Refused => {
                         let tifid = initiator.syn_option().tifid;
-                        if self.only_our_fin_unconfirmed(id) {
+                        let done = self.is_finished(id);
+                        if done || self.only_our_fin_unconfirmed(id) {
                             // The peer had our every byte and sent its FIN: it
                             // finished the flow, and only the ACK of our FIN was
                             // lost with the path. The conversation is complete.

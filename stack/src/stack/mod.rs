@@ -554,9 +554,18 @@ impl<D: Device> Stack<D> {
 
     /// Abandons the stream's TCP connection as if it had failed (the paper's
     /// sysctl): the flow resumes on a new connection.
+    /// Only a connection that carries the flow now can be abandoned: a
+    /// request while the flow is already detached or resuming does nothing
+    /// (it must not fail the next connection the moment it resumes).
     pub fn fail_transport(&mut self, id: StreamId) -> Result<(), StreamError> {
-        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
-        s.fail_requested = true;
+        let s = self.streams.get(&id).ok_or(StreamError::NoSuchStream)?;
+        let carried = s
+            .conn
+            .and_then(|h| self.conns.get(&h))
+            .is_some_and(|c| matches!(c.phase, Phase::Open | Phase::Confirming(_)));
+        if carried && let Some(s) = self.streams.get_mut(&id) {
+            s.fail_requested = true;
+        }
         Ok(())
     }
 
