@@ -46,6 +46,7 @@ pub struct Boundary<D> {
     rx_queue: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     rules: HashMap<FourTuple, FlowOptionRepr>,
+    isns: HashMap<FourTuple, u32>,
     events: Vec<EgressEvent>,
     scratch: Vec<u8>,
     rewritten: Vec<u8>,
@@ -64,6 +65,7 @@ impl<D: Device> Boundary<D> {
             rx_queue: VecDeque::new(),
             spare: Vec::new(),
             rules: HashMap::new(),
+            isns: HashMap::new(),
             events: Vec::new(),
             scratch: Vec::new(),
             rewritten: Vec::new(),
@@ -135,9 +137,17 @@ impl<D: Device> Boundary<D> {
         self.rules.insert(tuple, option);
     }
 
-    /// Stops attaching an option to `tuple`'s segments.
+    /// Stops attaching an option to `tuple`'s segments (and forgets its ISN).
     pub fn detach_option(&mut self, tuple: &FourTuple) {
         self.rules.remove(tuple);
+        self.isns.remove(tuple);
+    }
+
+    /// The sequence number of the last SYN (or SYN-ACK) sent on `tuple`
+    /// while an option was attached: our initial sequence number, which the
+    /// stack needs to judge the peer's answer before smoltcp does.
+    pub fn sent_isn(&self, tuple: &FourTuple) -> Option<u32> {
+        self.isns.get(tuple).copied()
     }
 
     /// The option currently attached to `tuple`'s segments.
@@ -177,6 +187,7 @@ pub struct BoundaryTx<'a, T> {
     kind: u8,
     mtu: usize,
     rules: &'a HashMap<FourTuple, FlowOptionRepr>,
+    isns: &'a mut HashMap<FourTuple, u32>,
     events: &'a mut Vec<EgressEvent>,
     scratch: &'a mut Vec<u8>,
     rewritten: &'a mut Vec<u8>,
@@ -195,10 +206,13 @@ impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
         self.scratch.clear();
         self.scratch.resize(len, 0);
         let result = f(self.scratch);
-        let rule = Segment::parse(self.scratch, self.kind)
-            .and_then(|seg| self.rules.get_key_value(&seg.tuple_at_sender()));
+        let segment = Segment::parse(self.scratch, self.kind);
+        let rule = segment.and_then(|seg| self.rules.get_key_value(&seg.tuple_at_sender()));
         let out: &[u8] = match rule {
             Some((tuple, option)) => {
+                if let Some(seg) = segment.filter(|seg| seg.syn) {
+                    self.isns.insert(*tuple, seg.seq);
+                }
                 match add_flow_option(self.scratch, option, self.kind, self.mtu, self.rewritten) {
                     Ok(_) => {
                         self.stats.options_added += 1;
@@ -250,6 +264,7 @@ impl<D: Device> Device for Boundary<D> {
                 kind: self.kind,
                 mtu,
                 rules: &self.rules,
+                isns: &mut self.isns,
                 events: &mut self.events,
                 scratch: &mut self.scratch,
                 rewritten: &mut self.rewritten,
@@ -266,6 +281,7 @@ impl<D: Device> Device for Boundary<D> {
             kind: self.kind,
             mtu,
             rules: &self.rules,
+            isns: &mut self.isns,
             events: &mut self.events,
             scratch: &mut self.scratch,
             rewritten: &mut self.rewritten,

@@ -45,6 +45,8 @@ pub struct Segment {
     pub rst: bool,
     /// Payload length.
     pub payload_len: usize,
+    /// The window field as sent (unscaled).
+    pub window: u16,
     /// Our flow option: `Ok(None)` absent, `Err` malformed.
     pub option: ParsedOption,
 }
@@ -74,6 +76,7 @@ impl Segment {
             fin: tcp.fin(),
             rst: tcp.rst(),
             payload_len: tcp.payload().len(),
+            window: tcp.window_len(),
             option: find_flow_option(tcp.options(), kind),
         })
     }
@@ -191,7 +194,53 @@ fn finish_packet(
 /// source, `ack = seq + 1`, with our option echoing the TIFID (`reply`).
 pub fn refusal_rst(syn: &Segment, reply: &FlowOptionRepr, kind: u8) -> Vec<u8> {
     let option = reply.to_bytes(kind);
-    let tcp_header_len = 20 + option.len();
+    build_segment(&SegmentSpec {
+        tuple: syn.tuple_at_receiver(),
+        seq: 0,
+        ack: Some(syn.seq.wrapping_add(1)),
+        syn: false,
+        rst: true,
+        option: &option,
+    })
+}
+
+/// The challenge ACK of RFC 5961 §3.2, sent in answer to a RST that is in
+/// the window but not at `rcv_nxt`: a genuine sender answers it with a RST
+/// at exactly `ack`.
+pub fn challenge_ack(tuple: FourTuple, seq: u32, ack: u32) -> Vec<u8> {
+    build_segment(&SegmentSpec {
+        tuple,
+        seq,
+        ack: Some(ack),
+        syn: false,
+        rst: false,
+        option: &[],
+    })
+}
+
+/// A segment the stack sends itself, outside smoltcp.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentSpec<'a> {
+    /// From `tuple.local` to `tuple.remote`.
+    pub tuple: FourTuple,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number, with the ACK flag; `None`: no ACK flag.
+    pub ack: Option<u32>,
+    /// SYN flag.
+    pub syn: bool,
+    /// RST flag.
+    pub rst: bool,
+    /// TCP option bytes, already padded to a multiple of 4.
+    pub option: &'a [u8],
+}
+
+/// Writes a TCP/IPv4 segment without payload, with window 0 for a RST and
+/// no window opinion otherwise (0 too: a bare ACK outside smoltcp must not
+/// open the window).
+pub fn build_segment(spec: &SegmentSpec) -> Vec<u8> {
+    let (src, dst) = (spec.tuple.local, spec.tuple.remote);
+    let tcp_header_len = 20 + spec.option.len();
     let mut buf = vec![0u8; 20 + tcp_header_len];
     {
         let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
@@ -205,22 +254,23 @@ pub fn refusal_rst(syn: &Segment, reply: &FlowOptionRepr, kind: u8) -> Vec<u8> {
         ip.set_frag_offset(0);
         ip.set_hop_limit(64);
         ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(*syn.dst.ip());
-        ip.set_dst_addr(*syn.src.ip());
+        ip.set_src_addr(*src.ip());
+        ip.set_dst_addr(*dst.ip());
     }
     {
         let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
-        tcp.set_src_port(syn.dst.port());
-        tcp.set_dst_port(syn.src.port());
-        tcp.set_seq_number(TcpSeqNumber(0));
-        tcp.set_ack_number(TcpSeqNumber(syn.seq.wrapping_add(1) as i32));
+        tcp.set_src_port(src.port());
+        tcp.set_dst_port(dst.port());
+        tcp.set_seq_number(TcpSeqNumber(spec.seq as i32));
+        tcp.set_ack_number(TcpSeqNumber(spec.ack.unwrap_or(0) as i32));
         tcp.clear_flags();
-        tcp.set_rst(true);
-        tcp.set_ack(true);
+        tcp.set_rst(spec.rst);
+        tcp.set_syn(spec.syn);
+        tcp.set_ack(spec.ack.is_some());
         tcp.set_window_len(0);
         tcp.set_urgent_at(0);
     }
-    buf[40..40 + option.len()].copy_from_slice(&option);
-    finish_packet(&mut buf, 20, tcp_header_len, *syn.dst.ip(), *syn.src.ip());
+    buf[40..40 + spec.option.len()].copy_from_slice(spec.option);
+    finish_packet(&mut buf, 20, tcp_header_len, *src.ip(), *dst.ip());
     buf
 }

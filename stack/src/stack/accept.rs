@@ -33,19 +33,7 @@ impl<D: Device> Stack<D> {
             let responder = self.pending.remove(&tuple).flatten();
             self.conns.insert(
                 handle,
-                Conn {
-                    tuple,
-                    stream: None,
-                    phase: Phase::SynReceived(responder),
-                    written: 0,
-                    acked: 0,
-                    base: Seq48::ZERO,
-                    fin_pushed: false,
-                    rst_seen: false,
-                    was_last_ack: false,
-                    last_rx: now,
-                    created: now,
-                },
+                Conn::new(tuple, None, Phase::SynReceived(responder), now),
             );
             self.by_tuple.insert(tuple, handle);
         }

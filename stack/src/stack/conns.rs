@@ -69,19 +69,7 @@ impl<D: Device> Stack<D> {
         }
         self.conns.insert(
             handle,
-            Conn {
-                tuple,
-                stream: Some(id),
-                phase: Phase::SynSent(initiator),
-                written: 0,
-                acked: 0,
-                base: Seq48::ZERO,
-                fin_pushed: false,
-                rst_seen: false,
-                was_last_ack: false,
-                last_rx: now,
-                created: now,
-            },
+            Conn::new(tuple, Some(id), Phase::SynSent(initiator), now),
         );
         self.by_tuple.insert(tuple, handle);
         if let Some(s) = self.streams.get_mut(&id) {

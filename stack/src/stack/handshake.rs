@@ -1,6 +1,8 @@
 //! Ingress inspection and the TI handshakes: every segment of a known
 //! connection or a new SYN passes here before smoltcp sees it.
 
+use tifid::acceptance;
+
 use super::*;
 
 impl<D: Device> Stack<D> {
@@ -72,16 +74,20 @@ impl<D: Device> Stack<D> {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return true;
         };
-        // A RST proves nothing about the path being alive (a host without
-        // the connection sends them), so it does not count as a sign of life.
-        if seg.rst {
-            conn.rst_seen = true;
-        } else {
-            conn.last_rx = now;
-        }
         let tuple = conn.tuple;
         let stream = conn.stream;
+        let our_isn = conn.iss.or_else(|| self.device.sent_isn(&tuple));
+        // Nothing changes TI state unless TCP would accept the segment
+        // (DESIGN §4 "Acceptance before decision").
+        let answers_syn =
+            our_isn.is_some_and(|isn| acceptance::answers_our_syn(isn, seg.ack, seg.ack_number));
         match &mut conn.phase {
+            Phase::SynSent(Some(_)) if (seg.rst || seg.syn) && !answers_syn => {
+                // A blind forgery or a stale answer: smoltcp answers a wrong
+                // SYN-ACK with a RST and ignores a wrong RST; no TI decision.
+                debug!(remote = %tuple.remote, "handshake answer does not acknowledge our SYN: ignored");
+                !seg.rst
+            }
             Phase::SynSent(Some(initiator)) if seg.rst => {
                 let outcome = initiator.on_rst(seg.option);
                 let resume = initiator.is_resume();
@@ -112,6 +118,9 @@ impl<D: Device> Stack<D> {
                 false
             }
             Phase::SynSent(Some(initiator)) if seg.syn && seg.ack => {
+                conn.iss = our_isn;
+                conn.irs = Some(seg.seq);
+                conn.last_rx = now;
                 let Some(id) = stream else { return true };
                 let flow = self
                     .streams
@@ -122,22 +131,16 @@ impl<D: Device> Stack<D> {
                 let initiator = initiator.clone();
                 self.on_syn_ack_outcome(now, handle, id, tuple, seg, initiator, outcome)
             }
-            Phase::SynSent(None) if seg.syn && seg.ack => {
-                if let Some(s) = stream.and_then(|id| self.streams.get_mut(&id)) {
-                    s.mode = StreamMode::Known(Mode::Legacy);
-                }
-                conn.phase = Phase::Open;
-                true
-            }
-            Phase::Confirming(initiator) => {
-                if !seg.rst && initiator.on_peer_segment(seg.syn) {
-                    debug!(tifid = %initiator.syn_option().tifid, "confirmation acknowledged by peer");
-                    self.device.detach_option(&tuple);
-                    conn.phase = Phase::Open;
-                }
-                true
-            }
             Phase::SynReceived(Some(_)) if !seg.syn && !seg.rst && seg.ack => {
+                if !answers_syn {
+                    // Not an ACK of our SYN-ACK (a forged or stale ACK):
+                    // smoltcp answers it with a RST; the handshake goes on.
+                    debug!(remote = %tuple.remote, "ACK does not acknowledge our SYN-ACK: ignored");
+                    return true;
+                }
+                conn.iss = our_isn;
+                conn.irs = Some(seg.seq.wrapping_sub(1));
+                conn.last_rx = now;
                 let Phase::SynReceived(Some(responder)) =
                     std::mem::replace(&mut conn.phase, Phase::Open)
                 else {
@@ -146,7 +149,17 @@ impl<D: Device> Stack<D> {
                 self.device.detach_option(&tuple);
                 self.on_handshake_ack(now, handle, seg, responder)
             }
-            _ => true,
+            Phase::Confirming(_) | Phase::Open if conn.irs.is_some() => {
+                self.on_synchronized_segment(now, handle, seg)
+            }
+            _ => {
+                // Legacy: smoltcp's own checks decide; remember a RST so a
+                // close it ends is not taken for a clean one.
+                if seg.rst {
+                    conn.reset = Some(ResetKind::Bare);
+                }
+                true
+            }
         }
     }
 
@@ -278,14 +291,9 @@ impl<D: Device> Stack<D> {
             }
             SynDecision::Accept(responder) => {
                 if responder.is_resume() {
-                    let tifid = responder.tifid();
-                    if let Some(&id) = self.by_tifid.get(&tifid)
-                        && let Some(old) = self.streams.get(&id).and_then(|s| s.conn)
-                    {
-                        info!(%tifid, "resume for an attached flow: abandoning its old connection");
-                        self.fail_connection(now, old, "superseded by resume");
-                    }
-                    info!(%tifid, peer = %seg.src, "resume accepted");
+                    // An attached flow keeps its connection until this resume
+                    // is confirmed: a forged SYN must not cost it anything.
+                    info!(tifid = %responder.tifid(), peer = %seg.src, "resume accepted");
                 }
                 self.device.attach_option(tuple, responder.syn_ack_option());
                 Some(responder)
@@ -337,6 +345,24 @@ impl<D: Device> Stack<D> {
                     self.drop_connection(handle);
                     return false;
                 };
+                let _ = flow;
+                // Confirmed: only now is the old connection (if any) given
+                // up, after taking everything it delivered (I1).
+                if let Some(old) = self.streams.get(&id).and_then(|s| s.conn) {
+                    info!(%tifid, "resume confirmed: abandoning the superseded connection");
+                    self.fail_connection(now, old, "superseded by a confirmed resume");
+                }
+                let Some(flow) = self.table.get_mut(tifid) else {
+                    self.drop_connection(handle);
+                    return false;
+                };
+                // What the old connection delivered after our SYN-ACK named
+                // our receive position comes again on the new one: skip it.
+                let skip_rx = flow
+                    .positions()
+                    .rcv_nxt
+                    .bytes_since(responder.syn_ack_option().tiack)
+                    .unwrap_or(0);
                 let from = responder.resume_send_from();
                 let dropped = flow.resume_from(from).unwrap_or(0);
                 flow.attach();
@@ -348,8 +374,9 @@ impl<D: Device> Stack<D> {
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.stream = Some(id);
                     conn.base = from;
+                    conn.skip_rx = skip_rx;
                 }
-                info!(%tifid, ?downtime, resent, "TI-flow resumed (responder)");
+                info!(%tifid, ?downtime, resent, skip_rx, "TI-flow resumed (responder)");
                 true
             }
             ConfirmOutcome::Confirmed => {

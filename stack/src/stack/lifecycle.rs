@@ -83,8 +83,33 @@ impl<D: Device> Stack<D> {
             return;
         };
         let handshaking = matches!(conn.phase, Phase::SynSent(_));
+        let synchronized = matches!(conn.phase, Phase::Open | Phase::Confirming(_));
         self.pump(now, id, handle, true);
-        self.drop_connection(handle);
+        // A side that gives up a connection that may still work says so: a
+        // RST carrying our option with its positions makes the peer act at
+        // once (the initiator resumes) instead of waiting for a probe.
+        let on_purpose = matches!(
+            why,
+            "explicit request" | "stall" | "idle path: keepalives unanswered" | "address changed"
+        );
+        let notice = self
+            .streams
+            .get(&id)
+            .and_then(|s| s.tifid)
+            .and_then(|tifid| self.table.get(tifid))
+            .filter(|_| on_purpose && synchronized)
+            .map(|flow| {
+                let p = flow.positions();
+                tifid::FlowOptionRepr {
+                    tifid: flow.tifid(),
+                    tiseq: p.snd_una,
+                    tiack: p.rcv_nxt,
+                }
+            });
+        match notice {
+            Some(option) => self.reset_connection(now, handle, Some(option)),
+            None => self.drop_connection(handle),
+        }
         let ts = self.ts(now);
         let resume_timeout = smol(self.config.resume_timeout);
         let Some(s) = self.streams.get_mut(&id) else {
@@ -148,14 +173,41 @@ impl<D: Device> Stack<D> {
             let done = s.eof && s.fin_acked;
             let handshaking = matches!(conn.phase, Phase::SynSent(_));
             let mut failure: Option<&str> = None;
-            if std::mem::take(&mut s.fail_requested) && ti {
+            if ti && state == tcp::State::Closed && conn.reset == Some(ResetKind::Aborted) {
+                // The peer aborted the flow: keep what TCP delivered (I1),
+                // then end the stream with a reset, no resume.
+                self.pump(now, id, handle, true);
+                self.drop_connection(handle);
+                warn!(tifid = ?self.streams.get(&id).and_then(|s| s.tifid), "flow aborted by the peer");
+                self.lose_flow(id, LostCause::PeerAborted);
+                return;
+            }
+            let initiator = s.role == Role::Initiator;
+            if std::mem::take(&mut s.fail_requested) && ti && (initiator || !done) {
+                // Done, an initiator resumes once anyway: the responder may
+                // still wait for the ACK of its FIN.
                 failure = Some("explicit request");
+            } else if ti
+                && done
+                && initiator
+                && state == tcp::State::Closed
+                && conn.reset == Some(ResetKind::Abandoned)
+            {
+                // In TIME-WAIT: the responder gave up waiting for our last
+                // ACK. One resume tells it everything arrived.
+                failure = Some("abandoned by the peer");
             } else if state == tcp::State::Closed && !done {
-                failure = Some(if conn.rst_seen { "reset" } else { "closed" });
+                failure = Some(match conn.reset {
+                    Some(ResetKind::Abandoned) => "abandoned by the peer",
+                    Some(_) => "reset",
+                    None => "closed",
+                });
             } else if ti
                 && !handshaking
                 && socket.send_queue() > 0
-                && now >= s.last_progress + stall
+                // Alive means answering: any acceptable segment (answers to
+                // zero-window probes included) is progress.
+                && now >= s.last_progress.max(conn.last_rx) + stall
             {
                 failure = Some("stall");
             } else if ti
@@ -221,9 +273,13 @@ impl<D: Device> Stack<D> {
                 }
             }
         } else if let Some(s) = self.streams.get(&id)
+            && s.conn.is_none()
+            && s.resume.is_none()
             && let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t))
             && flow.is_closed()
         {
+            // Kept while the connection is in TIME-WAIT, so a last ACK lost
+            // with the path can still be confirmed by a resume.
             flow.finish();
         }
     }

@@ -31,6 +31,7 @@ mod conns;
 mod handshake;
 mod lifecycle;
 mod pump;
+mod validate;
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -108,10 +109,58 @@ struct Conn {
     /// TI position of the socket's first byte.
     base: Seq48,
     fin_pushed: bool,
-    rst_seen: bool,
+    /// An acceptable RST arrived (what it carried).
+    reset: Option<ResetKind>,
     was_last_ack: bool,
+    /// Last acceptable segment from the peer (a sign of life).
     last_rx: Instant,
     created: Instant,
+    /// Our initial sequence number (TI connections, once known).
+    iss: Option<u32>,
+    /// The peer's initial sequence number (TI connections, once known).
+    irs: Option<u32>,
+    /// Bytes taken out of the socket's receive buffer.
+    consumed: u64,
+    /// Bytes at the start of this connection's stream the flow already has
+    /// (a resume the old connection outran): dropped on receipt.
+    skip_rx: u64,
+    /// When we last sent a challenge ACK (RFC 5961 rate limit).
+    last_challenge: Option<Instant>,
+}
+
+impl Conn {
+    fn new(tuple: FourTuple, stream: Option<StreamId>, phase: Phase, now: Instant) -> Conn {
+        Conn {
+            tuple,
+            stream,
+            phase,
+            written: 0,
+            acked: 0,
+            base: Seq48::ZERO,
+            fin_pushed: false,
+            reset: None,
+            was_last_ack: false,
+            last_rx: now,
+            created: now,
+            iss: None,
+            irs: None,
+            consumed: 0,
+            skip_rx: 0,
+            last_challenge: None,
+        }
+    }
+}
+
+/// What an acceptable RST on a TI connection said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetKind {
+    /// No option of this flow: a host or middlebox without the connection.
+    Bare,
+    /// Our option with positions: the peer abandoned the connection on
+    /// purpose; the flow resumes at once.
+    Abandoned,
+    /// Our option with zero positions: the peer aborted the flow.
+    Aborted,
 }
 
 #[derive(Debug)]
@@ -453,6 +502,12 @@ impl<D: Device> Stack<D> {
         self.streams.get(&id).map(|s| s.mode)
     }
 
+    /// Both directions ended and were acknowledged (the flow's entry goes
+    /// when its TCP connection leaves TIME-WAIT).
+    pub fn is_finished(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.eof && s.fin_acked)
+    }
+
     /// The stream's error, if it failed.
     pub fn error(&self, id: StreamId) -> Option<StreamError> {
         self.streams.get(&id).and_then(|s| s.error)
@@ -549,7 +604,7 @@ impl<D: Device> Stack<D> {
             if let Some(conn) = s.conn.and_then(|h| self.conns.get(&h)) {
                 let outstanding = !s.send_buf.is_empty();
                 let deadline = if outstanding {
-                    s.last_progress + stall
+                    s.last_progress.max(conn.last_rx) + stall
                 } else {
                     conn.last_rx + keepalive + stall
                 };
@@ -593,8 +648,18 @@ impl<D: Device> Stack<D> {
             != smoltcp::iface::PollResult::None;
         for tifid in self.table.expire(self.ts(now)) {
             debug!(%tifid, "flow entry removed");
-            if let Some(id) = self.by_tifid.remove(&tifid)
-                && let Some(s) = self.streams.get_mut(&id)
+            let Some(id) = self.by_tifid.remove(&tifid) else {
+                continue;
+            };
+            if self.only_our_fin_unconfirmed(id) {
+                // Every byte went both ways and the peer's FIN arrived: the
+                // peer finished the flow and only the ACK of our FIN was lost
+                // with the path (the initiator would have resumed for it).
+                info!(%tifid, "detached flow expired after a complete exchange: closed");
+                self.finish_closed(id);
+                continue;
+            }
+            if let Some(s) = self.streams.get_mut(&id)
                 && s.conn.is_none()
                 && s.error.is_none()
                 && !(s.eof && s.fin_acked)

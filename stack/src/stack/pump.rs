@@ -94,7 +94,9 @@ impl<D: Device> Stack<D> {
             }
             let all_pushed = in_socket as usize + (conn.written - acked_total - in_socket) as usize
                 >= s.send_buf.len();
-            if s.shutdown_write && !conn.fin_pushed && all_pushed && limit.is_none() {
+            // While confirming too: a FIN after the last byte never makes a
+            // segment too large for the option.
+            if s.shutdown_write && !conn.fin_pushed && all_pushed {
                 socket.close();
                 // Closing from CLOSE-WAIT enters LAST-ACK now; its ACK may come
                 // before any later poll sees the state.
@@ -112,14 +114,21 @@ impl<D: Device> Stack<D> {
             } else {
                 recv_limit - s.recv_buf.len()
             };
+            let skip = usize::try_from(conn.skip_rx).unwrap_or(usize::MAX);
             let got = socket.recv(|data| {
-                let n = data.len().min(room);
-                s.recv_buf.extend(&data[..n]);
-                (n, n)
+                // Bytes the flow already has (a resume outran by the old
+                // connection) are taken out and dropped, never delivered twice.
+                let skipped = skip.min(data.len());
+                let fresh = &data[skipped..];
+                let n = fresh.len().min(room);
+                s.recv_buf.extend(&fresh[..n]);
+                (skipped + n, (skipped, n))
             });
             match got {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
+                Ok((0, 0)) | Err(_) => break,
+                Ok((skipped, n)) => {
+                    conn.skip_rx -= skipped as u64;
+                    conn.consumed += (skipped + n) as u64;
                     s.stats.bytes_received += n as u64;
                     if let Some(flow) = flow.as_deref_mut() {
                         let _ = flow.on_received(n as u64);
@@ -143,7 +152,7 @@ impl<D: Device> Stack<D> {
         }
         let fin_acked = conn.fin_pushed
             && (matches!(state, tcp::State::FinWait2 | tcp::State::TimeWait)
-                || (state == tcp::State::Closed && conn.was_last_ack && !conn.rst_seen));
+                || (state == tcp::State::Closed && conn.was_last_ack && conn.reset.is_none()));
         if fin_acked && !s.fin_acked {
             s.fin_acked = true;
             if let Some(flow) = flow {

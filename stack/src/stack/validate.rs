@@ -1,0 +1,134 @@
+//! Segments of synchronized TI connections: TCP's acceptance tests
+//! (`tifid::acceptance`) decide what a RST does and what counts as a sign
+//! of life, before smoltcp sees the segment. Never changes TI state on a
+//! segment TCP would not accept.
+
+use tifid::acceptance::{self, RstVerdict, SeqWindow};
+
+use super::*;
+
+/// Least time between two challenge ACKs on one connection (RFC 5961 §7).
+const CHALLENGE_ACK_INTERVAL: SmolDuration = SmolDuration::from_millis(100);
+
+impl<D: Device> Stack<D> {
+    /// The connection's sequence spaces as far as we can tell from outside
+    /// smoltcp: `rcv_nxt` exactly (the peer's ISN, the bytes taken out of
+    /// the socket and those waiting in it, its FIN), the send side and the
+    /// window as bounds.
+    pub(super) fn seq_window(&self, handle: SocketHandle) -> Option<SeqWindow> {
+        let conn = self.conns.get(&handle)?;
+        let (iss, irs) = (conn.iss?, conn.irs?);
+        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let fin_in = matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        );
+        let received = conn.consumed + socket.recv_queue() as u64 + u64::from(fin_in);
+        let rcv_nxt = irs.wrapping_add(1).wrapping_add(received as u32);
+        let snd_una = iss.wrapping_add(1).wrapping_add(conn.acked as u32);
+        let in_flight = conn.written.saturating_sub(conn.acked) + 1;
+        let buffer = u32::try_from(self.config.socket_buffer).unwrap_or(u32::MAX);
+        Some(SeqWindow {
+            rcv_nxt,
+            rcv_wnd: buffer,
+            snd_una,
+            snd_max: snd_una.wrapping_add(in_flight as u32),
+            max_ack_lag: buffer,
+        })
+    }
+
+    /// A segment of a TI connection past its handshake. Returns whether
+    /// smoltcp gets it.
+    pub(super) fn on_synchronized_segment(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        seg: &Segment,
+    ) -> bool {
+        let Some(window) = self.seq_window(handle) else {
+            return true;
+        };
+        if seg.rst {
+            return match acceptance::judge_rst(seg.seq, &window) {
+                RstVerdict::Reset => {
+                    let kind = self.reset_kind(handle, seg);
+                    if let Some(conn) = self.conns.get_mut(&handle) {
+                        conn.reset = Some(kind);
+                    }
+                    true
+                }
+                RstVerdict::ChallengeAck => {
+                    self.send_challenge_ack(now, handle, &window);
+                    false
+                }
+                RstVerdict::Ignore => {
+                    debug!(remote = %seg.src, "RST outside the window: ignored");
+                    false
+                }
+            };
+        }
+        let len = seg.payload_len as u32 + u32::from(seg.fin);
+        if !acceptance::is_sign_of_life(seg.seq, len, seg.ack, seg.ack_number, &window) {
+            return true;
+        }
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return true;
+        };
+        conn.last_rx = now;
+        if let Phase::Confirming(initiator) = &mut conn.phase
+            && initiator.on_peer_segment(seg.syn)
+        {
+            debug!(tifid = %initiator.syn_option().tifid, "confirmation acknowledged by peer");
+            let tuple = conn.tuple;
+            conn.phase = Phase::Open;
+            self.device.detach_option(&tuple);
+        }
+        true
+    }
+
+    /// What an acceptable RST says: our option with this flow's TIFID and
+    /// zero positions aborts the flow, with positions it says the peer
+    /// abandoned the connection; anything else is a bare reset.
+    fn reset_kind(&self, handle: SocketHandle, seg: &Segment) -> ResetKind {
+        let tifid = self
+            .conns
+            .get(&handle)
+            .and_then(|c| c.stream)
+            .and_then(|id| self.streams.get(&id))
+            .and_then(|s| s.tifid);
+        match (seg.option, tifid) {
+            (Ok(Some(option)), Some(tifid)) if option.tifid == tifid => {
+                if option.tiseq == Seq48::ZERO && option.tiack == Seq48::ZERO {
+                    ResetKind::Aborted
+                } else {
+                    ResetKind::Abandoned
+                }
+            }
+            _ => ResetKind::Bare,
+        }
+    }
+
+    /// Answers an in-window RST that is not at `rcv_nxt` (RFC 5961 §3.2).
+    /// Its sequence number is one below `snd_una`, so the peer never takes
+    /// its window field; a peer that really lost the connection answers
+    /// with a RST at exactly `rcv_nxt`.
+    fn send_challenge_ack(&mut self, now: Instant, handle: SocketHandle, window: &SeqWindow) {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        if conn
+            .last_challenge
+            .is_some_and(|t| now < t + CHALLENGE_ACK_INTERVAL)
+        {
+            return;
+        }
+        conn.last_challenge = Some(now);
+        debug!(remote = %conn.tuple.remote, "RST in window but not at rcv_nxt: challenge ACK");
+        let ack =
+            segment::challenge_ack(conn.tuple, window.snd_una.wrapping_sub(1), window.rcv_nxt);
+        self.device.send_raw(now, &ack);
+    }
+}
