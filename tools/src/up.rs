@@ -10,8 +10,13 @@
 //!
 //! It never makes a protocol decision (the stack does), and never leaves a
 //! loop unbounded by the stop flag: every blocking call it makes has a timeout
-//! of at most 200 ms, except writes into a TI-flow, which the stack's stop
-//! ends.
+//! of at most 200 ms, except writes into a TI-flow, which end when the flow
+//! fails or is aborted, or the stack stops.
+//!
+//! Ends pass through as what they are (DESIGN §4 "Abort"; see `relay`): FIN
+//! for FIN, and a reset for a reset, a failed write to the local program,
+//! an aborted or a lost flow; never a clean end of stream for a
+//! conversation that did not end.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -1386,6 +1391,7 @@ mod tests {
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 2, 254)));
         assert!(c.ti_enabled && c.allow_migration);
         assert_eq!(c.option_kind, 253);
+        assert_eq!(c.user_timeout, Duration::from_secs(30));
         assert_eq!(a.validate(), Ok(()));
     }
 
@@ -1490,6 +1496,14 @@ mod tests {
         );
         let a = parse(&["--no-migration", "--allow-migration"]).expect("p");
         assert!(a.stack_config().allow_migration);
+    }
+
+    #[test]
+    fn user_timeout_reaches_the_stack() {
+        let a = parse(&["--user-timeout", "3s"]).expect("parse");
+        assert_eq!(a.stack_config().user_timeout, Duration::from_secs(3));
+        let err = parse(&["--user-timeout", "0"]).expect_err("rejected");
+        assert!(err.contains("more than zero"), "{err}");
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn resume_attempts(client: &Up) -> usize {
     client
         .log_text()
         .lines()
-        .filter(|l| l.contains("resume attempt") && !l.contains("resume attempt reset"))
+        .filter(|l| l.contains("resume attempt") && l.contains("attempt="))
         .count()
 }
 
@@ -209,6 +209,15 @@ fn a_server_that_closes_early_gives_the_client_an_error_within_a_second() {
     server_program.join().expect("server program");
     let end = writer.join().expect("client program");
     let took = end.at.saturating_duration_since(closed_at);
+    // A storm of resumes would go on after the error: give it time to show.
+    std::thread::sleep(Duration::from_secs(1));
+    let attempts = resume_attempts(&client);
+    eprintln!(
+        "[live] server program closed -> client program {:?} in {took:?} ({} MiB written); \
+         {attempts} resume attempts",
+        end.error,
+        end.written >> 20
+    );
     let logs = logs(&server, &client);
     assert!(
         matches!(
@@ -221,31 +230,37 @@ fn a_server_that_closes_early_gives_the_client_an_error_within_a_second() {
         took <= Duration::from_secs(1),
         "client program's error came {took:?} after the server program's close\n{logs}"
     );
-    // A storm of resumes would go on after the error: give it time to show.
-    std::thread::sleep(Duration::from_secs(1));
-    let attempts = resume_attempts(&client);
     assert!(
         attempts <= 3,
         "{attempts} resume attempts for a flow whose far end closed\n{logs}"
     );
-    eprintln!(
-        "[live] server program closed -> client program {:?} in {took:?} ({} MiB written); \
-         {attempts} resume attempts",
-        end.error,
-        end.written >> 20
-    );
 }
 
-/// The middlebox strips the flow option (the flow is plain TCP end to end)
-/// and then loses its NAT state while the client program writes and the
-/// server program reads. With `--user-timeout 3s`, the writing program gets
-/// an error within the user timeout, and the reading program gets
-/// ECONNRESET: neither a clean end of stream after lost data, nor a hang.
-#[test]
-fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
+/// How a plain TCP transfer ended at both programs, timed from the
+/// middlebox's failure.
+struct LegacyEnds {
+    written: WriteEnd,
+    write_took: Duration,
+    read: ReadEnd,
+    read_took: Duration,
+    logs: String,
+}
+
+/// The user timeout both `tiflow up`s get in the legacy tests.
+const USER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A plain TCP transfer through `tiflow up` (the middlebox strips the flow
+/// option) from the client program, paced at about 8 MiB/s, to the server
+/// program; after 2 MiB arrived, `fail` breaks the middlebox. Each program
+/// gives up after `quiet` without progress.
+fn legacy_transfer_broken_by(
+    tag: &str,
+    fail: impl FnOnce(&NatTopology),
+    quiet: Duration,
+) -> LegacyEnds {
     require_root(&NAT_TOOLS);
-    let scratch = Scratch::new("legacy-nat");
-    let net = NatTopology::new("tfua4");
+    let scratch = Scratch::new(tag);
+    let net = NatTopology::new(tag);
     net.middlebox
         .run(&[
             "iptables",
@@ -263,13 +278,12 @@ fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
         ])
         .expect("TCPOPTSTRIP on the middlebox");
     let listener = listen_in(&net.server, &format!("127.0.0.1:{PORT}"));
-    let user_timeout = Duration::from_secs(3);
-    let (server, client) = up_pair(&net, &scratch, PORT, &["--user-timeout", "3s"], None);
+    let timeout = format!("{}s", USER_TIMEOUT.as_secs());
+    let (server, client) = up_pair(&net, &scratch, PORT, &["--user-timeout", &timeout], None);
     let client_program = connect_in(&net.client, &format!("127.0.0.1:{PORT}"));
     client_program
-        .set_write_timeout(Some(DEADLINE))
+        .set_write_timeout(Some(quiet))
         .expect("timeout");
-    // Paced at about 8 MiB/s, for at most 60 s.
     let pace = Some(Duration::from_millis(8));
     let writer = std::thread::spawn(move || write_then_read(client_program, 480 << 20, pace));
     let (progress_tx, progress_rx) = mpsc::channel();
@@ -278,7 +292,7 @@ fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
         let mut first = vec![0u8; 2 << 20];
         s.read_exact(&mut first).expect("server program read");
         progress_tx.send(()).expect("signal");
-        read_until_end(&mut s, Duration::from_secs(20))
+        read_until_end(&mut s, quiet)
     });
     progress_rx
         .recv_timeout(DEADLINE)
@@ -288,29 +302,64 @@ fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
     });
     assert_eq!(report.flows[0].mode, "legacy", "{report:#?}");
 
-    let lost_at = Instant::now();
-    net.lose_state();
+    let failed_at = Instant::now();
+    fail(&net);
     let written = writer.join().expect("client program");
     let read = reader.join().expect("server program");
-    let logs = logs(&server, &client);
-    let write_took = written.at.saturating_duration_since(lost_at);
-    let read_took = read.at.saturating_duration_since(lost_at);
+    let (write_took, read_took) = (
+        written.at.saturating_duration_since(failed_at),
+        read.at.saturating_duration_since(failed_at),
+    );
     eprintln!(
-        "[live] legacy flow, NAT state lost: writer {:?} after {write_took:?}, \
-         reader {:?} after {read_took:?}",
+        "[live] {tag}: writer {:?} after {write_took:?}, reader {:?} after {read_took:?}",
         written.error, read.outcome
     );
+    LegacyEnds {
+        written,
+        write_took,
+        read,
+        read_took,
+        logs: logs(&server, &client),
+    }
+}
+
+/// Asserts that the writing program got ECONNRESET or EPIPE within the
+/// user timeout of the middlebox failing.
+fn assert_writer_failed_in_time(ends: &LegacyEnds) {
+    let LegacyEnds {
+        written,
+        write_took,
+        logs,
+        ..
+    } = ends;
     assert!(
         matches!(
             written.error,
             Some(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
         ),
-        "writing program: wanted ECONNRESET or EPIPE, got {written:?}\n{logs}"
+        "writing program: wanted ECONNRESET or EPIPE, got {written:?} after {write_took:?}\n{logs}"
     );
     assert!(
-        write_took <= user_timeout + Duration::from_secs(1),
-        "writing program: error {write_took:?} after the state loss (user timeout {user_timeout:?})\n{logs}"
+        *write_took <= USER_TIMEOUT + Duration::from_secs(1),
+        "writing program: error {write_took:?} after the failure (user timeout {USER_TIMEOUT:?})\n{logs}"
     );
+}
+
+/// The middlebox strips the flow option (the flow is plain TCP end to end)
+/// and then loses its NAT state while the client program writes and the
+/// server program reads. With `--user-timeout 3s`, the writing program gets
+/// an error within the user timeout, and the reading program gets
+/// ECONNRESET: neither a clean end of stream after lost data, nor a hang.
+#[test]
+fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
+    let ends = legacy_transfer_broken_by("tfua4", |net| net.lose_state(), Duration::from_secs(20));
+    assert_writer_failed_in_time(&ends);
+    let LegacyEnds {
+        read,
+        read_took,
+        logs,
+        ..
+    } = &ends;
     assert_eq!(
         read.outcome,
         Err(ErrorKind::ConnectionReset),
@@ -318,9 +367,31 @@ fn a_legacy_flow_through_a_nat_that_loses_state_ends_with_errors_not_eof() {
          (Ok = a clean end of stream, WouldBlock = nothing for 20 s)\n{logs}"
     );
     // The reading side sends nothing but ACKs: it learns at its next
-    // keepalive (5 s idle) or from the user timeout of what it sends.
+    // keepalive (5 s idle), which the NAT, now without the mapping, resets.
     assert!(
-        read_took <= Duration::from_secs(12),
+        *read_took <= Duration::from_secs(12),
         "reading program: reset {read_took:?} after the state loss\n{logs}"
+    );
+}
+
+/// As above, but the middlebox silently drops everything (no reset comes
+/// back from anywhere): only the user timeout can end the writing program's
+/// wait, within `--user-timeout 3s`. The reading program never sees a clean
+/// end of stream.
+#[test]
+fn a_legacy_flow_into_a_blackhole_fails_within_the_user_timeout() {
+    let blackhole = |net: &NatTopology| {
+        net.middlebox
+            .run(&["iptables", "-w", "-I", "FORWARD", "1", "-j", "DROP"])
+            .expect("drop everything on the middlebox");
+    };
+    let ends = legacy_transfer_broken_by("tfua5", blackhole, Duration::from_secs(10));
+    assert_writer_failed_in_time(&ends);
+    assert_ne!(
+        ends.read.outcome,
+        Ok(()),
+        "reading program: a clean end of stream after {:?}\n{}",
+        ends.read_took,
+        ends.logs
     );
 }
