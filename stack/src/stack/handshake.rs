@@ -2,6 +2,7 @@
 //! connection or a new SYN passes here before smoltcp sees it.
 
 use tifid::acceptance;
+use tifid::lifecycle::{FailureCause, Input};
 
 use super::*;
 
@@ -98,21 +99,21 @@ impl<D: Device> Stack<D> {
                 match outcome {
                     RstOutcome::Refused => {
                         let tifid = initiator.syn_option().tifid;
-                        self.drop_connection(handle);
                         if self.only_our_fin_unconfirmed(id) {
                             // The peer had our every byte and sent its FIN: it
                             // finished the flow, and only the ACK of our FIN was
                             // lost with the path. The conversation is complete.
                             info!(%tifid, "resume refused after a complete exchange: closed");
-                            self.finish_closed(id);
+                            self.drop_connection(handle);
+                            self.finish_closed(now, id);
                         } else {
                             warn!(%tifid, "resume refused by peer");
-                            self.lose_flow(id, LostCause::Refused);
+                            self.life_input(now, id, Input::AttemptFailed { refused: true });
                         }
                     }
                     RstOutcome::Transient => {
                         debug!("resume attempt reset (transient); will retry");
-                        self.drop_connection(handle);
+                        self.life_input(now, id, Input::AttemptFailed { refused: false });
                     }
                 }
                 false
@@ -220,6 +221,7 @@ impl<D: Device> Stack<D> {
                 flow.attach();
                 let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);
                 info!(%tifid, ?downtime, resent, local = %tuple.local, "TI-flow resumed (initiator)");
+                self.life_input(now, id, Input::Resumed);
                 let confirm = initiator.confirm_option();
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.base = peer_rcv_nxt;
@@ -236,9 +238,8 @@ impl<D: Device> Stack<D> {
                 true
             }
             SynAckOutcome::Lost(cause) => {
-                warn!(%cause, "resume failed: flow lost");
-                self.drop_connection(handle);
-                self.lose_flow(id, cause);
+                warn!(%cause, "resume answered wrongly: flow lost");
+                self.life_input(now, id, Input::AttemptLost(cause));
                 false
             }
         }
@@ -347,11 +348,9 @@ impl<D: Device> Stack<D> {
                 };
                 let _ = flow;
                 // Confirmed: only now is the old connection (if any) given
-                // up, after taking everything it delivered (I1).
-                if let Some(old) = self.streams.get(&id).and_then(|s| s.conn) {
-                    info!(%tifid, "resume confirmed: abandoning the superseded connection");
-                    self.fail_connection(now, old, "superseded by a confirmed resume");
-                }
+                // up (the driver abandons it as superseded, after taking
+                // everything it delivered: I1).
+                self.life_input(now, id, Input::Resumed);
                 let Some(flow) = self.table.get_mut(tifid) else {
                     self.drop_connection(handle);
                     return false;
@@ -422,7 +421,7 @@ impl<D: Device> Stack<D> {
         let stream = conn.stream;
         warn!(local = %tuple.local, "flow option did not fit a segment");
         if resume {
-            self.fail_connection(now, handle, "confirmation did not fit");
+            self.connection_failed(now, handle, FailureCause::OptionDidNotFit);
         } else if let Some(id) = stream {
             self.fall_back(handle, id, FallbackCause::OptionDoesNotFit);
         }

@@ -1,8 +1,248 @@
-//! The flow lifecycle: failures, detaching, resumes, losing and finishing flows.
+//! The flow lifecycle, carried out: each stream's sans-IO driver
+//! ([`tifid::lifecycle::Lifecycle`]) decides on failures, resume attempts
+//! and their backoff, abort, loss and the legacy user timeout; this module
+//! feeds it what the connections show (answers, progress, resets, closes)
+//! and executes its actions on sockets and flows. It decides nothing the
+//! driver decides, and never drops a connection the driver did not release
+//! (except handshakes that never made a stream and clean closes).
+
+use tifid::lifecycle::{
+    Action, FailureCause, Input, LegacyEnd, Lifecycle, LifecycleConfig, Notify,
+};
 
 use super::*;
 
+/// A flow with data outstanding that has heard nothing from its peer for
+/// this long probes it (a keepalive-shaped ACK), so a peer that answers,
+/// even with a closed window, is never taken for dead.
+const PROBE_INTERVAL: SmolDuration = SmolDuration::from_secs(1);
+
 impl<D: Device> Stack<D> {
+    /// The driver's settings, from the stack's.
+    fn lifecycle_config(&self) -> LifecycleConfig {
+        LifecycleConfig {
+            stall_timeout: self.config.stall_timeout,
+            keepalive: self.config.keepalive,
+            resume_timeout: self.config.resume_timeout,
+            retry_first: self.config.resume_backoff,
+            user_timeout: self.config.user_timeout,
+            ..LifecycleConfig::default()
+        }
+    }
+
+    /// Gives a stream whose first connection is established its driver
+    /// (a new one after a clean finish, for the resume that confirms a
+    /// close: see [`Stack::service_connection`]).
+    fn start_lifecycle(&mut self, now: Instant, id: StreamId) {
+        let config = self.lifecycle_config();
+        let ts = self.ts(now);
+        if let Some(s) = self.streams.get_mut(&id) {
+            let resilient = matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
+            s.life = Some(Lifecycle::new(s.role, resilient, config, ts));
+        }
+    }
+
+    /// Feeds `input` to the stream's driver and carries out what it decides.
+    pub(super) fn life_input(&mut self, now: Instant, id: StreamId, input: Input) {
+        let ts = self.ts(now);
+        let Some(life) = self.streams.get_mut(&id).and_then(|s| s.life.as_mut()) else {
+            return;
+        };
+        life.handle(ts, input);
+        self.run_actions(now, id);
+    }
+
+    /// Fires the driver's due timers.
+    fn life_timers(&mut self, now: Instant, id: StreamId) {
+        let ts = self.ts(now);
+        let Some(life) = self.streams.get_mut(&id).and_then(|s| s.life.as_mut()) else {
+            return;
+        };
+        if life.poll_timeout().is_some_and(|t| t <= ts) {
+            life.handle_timeout(ts);
+            self.run_actions(now, id);
+        }
+    }
+
+    /// When the stream's driver next needs the clock.
+    pub(super) fn life_deadline(&self, id: StreamId) -> Option<Instant> {
+        let s = self.streams.get(&id)?;
+        let at = s.life.as_ref()?.poll_timeout()?;
+        Some(self.epoch + SmolDuration::from_micros(at.micros()))
+    }
+
+    fn run_actions(&mut self, now: Instant, id: StreamId) {
+        while let Some(action) = self
+            .streams
+            .get_mut(&id)
+            .and_then(|s| s.life.as_mut())
+            .and_then(Lifecycle::poll_action)
+        {
+            self.execute(now, id, action);
+        }
+    }
+
+    fn execute(&mut self, now: Instant, id: StreamId, action: Action) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        let tifid = s.tifid;
+        let conn = s.conn;
+        let phase_of = |h: SocketHandle| self.conns.get(&h).map(|c| &c.phase);
+        let attempt = conn.filter(|&h| matches!(phase_of(h), Some(Phase::SynSent(_))));
+        let attached = conn.filter(|_| attempt.is_none());
+        match action {
+            Action::Abandon { cause, notify } => {
+                if let Some(handle) = attached {
+                    self.abandon_connection(now, id, handle, cause, notify);
+                }
+            }
+            Action::OpenAttempt => self.open_resume_attempt(now, id),
+            Action::DropAttempt => {
+                if let Some(handle) = attempt {
+                    debug!(?tifid, "resume attempt given up");
+                    self.drop_connection(handle);
+                }
+            }
+            Action::Lose(cause) => {
+                if let Some(handle) = conn {
+                    self.drop_connection(handle);
+                }
+                warn!(?tifid, %cause, "flow lost");
+                self.lose_flow(id, cause);
+            }
+            Action::ResetConnection { notify } => {
+                if let Some(handle) = conn {
+                    let option = tifid.filter(|_| notify == Notify::Abort).map(|tifid| {
+                        tifid::FlowOptionRepr {
+                            tifid,
+                            tiseq: Seq48::ZERO,
+                            tiack: Seq48::ZERO,
+                        }
+                    });
+                    self.reset_connection(now, handle, option);
+                }
+            }
+            Action::Fail(end) => {
+                if let Some(handle) = conn {
+                    self.drop_connection(handle);
+                }
+                if let Some(s) = self.streams.get_mut(&id)
+                    && s.error.is_none()
+                {
+                    info!(peer = %s.peer, %end, "legacy connection ended");
+                    s.error = Some(match end {
+                        LegacyEnd::Reset => StreamError::ConnectionReset,
+                        LegacyEnd::UserTimeout => StreamError::UserTimeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Gives up the attached connection: takes everything TCP delivered
+    /// (I1), then drops it, or resets it carrying our option with the
+    /// flow's positions when `notify` (the peer acts at once instead of
+    /// waiting for a probe), and detaches the flow.
+    fn abandon_connection(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        cause: FailureCause,
+        notify: bool,
+    ) {
+        self.pump(now, id, handle, true);
+        let synchronized = self
+            .conns
+            .get(&handle)
+            .is_some_and(|c| matches!(c.phase, Phase::Open | Phase::Confirming(_)));
+        let ts = self.ts(now);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let flow = s.tifid.and_then(|t| self.table.get_mut(t));
+        let notice = flow
+            .as_deref()
+            .filter(|_| notify && synchronized)
+            .map(|flow| {
+                let p = flow.positions();
+                tifid::FlowOptionRepr {
+                    tifid: flow.tifid(),
+                    tiseq: p.snd_una,
+                    tiack: p.rcv_nxt,
+                }
+            });
+        if let Some(flow) = flow {
+            flow.detach(ts);
+            if s.failed_at.is_none() {
+                s.failed_at = Some(now);
+                info!(tifid = %flow.tifid(), %cause, "TI connection failed: flow detached");
+            }
+        }
+        match notice {
+            Some(option) => self.reset_connection(now, handle, Some(option)),
+            None => self.drop_connection(handle),
+        }
+    }
+
+    /// Opens a resume connection for a detached flow we initiated.
+    fn open_resume_attempt(&mut self, now: Instant, id: StreamId) {
+        let Some(tifid) = self.streams.get(&id).and_then(|s| s.tifid) else {
+            return;
+        };
+        let Some(flow) = self.table.get(tifid) else {
+            self.life_input(now, id, Input::AttemptLost(LostCause::Timeout));
+            return;
+        };
+        let initiator = Initiator::resume(flow);
+        debug!(%tifid, "resume attempt");
+        if self.open_connection(now, id, Some(initiator)).is_err() {
+            warn!(%tifid, "could not open a resume connection");
+        }
+    }
+
+    /// A connection of a stream failed for `cause` (reset, closed, address
+    /// changed, option did not fit). Handshakes that never made a stream's
+    /// connection end the stream (connect refused); everything else goes to
+    /// the driver.
+    pub(super) fn connection_failed(
+        &mut self,
+        now: Instant,
+        handle: SocketHandle,
+        cause: FailureCause,
+    ) {
+        let Some(conn) = self.conns.get(&handle) else {
+            return;
+        };
+        let Some(id) = conn.stream else {
+            self.drop_connection(handle);
+            return;
+        };
+        let has_life = self.streams.get(&id).is_some_and(|s| s.life.is_some());
+        if !has_life {
+            self.pump(now, id, handle, true);
+            self.drop_connection(handle);
+            if let Some(s) = self.streams.get_mut(&id) {
+                if s.error.is_none() {
+                    debug!(%cause, "connection failed during its handshake");
+                    s.error = Some(StreamError::ConnectionRefused);
+                }
+                if s.mode == StreamMode::Connecting {
+                    s.mode = StreamMode::Known(Mode::Legacy);
+                }
+            }
+            return;
+        }
+        let attempt = matches!(conn.phase, Phase::SynSent(_));
+        let input = if attempt {
+            Input::AttemptFailed { refused: false }
+        } else {
+            Input::Failed(cause)
+        };
+        self.life_input(now, id, input);
+    }
+
     /// Everything we sent is acknowledged but our FIN, and the peer's FIN
     /// has arrived: a refused resume then means the peer finished the flow.
     pub(super) fn only_our_fin_unconfirmed(&self, id: StreamId) -> bool {
@@ -12,9 +252,8 @@ impl<D: Device> Stack<D> {
     }
 
     /// Ends a flow whose conversation completed (both FINs delivered).
-    pub(super) fn finish_closed(&mut self, id: StreamId) {
+    pub(super) fn finish_closed(&mut self, now: Instant, id: StreamId) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.resume = None;
             s.fin_acked = true;
             if let Some(tifid) = s.tifid {
                 if let Some(flow) = self.table.get_mut(tifid) {
@@ -23,11 +262,13 @@ impl<D: Device> Stack<D> {
                 self.by_tifid.remove(&tifid);
             }
         }
+        self.life_input(now, id, Input::Finished);
     }
 
-    /// The application aborted the stream: reset its live connection with
-    /// our option `{TIFID, 0, 0}` (legacy: a plain RST), forget the flow,
-    /// and fail every later call with [`StreamError::Aborted`].
+    /// The application aborted the stream: the driver resets its live
+    /// connection with our option `{TIFID, 0, 0}` (legacy: a plain RST);
+    /// the flow is forgotten and every later call fails with
+    /// [`StreamError::Aborted`].
     pub(super) fn abort_stream(&mut self, now: Instant, id: StreamId) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
@@ -35,31 +276,29 @@ impl<D: Device> Stack<D> {
         if s.error.is_none() {
             s.error = Some(StreamError::Aborted);
         }
-        s.resume = None;
         s.send_buf.clear();
         s.recv_buf.clear();
         let tifid = s.tifid;
-        let conn = s.conn;
+        let has_life = s.life.is_some();
         if let Some(tifid) = tifid {
             info!(%tifid, "flow aborted by the application");
+        }
+        if has_life {
+            self.life_input(now, id, Input::Abort);
+        } else if let Some(handle) = self.streams.get(&id).and_then(|s| s.conn) {
+            self.reset_connection(now, handle, None);
+        }
+        if let Some(tifid) = tifid {
             if let Some(flow) = self.table.get_mut(tifid) {
                 flow.finish();
             }
             self.by_tifid.remove(&tifid);
         }
-        if let Some(handle) = conn {
-            let option = tifid.map(|tifid| tifid::FlowOptionRepr {
-                tifid,
-                tiseq: Seq48::ZERO,
-                tiack: Seq48::ZERO,
-            });
-            self.reset_connection(now, handle, option);
-        }
     }
 
+    /// Reports the flow lost to the application and forgets it.
     pub(super) fn lose_flow(&mut self, id: StreamId, cause: LostCause) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.resume = None;
             s.error = Some(StreamError::FlowLost(cause));
             s.events.push_back(StreamEvent::Lost(cause));
             if let Some(tifid) = s.tifid {
@@ -71,197 +310,151 @@ impl<D: Device> Stack<D> {
         }
     }
 
-    /// The connection failed (or was abandoned): drain it (I1), drop it,
-    /// and detach the flow (TI) or fail the stream (legacy).
-    pub(super) fn fail_connection(&mut self, now: Instant, handle: SocketHandle, why: &str) {
-        let Some(conn) = self.conns.get(&handle) else {
-            self.sockets.remove(handle);
-            return;
-        };
-        let Some(id) = conn.stream else {
-            self.drop_connection(handle);
-            return;
-        };
-        let handshaking = matches!(conn.phase, Phase::SynSent(_));
-        let synchronized = matches!(conn.phase, Phase::Open | Phase::Confirming(_));
-        self.pump(now, id, handle, true);
-        // A side that gives up a connection that may still work says so: a
-        // RST carrying our option with its positions makes the peer act at
-        // once (the initiator resumes) instead of waiting for a probe.
-        let on_purpose = matches!(
-            why,
-            "explicit request" | "stall" | "idle path: keepalives unanswered" | "address changed"
-        );
-        let notice = self
-            .streams
-            .get(&id)
-            .and_then(|s| s.tifid)
-            .and_then(|tifid| self.table.get(tifid))
-            .filter(|_| on_purpose && synchronized)
-            .map(|flow| {
-                let p = flow.positions();
-                tifid::FlowOptionRepr {
-                    tifid: flow.tifid(),
-                    tiseq: p.snd_una,
-                    tiack: p.rcv_nxt,
-                }
-            });
-        match notice {
-            Some(option) => self.reset_connection(now, handle, Some(option)),
-            None => self.drop_connection(handle),
-        }
-        let ts = self.ts(now);
-        let resume_timeout = smol(self.config.resume_timeout);
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        match (s.mode, s.tifid) {
-            (StreamMode::Known(Mode::Resilient { tifid }), Some(_)) => {
-                if let Some(flow) = self.table.get_mut(tifid) {
-                    flow.detach(ts);
-                }
-                if s.failed_at.is_none() {
-                    s.failed_at = Some(now);
-                    info!(%tifid, why, "TI connection failed: flow detached");
-                }
-                if s.role == Role::Initiator && s.error.is_none() {
-                    let r = s.resume.get_or_insert(ResumeState {
-                        attempt: 0,
-                        next_attempt: now,
-                        deadline: now + resume_timeout,
-                    });
-                    if !handshaking {
-                        r.next_attempt = now;
-                    }
-                }
-            }
-            _ => {
-                if s.error.is_none() && !(s.eof && s.fin_acked) {
-                    debug!(why, "legacy connection failed");
-                    s.error = Some(if handshaking {
-                        StreamError::ConnectionRefused
-                    } else {
-                        StreamError::ConnectionReset
-                    });
-                }
-                if s.mode == StreamMode::Connecting {
-                    s.mode = StreamMode::Known(Mode::Legacy);
-                }
-            }
-        }
-    }
-
+    /// One stream, once per poll: bytes moved, what its connection shows
+    /// fed to its driver, the driver's timers, and its end.
     pub(super) fn service_stream(&mut self, now: Instant, id: StreamId) {
         let Some(s) = self.streams.get(&id) else {
             return;
         };
-        let stall = smol(self.config.stall_timeout);
-        let keepalive = smol(self.config.keepalive);
-        let connect_timeout = smol(self.config.connect_timeout);
         if let Some(handle) = s.conn {
-            self.pump(now, id, handle, false);
-            let Some(s) = self.streams.get_mut(&id) else {
-                return;
-            };
-            let Some(conn) = self.conns.get(&handle) else {
-                return;
-            };
-            let socket = self.sockets.get::<tcp::Socket>(handle);
-            let state = socket.state();
-            let ti =
-                s.tifid.is_some() && matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
-            let done = s.eof && s.fin_acked;
-            let handshaking = matches!(conn.phase, Phase::SynSent(_));
-            let mut failure: Option<&str> = None;
-            if ti && state == tcp::State::Closed && conn.reset == Some(ResetKind::Aborted) {
-                // The peer aborted the flow: keep what TCP delivered (I1),
-                // then end the stream with a reset, no resume.
-                self.pump(now, id, handle, true);
-                self.drop_connection(handle);
-                warn!(tifid = ?self.streams.get(&id).and_then(|s| s.tifid), "flow aborted by the peer");
-                self.lose_flow(id, LostCause::PeerAborted);
-                return;
-            }
-            let initiator = s.role == Role::Initiator;
-            if std::mem::take(&mut s.fail_requested) && ti && (initiator || !done) {
-                // Done, an initiator resumes once anyway: the responder may
-                // still wait for the ACK of its FIN.
-                failure = Some("explicit request");
-            } else if ti
-                && done
-                && initiator
-                && state == tcp::State::Closed
-                && conn.reset == Some(ResetKind::Abandoned)
-            {
-                // In TIME-WAIT: the responder gave up waiting for our last
-                // ACK. One resume tells it everything arrived.
-                failure = Some("abandoned by the peer");
-            } else if state == tcp::State::Closed && !done {
-                failure = Some(match conn.reset {
-                    Some(ResetKind::Abandoned) => "abandoned by the peer",
-                    Some(_) => "reset",
-                    None => "closed",
-                });
-            } else if ti
-                && !handshaking
-                && socket.send_queue() > 0
-                // Alive means answering: any acceptable segment (answers to
-                // zero-window probes included) is progress.
-                && now >= s.last_progress.max(conn.last_rx) + stall
-            {
-                failure = Some("stall");
-            } else if ti
-                && !handshaking
-                && !s.eof
-                && matches!(
-                    state,
-                    tcp::State::Established | tcp::State::FinWait1 | tcp::State::FinWait2
-                )
-                && now >= conn.last_rx + keepalive + stall
-            {
-                failure = Some("idle path: keepalives unanswered");
-            } else if handshaking && s.resume.as_ref().is_some_and(|r| now >= r.next_attempt) {
-                failure = Some("resume attempt unanswered");
-            } else if handshaking && now >= conn.created + connect_timeout {
-                failure = Some("handshake timed out");
-            }
-            if let Some(why) = failure {
+            let progress = self.pump(now, id, handle, false);
+            self.service_connection(now, id, handle, progress);
+        }
+        self.life_timers(now, id);
+        self.free_if_done(now, id);
+    }
+
+    /// What the stream's connection shows, for its driver.
+    fn service_connection(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        progress: bool,
+    ) {
+        let connect_timeout = smol(self.config.connect_timeout);
+        let (Some(s), Some(conn)) = (self.streams.get_mut(&id), self.conns.get(&handle)) else {
+            return;
+        };
+        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let state = socket.state();
+        let ti = s.tifid.is_some() && matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
+        let done = s.eof && s.fin_acked;
+        let handshaking = matches!(conn.phase, Phase::SynSent(_) | Phase::SynReceived(_));
+        let initiator = s.role == Role::Initiator;
+        let explicit = std::mem::take(&mut s.fail_requested);
+        let reset = conn.reset;
+        if s.life.is_none() {
+            // Before the first connection is up: only the handshake's end.
+            if handshaking && now >= conn.created + connect_timeout {
                 let connecting = s.mode == StreamMode::Connecting;
-                self.fail_connection(now, handle, why);
-                if connecting
-                    && let Some(s) = self.streams.get_mut(&id)
-                    && why == "handshake timed out"
-                {
+                self.connection_failed(now, handle, FailureCause::Closed);
+                if connecting && let Some(s) = self.streams.get_mut(&id) {
                     s.error = Some(StreamError::TimedOut);
                 }
-            } else if done && state == tcp::State::Closed {
+            } else if state == tcp::State::Closed {
+                self.connection_failed(now, handle, FailureCause::Reset);
+            } else if !handshaking && s.mode != StreamMode::Connecting {
+                self.start_lifecycle(now, id);
+                self.service_connection(now, id, handle, progress);
+            }
+            return;
+        }
+        if handshaking {
+            // A resume attempt: the driver times it; a RST to it is judged
+            // on arrival (handshake module).
+            return;
+        }
+        if ti
+            && done
+            && initiator
+            && (explicit || (state == tcp::State::Closed && reset == Some(ResetKind::Abandoned)))
+        {
+            // In TIME-WAIT, the flow's entry kept: the responder may still
+            // wait for the ACK of its FIN. One resume tells it all arrived.
+            info!(tifid = ?s.tifid, "failure after the close: resuming once to confirm it");
+            self.start_lifecycle(now, id);
+            self.life_input(now, id, Input::Failed(FailureCause::PeerAbandoned));
+            return;
+        }
+        if done {
+            if state == tcp::State::Closed {
                 self.drop_connection(handle);
             }
+            self.life_input(now, id, Input::Finished);
+            return;
         }
-        // A detached flow we initiated resumes when due: in the same poll
-        // that noticed the failure, so the SYN leaves at once.
-        if let Some(s) = self.streams.get(&id).filter(|s| s.conn.is_none()) {
-            {
-                let due = s
-                    .resume
-                    .as_ref()
-                    .map(|r| (now >= r.deadline, now >= r.next_attempt));
-                match due {
-                    Some((true, _)) => {
-                        warn!(tifid = ?s.tifid, "resume timed out");
-                        self.lose_flow(id, LostCause::Timeout);
-                    }
-                    Some((false, true)) => self.start_resume_attempt(now, id),
-                    _ => {}
-                }
+        if explicit && ti {
+            self.life_input(now, id, Input::Failed(FailureCause::Explicit));
+            return;
+        }
+        if state == tcp::State::Closed {
+            let input = match reset {
+                Some(ResetKind::Aborted) if ti => Input::PeerAborted,
+                Some(ResetKind::Abandoned) => Input::Failed(FailureCause::PeerAbandoned),
+                Some(_) => Input::Failed(FailureCause::Reset),
+                None => Input::Failed(FailureCause::Closed),
+            };
+            if input == Input::PeerAborted {
+                // Keep what TCP delivered before the abort (I1).
+                self.pump(now, id, handle, true);
+                warn!(tifid = ?self.streams.get(&id).and_then(|s| s.tifid), "flow aborted by the peer");
             }
+            self.life_input(now, id, input);
+            return;
         }
-        // Free streams the application dropped once nothing is left to do.
-        let finished = self
-            .streams
-            .get(&id)
-            .is_some_and(|s| s.abandoned && s.conn.is_none() && s.resume.is_none());
-        if finished {
+        let fin_unacked = conn.fin_pushed && !s.fin_acked;
+        let outstanding = socket.send_queue() > 0 || fin_unacked;
+        let last_rx = conn.last_rx;
+        if progress {
+            self.life_input(now, id, Input::Progress);
+        }
+        self.life_input(now, id, Input::Outstanding(outstanding));
+        if ti && outstanding && now >= last_rx + PROBE_INTERVAL {
+            self.probe(now, handle);
+        }
+    }
+
+    /// When the stream's connection is next due a probe (data outstanding,
+    /// peer quiet).
+    pub(super) fn probe_deadline(&self, id: StreamId) -> Option<Instant> {
+        let handle = self.streams.get(&id)?.conn?;
+        let conn = self.conns.get(&handle)?;
+        conn.iss?;
+        let outstanding = self.sockets.get::<tcp::Socket>(handle).send_queue() > 0;
+        outstanding
+            .then(|| conn.last_rx.max(conn.last_probe.unwrap_or(conn.last_rx)) + PROBE_INTERVAL)
+    }
+
+    /// Sends the peer a keepalive-shaped ACK (one below `snd_una`) that it
+    /// must answer, at most once per [`PROBE_INTERVAL`].
+    fn probe(&mut self, now: Instant, handle: SocketHandle) {
+        let Some(window) = self.seq_window(handle) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        if conn.last_probe.is_some_and(|t| now < t + PROBE_INTERVAL) {
+            return;
+        }
+        conn.last_probe = Some(now);
+        let probe =
+            segment::challenge_ack(conn.tuple, window.snd_una.wrapping_sub(1), window.rcv_nxt);
+        self.device.send_raw(now, &probe);
+    }
+
+    /// Frees a stream the application dropped once nothing is left to do,
+    /// and a closed flow's entry once its connection left TIME-WAIT.
+    fn free_if_done(&mut self, _now: Instant, id: StreamId) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        let resuming = s
+            .life
+            .as_ref()
+            .is_some_and(|l| matches!(l.state(), tifid::lifecycle::State::Resuming { .. }));
+        if s.abandoned && s.conn.is_none() && !resuming {
             if let Some(s) = self.streams.remove(&id)
                 && let Some(tifid) = s.tifid
             {
@@ -272,42 +465,14 @@ impl<D: Device> Stack<D> {
                     flow.finish();
                 }
             }
-        } else if let Some(s) = self.streams.get(&id)
-            && s.conn.is_none()
-            && s.resume.is_none()
+        } else if s.conn.is_none()
+            && !resuming
             && let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t))
             && flow.is_closed()
         {
             // Kept while the connection is in TIME-WAIT, so a last ACK lost
             // with the path can still be confirmed by a resume.
             flow.finish();
-        }
-    }
-
-    pub(super) fn start_resume_attempt(&mut self, now: Instant, id: StreamId) {
-        let backoff = self.config.resume_backoff;
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        let Some(tifid) = s.tifid else { return };
-        let Some(flow) = self.table.get(tifid) else {
-            self.lose_flow(id, LostCause::Timeout);
-            return;
-        };
-        let initiator = Initiator::resume(flow);
-        if let Some(r) = s.resume.as_mut() {
-            let delay = backoff
-                .saturating_mul(1 << r.attempt.min(16))
-                .min(self.config.resume_timeout);
-            r.attempt += 1;
-            r.next_attempt = now + smol(delay);
-            debug!(%tifid, attempt = r.attempt, "resume attempt");
-        }
-        if let Some(old) = s.conn {
-            self.drop_connection(old);
-        }
-        if self.open_connection(now, id, Some(initiator)).is_err() {
-            warn!(%tifid, "could not open a resume connection");
         }
     }
 }

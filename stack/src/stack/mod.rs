@@ -126,6 +126,8 @@ struct Conn {
     skip_rx: u64,
     /// When we last sent a challenge ACK (RFC 5961 rate limit).
     last_challenge: Option<Instant>,
+    /// When we last probed the peer.
+    last_probe: Option<Instant>,
 }
 
 impl Conn {
@@ -147,6 +149,7 @@ impl Conn {
             consumed: 0,
             skip_rx: 0,
             last_challenge: None,
+            last_probe: None,
         }
     }
 }
@@ -161,13 +164,6 @@ enum ResetKind {
     Abandoned,
     /// Our option with zero positions: the peer aborted the flow.
     Aborted,
-}
-
-#[derive(Debug)]
-struct ResumeState {
-    attempt: u32,
-    next_attempt: Instant,
-    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -188,9 +184,10 @@ struct StreamState {
     error: Option<StreamError>,
     events: VecDeque<StreamEvent>,
     stats: StreamStats,
+    /// When the current outage began (downtime is measured from here).
     failed_at: Option<Instant>,
-    resume: Option<ResumeState>,
-    last_progress: Instant,
+    /// The lifecycle driver, from the first established connection on.
+    life: Option<tifid::lifecycle::Lifecycle>,
     fail_requested: bool,
     /// The application dropped its handle.
     abandoned: bool,
@@ -213,9 +210,7 @@ impl StreamState {
         let resent = self.sent_high.bytes_since(send_from).unwrap_or(0);
         let downtime = self.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
         self.conn = Some(handle);
-        self.resume = None;
         self.failed_at = None;
-        self.last_progress = now;
         self.stats.resumes += 1;
         self.stats.last_downtime = Some(downtime);
         self.stats.resent_bytes += resent;
@@ -380,7 +375,7 @@ impl<D: Device> Stack<D> {
         });
         let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
         for handle in handles {
-            self.fail_connection(now, handle, "address changed");
+            self.connection_failed(now, handle, tifid::lifecycle::FailureCause::AddressChanged);
         }
     }
 
@@ -591,26 +586,15 @@ impl<D: Device> Stack<D> {
             Some(d) => now + d,
             None => now + SmolDuration::from_millis(1000),
         };
-        let stall = smol(self.config.stall_timeout);
-        let keepalive = smol(self.config.keepalive);
-        for s in self.streams.values() {
-            if let Some(r) = &s.resume {
-                for deadline in [r.next_attempt, r.deadline] {
-                    if deadline > now {
-                        at = at.min(deadline);
-                    }
-                }
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(deadline) = self.life_deadline(id) {
+                at = at.min(deadline.max(now + SmolDuration::from_micros(1)));
             }
-            if let Some(conn) = s.conn.and_then(|h| self.conns.get(&h)) {
-                let outstanding = !s.send_buf.is_empty();
-                let deadline = if outstanding {
-                    s.last_progress.max(conn.last_rx) + stall
-                } else {
-                    conn.last_rx + keepalive + stall
-                };
-                if deadline > now {
-                    at = at.min(deadline);
-                }
+            if let Some(probe) = self.probe_deadline(id)
+                && probe > now
+            {
+                at = at.min(probe);
             }
         }
         if self.device.pending_ingress() > 0 {
@@ -656,7 +640,7 @@ impl<D: Device> Stack<D> {
                 // peer finished the flow and only the ACK of our FIN was lost
                 // with the path (the initiator would have resumed for it).
                 info!(%tifid, "detached flow expired after a complete exchange: closed");
-                self.finish_closed(id);
+                self.finish_closed(now, id);
                 continue;
             }
             if let Some(s) = self.streams.get_mut(&id)
@@ -678,7 +662,7 @@ impl<D: Device> Stack<D> {
 
     // ------------------------------------------------------------ streams
 
-    fn new_stream(&mut self, role: Role, peer: SocketAddrV4, now: Instant) -> StreamId {
+    fn new_stream(&mut self, role: Role, peer: SocketAddrV4, _now: Instant) -> StreamId {
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
         self.streams.insert(
@@ -699,8 +683,7 @@ impl<D: Device> Stack<D> {
                 events: VecDeque::new(),
                 stats: StreamStats::default(),
                 failed_at: None,
-                resume: None,
-                last_progress: now,
+                life: None,
                 fail_requested: false,
                 abandoned: false,
             },

@@ -15,21 +15,24 @@ impl<D: Device> Stack<D> {
     /// Moves bytes between the stream's TI buffers and its socket.
     /// `draining`: take every received byte regardless of the receive
     /// buffer bound, and push nothing new (the connection is going away).
+    /// Returns whether the peer made progress: bytes (or a FIN) newly
+    /// acknowledged or received.
     pub(super) fn pump(
         &mut self,
-        now: Instant,
+        _now: Instant,
         id: StreamId,
         handle: SocketHandle,
         draining: bool,
-    ) {
+    ) -> bool {
         let recv_limit = self.config.recv_buffer;
         let mtu = self.device.capabilities().max_transmission_unit;
         let Some(conn) = self.conns.get_mut(&handle) else {
-            return;
+            return false;
         };
         let Some(s) = self.streams.get_mut(&id) else {
-            return;
+            return false;
         };
+        let mut progress = false;
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let flow = s.tifid.and_then(|t| self.table.get_mut(t));
         let mut flow = flow;
@@ -46,10 +49,7 @@ impl<D: Device> Stack<D> {
                 let una = flow.positions().snd_una + newly;
                 let _ = flow.on_acked(una);
             }
-            s.last_progress = now;
-        }
-        if in_socket == 0 {
-            s.last_progress = now;
+            progress = true;
         }
 
         // Push new bytes (the first flight is one MSS-20 segment while confirming).
@@ -127,6 +127,7 @@ impl<D: Device> Stack<D> {
             match got {
                 Ok((0, 0)) | Err(_) => break,
                 Ok((skipped, n)) => {
+                    progress = true;
                     conn.skip_rx -= skipped as u64;
                     conn.consumed += (skipped + n) as u64;
                     s.stats.bytes_received += n as u64;
@@ -146,6 +147,7 @@ impl<D: Device> Stack<D> {
         );
         if fin_in && socket.recv_queue() == 0 && !s.eof {
             s.eof = true;
+            progress = true;
             if let Some(flow) = flow.as_deref_mut() {
                 flow.on_fin_received();
             }
@@ -155,10 +157,12 @@ impl<D: Device> Stack<D> {
                 || (state == tcp::State::Closed && conn.was_last_ack && conn.reset.is_none()));
         if fin_acked && !s.fin_acked {
             s.fin_acked = true;
+            progress = true;
             if let Some(flow) = flow {
                 let end = flow.positions().snd_nxt;
                 let _ = flow.on_acked(end);
             }
         }
+        progress
     }
 }
