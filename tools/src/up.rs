@@ -1092,8 +1092,8 @@ fn relay<D: Device + Wait + Send + 'static>(kernel: TcpStream, ti: TiStream<D>, 
         match back {
             Ok(_) => kernel_to_ti(&relay, ti),
             Err(e) => {
-                warn!(flow = %relay.flow, error = %e, "cannot start a copy thread");
-                relay.local_broke(&ti, &e);
+                warn!(flow = %relay.flow, error = %e, "cannot start a copy thread: aborting flow, resetting local connection");
+                let _ = ti.abort();
                 relay.reset_local();
             }
         }
