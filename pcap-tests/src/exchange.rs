@@ -240,7 +240,7 @@ impl App {
                 expected,
             });
         }
-        stack.close(id);
+        stack.close(now, id);
         self.done = true;
         Ok(AppProgress::Done)
     }

@@ -237,7 +237,7 @@ struct StreamRef<D: Device + Wait> {
 
 impl<D: Device + Wait> Drop for StreamRef<D> {
     fn drop(&mut self) {
-        self.shared.act(|stack, _| stack.close(self.id));
+        self.shared.act(|stack, now| stack.close(now, self.id));
     }
 }
 
@@ -450,7 +450,7 @@ impl<D: Device + Wait> TiListener<D> {
 impl<D: Device + Wait> Drop for TiListener<D> {
     fn drop(&mut self) {
         let id = self.id;
-        self.shared.act(|stack, _| stack.unlisten(id));
+        self.shared.act(|stack, now| stack.unlisten(now, id));
     }
 }
 

@@ -491,6 +491,12 @@ impl Lifecycle {
                     self.fail_legacy(LegacyEnd::UserTimeout);
                 }
                 Timer::Stall => self.on_failed(now, FailureCause::Stall),
+                Timer::SilentPath if !self.resilient => {
+                    self.actions.push_back(Action::ResetConnection {
+                        notify: Notify::Bare,
+                    });
+                    self.fail_legacy(LegacyEnd::Reset);
+                }
                 Timer::SilentPath => self.on_failed(now, FailureCause::SilentPath),
                 Timer::ResumeDeadline => self.lose(LostCause::Timeout),
                 Timer::Attempt => self.on_attempt_due(now),
@@ -604,7 +610,13 @@ impl Lifecycle {
                 let since = self.last_progress.max(self.outstanding_since);
                 self.timers.set(Timer::UserTimeout, since + c.user_timeout);
             }
-            (false, false) => {}
+            (false, false) => {
+                // A legacy peer that answers nothing (not even keepalives)
+                // for this long is gone: the reading program must hear of
+                // it as a reset, not wait forever.
+                let at = self.last_answer + c.keepalive + c.user_timeout;
+                self.timers.set(Timer::SilentPath, at);
+            }
         }
     }
 
@@ -1352,7 +1364,7 @@ mod tests {
     #[test]
     fn legacy_user_timeout_is_no_progress_while_outstanding() {
         let mut lc = legacy(ms(0));
-        assert_eq!(lc.poll_timeout(), None);
+        assert_eq!(lc.poll_timeout(), Some(ms(35_000)), "idle: the silent path");
         lc.handle(ms(1000), Input::Outstanding(true));
         assert_eq!(lc.poll_timeout(), Some(ms(31_000)));
         lc.handle(ms(10_000), Input::Progress);
@@ -1401,7 +1413,11 @@ mod tests {
         lc.handle(ms(0), Input::Outstanding(true));
         assert_eq!(lc.poll_timeout(), Some(ms(30_000)), "only the user timeout");
         lc.handle(ms(1000), Input::Outstanding(false));
-        assert_eq!(lc.poll_timeout(), None);
+        assert_eq!(
+            lc.poll_timeout(),
+            Some(ms(35_000)),
+            "only the silent path: keepalive + user timeout"
+        );
         for cause in [
             FailureCause::Explicit,
             FailureCause::Stall,
@@ -1425,6 +1441,28 @@ mod tests {
             ]
         );
         assert_eq!(lc.total_attempts(), 0);
+    }
+
+    /// Legacy, idle: a peer that answers nothing (keepalives included) for
+    /// keepalive + user timeout is gone; answers keep it alive.
+    #[test]
+    fn legacy_silent_path_ends_in_a_reset_after_keepalive_plus_user_timeout() {
+        let mut lc = legacy(ms(0));
+        lc.handle(ms(0), Input::Outstanding(false));
+        lc.handle(ms(20_000), Input::PeerAnswered);
+        lc.handle_timeout(ms(35_000));
+        assert!(actions(&mut lc).is_empty(), "answered at 20 s");
+        lc.handle_timeout(ms(55_000));
+        assert_eq!(
+            actions(&mut lc),
+            [
+                Action::ResetConnection {
+                    notify: Notify::Bare
+                },
+                Action::Fail(LegacyEnd::Reset)
+            ]
+        );
+        assert_eq!(lc.state(), State::Failed(LegacyEnd::Reset));
     }
 
     /// Rule 14: one table; `poll_timeout` is its earliest entry and

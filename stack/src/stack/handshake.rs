@@ -158,6 +158,12 @@ impl<D: Device> Stack<D> {
                 // close it ends is not taken for a clean one.
                 if seg.rst {
                     conn.reset = Some(ResetKind::Bare);
+                } else if let Some(id) = stream
+                    && matches!(conn.phase, Phase::Open)
+                {
+                    // Legacy liveness (the silent-path reset) counts any
+                    // segment of the connection's tuple.
+                    self.life_input(now, id, Input::PeerAnswered);
                 }
                 true
             }

@@ -197,6 +197,9 @@ impl<D: Device> Stack<D> {
         };
         let initiator = Initiator::resume(flow);
         debug!(%tifid, "resume attempt");
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.stats.resume_attempts += 1;
+        }
         if self.open_connection(now, id, Some(initiator)).is_err() {
             warn!(%tifid, "could not open a resume connection");
         }
@@ -318,6 +321,14 @@ impl<D: Device> Stack<D> {
         };
         if let Some(handle) = s.conn {
             let progress = self.pump(now, id, handle, false);
+            let s = self.streams.get(&id);
+            if s.is_some_and(|s| s.abandoned && !s.recv_buf.is_empty() && s.error.is_none()) {
+                // Data arrived after the application closed: reset, as a
+                // kernel socket would.
+                debug!("data after close: aborting");
+                self.abort_stream(now, id);
+                return;
+            }
             self.service_connection(now, id, handle, progress);
         }
         self.life_timers(now, id);

@@ -68,6 +68,8 @@ pub struct StreamStats {
     pub last_downtime: Option<Duration>,
     /// Bytes resent over all resumes.
     pub resent_bytes: u64,
+    /// Resume attempts (SYNs of resume connections) over the stream's life.
+    pub resume_attempts: u64,
 }
 
 /// A snapshot of one stream for status displays.
@@ -405,10 +407,10 @@ impl<D: Device> Stack<D> {
     }
 
     /// Stops listening; queued connections not yet accepted are closed.
-    pub fn unlisten(&mut self, listener: ListenerId) {
+    pub fn unlisten(&mut self, now: Instant, listener: ListenerId) {
         if let Some(state) = self.listeners.remove(&listener.0) {
             for id in state.accept_queue {
-                self.close(id);
+                self.close(now, id);
             }
         }
     }
@@ -572,11 +574,23 @@ impl<D: Device> Stack<D> {
 
     /// The application is done with the stream: queued data is still sent
     /// (with a FIN) unless the stream failed; state is freed when done.
-    pub fn close(&mut self, id: StreamId) {
-        let _ = self.shutdown_write(id);
+    /// Closing with received data unread, or receiving data after the
+    /// close, aborts the stream instead, as a kernel socket resets: the
+    /// peer must not take a program that stopped reading for one that read
+    /// everything.
+    pub fn close(&mut self, now: Instant, id: StreamId) {
+        let unread = self
+            .streams
+            .get(&id)
+            .is_some_and(|s| !s.recv_buf.is_empty());
+        if unread {
+            debug!("closed with unread data: aborting");
+            self.abort_stream(now, id);
+        } else {
+            let _ = self.shutdown_write(id);
+        }
         if let Some(s) = self.streams.get_mut(&id) {
             s.abandoned = true;
-            s.recv_buf.clear();
         }
     }
 

@@ -78,6 +78,7 @@ impl<D: Device> Stack<D> {
             return true;
         };
         conn.last_rx = now;
+        let stream = conn.stream;
         if let Phase::Confirming(initiator) = &mut conn.phase
             && initiator.on_peer_segment(seg.syn)
         {
@@ -85,6 +86,9 @@ impl<D: Device> Stack<D> {
             let tuple = conn.tuple;
             conn.phase = Phase::Open;
             self.device.detach_option(&tuple);
+        }
+        if let Some(id) = stream {
+            self.life_input(now, id, tifid::lifecycle::Input::PeerAnswered);
         }
         true
     }

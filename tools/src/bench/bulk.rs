@@ -394,7 +394,7 @@ fn stack_down(
         }
         if got >= bytes {
             let end = Instant::now();
-            stack.close(id);
+            stack.close(now, id);
             stack.poll(clock.now());
             return Ok(end);
         }
