@@ -508,6 +508,8 @@ struct ConnRecord {
 struct Registry {
     next: u64,
     conns: BTreeMap<u64, ConnRecord>,
+    /// Resume attempts of the streams whose relay ended.
+    ended_attempts: u64,
 }
 
 #[derive(Clone, Default)]
@@ -545,6 +547,26 @@ impl Conns {
 
     fn remove(&self, n: u64) {
         self.lock().conns.remove(&n);
+    }
+
+    /// Removes a connection whose relay ended, keeping its stream's resume
+    /// attempts for the total (under one lock: counted once, never lost).
+    fn finish(&self, n: u64, last: Option<StreamInfo>) {
+        let mut reg = self.lock();
+        reg.conns.remove(&n);
+        reg.ended_attempts += last.map_or(0, |i| i.stats.resume_attempts);
+    }
+
+    /// Resume attempts since start: the ended relays' and those of the
+    /// streams in `infos` that a relay still carries.
+    fn resume_attempts(&self, infos: &[StreamInfo]) -> u64 {
+        let reg = self.lock();
+        let live = infos
+            .iter()
+            .filter(|i| reg.conns.values().any(|r| r.stream == Some(i.id)))
+            .map(|i| i.stats.resume_attempts)
+            .sum::<u64>();
+        reg.ended_attempts + live
     }
 
     fn is_empty(&self) -> bool {
@@ -891,6 +913,7 @@ fn handle<D: Device + Wait + Send + 'static>(
             option_kind: args.option_kind,
             uptime_s: started.elapsed().as_secs_f64(),
             flows: infos.iter().map(|i| flow_status(i, conns)).collect(),
+            resume_attempts: conns.resume_attempts(&infos),
         }),
         Request::Fail { tifid } => {
             let wanted = match tifid.as_deref().map(control::parse_tifid) {
@@ -940,6 +963,7 @@ fn flow_status(info: &StreamInfo, conns: &Conns) -> FlowStatus {
         sent: info.stats.bytes_written,
         received: info.stats.bytes_received,
         resumes: info.stats.resumes,
+        resume_attempts: info.stats.resume_attempts,
         last_downtime_ms: info.stats.last_downtime.map(|d| d.as_secs_f64() * 1000.0),
         resent: info.stats.resent_bytes,
         attached: info.attached,
@@ -1008,7 +1032,8 @@ fn forward_one<D: Device + Wait + Send + 'static>(
         Mode::Legacy => info!(remote = %forward.remote, "peer without TI: plain TCP"),
     }
     conns.set_stream(n, ti.info().map(|i| i.id), None);
-    relay(kernel, ti, stop);
+    let last = relay(kernel, ti, stop);
+    conns.finish(n, last);
 }
 
 fn accept_serves<D: Device + Wait + Send + 'static>(
@@ -1041,7 +1066,8 @@ fn accept_serves<D: Device + Wait + Send + 'static>(
                 match TcpStream::connect_timeout(&serve.target.into(), TARGET_CONNECT_TIMEOUT) {
                     Ok(kernel) => {
                         conns.set_stream(n, ti.info().map(|i| i.id), kernel.try_clone().ok());
-                        relay(kernel, ti, &stop);
+                        let last = relay(kernel, ti, &stop);
+                        conns.finish(n, last);
                     }
                     Err(e) => {
                         warn!(target = %serve.target, error = %e, "cannot reach the local target: aborting flow");
@@ -1082,9 +1108,15 @@ fn reset_on_close(kernel: &TcpStream) {
 /// flag every [`TICK`], the deciding one wakes a blocked kernel read with
 /// `shutdown(Read)` (which sends nothing), and a blocked flow write fails
 /// once the stream has failed or was aborted.
-fn relay<D: Device + Wait + Send + 'static>(kernel: TcpStream, ti: TiStream<D>, stop: &AtomicBool) {
+///
+/// Returns the stream's counters at the end (for the status's totals).
+fn relay<D: Device + Wait + Send + 'static>(
+    kernel: TcpStream,
+    ti: TiStream<D>,
+    stop: &AtomicBool,
+) -> Option<StreamInfo> {
     let relay = Relay::new(kernel, &ti, stop);
-    let ti_out = ti.try_clone();
+    let (ti_out, watch) = (ti.try_clone(), ti.try_clone());
     std::thread::scope(|s| {
         let back = std::thread::Builder::new()
             .name("ti-to-kernel".into())
@@ -1098,6 +1130,16 @@ fn relay<D: Device + Wait + Send + 'static>(kernel: TcpStream, ti: TiStream<D>, 
             }
         }
     });
+    let last = watch.info();
+    if let Some(info) = &last {
+        info!(
+            flow = %relay.flow,
+            resumes = info.stats.resumes,
+            resume_attempts = info.stats.resume_attempts,
+            "relay ended"
+        );
+    }
+    last
 }
 
 /// What a relayed stream is, for logs: its TIFID (TI-flows) and its peer.
