@@ -62,6 +62,9 @@ pub struct FlowStatus {
     pub received: u64,
     /// Successful resumes.
     pub resumes: u64,
+    /// Resume attempts (each a SYN on a new connection), successful or not.
+    #[serde(default)]
+    pub resume_attempts: u64,
     /// Downtime of the last resume, in milliseconds.
     pub last_downtime_ms: Option<f64>,
     /// Bytes resent over all resumes.
@@ -89,6 +92,10 @@ pub struct StatusReport {
     pub uptime_s: f64,
     /// Every stream, oldest first.
     pub flows: Vec<FlowStatus>,
+    /// Resume attempts since start, of the flows listed and of those that
+    /// ended (a storm of resumes shows here even after its flow is gone).
+    #[serde(default)]
+    pub resume_attempts: u64,
 }
 
 /// A reply of `tiflow up`.
@@ -543,6 +550,7 @@ mod tests {
                     sent: 3 << 20,
                     received: 2048,
                     resumes: 2,
+                    resume_attempts: 3,
                     last_downtime_ms: Some(312.4),
                     resent: 1000,
                     attached: true,
@@ -556,12 +564,14 @@ mod tests {
                     sent: 10,
                     received: 0,
                     resumes: 0,
+                    resume_attempts: 0,
                     last_downtime_ms: None,
                     resent: 0,
                     attached: false,
                     age_s: 1.0,
                 },
             ],
+            resume_attempts: 4,
         }
     }
 

@@ -10,8 +10,13 @@
 //!
 //! It never makes a protocol decision (the stack does), and never leaves a
 //! loop unbounded by the stop flag: every blocking call it makes has a timeout
-//! of at most 200 ms, except writes into a TI-flow, which the stack's stop
-//! ends.
+//! of at most 200 ms, except writes into a TI-flow, which end when the flow
+//! fails or is aborted, or the stack stops.
+//!
+//! Ends pass through as what they are (DESIGN §4 "Abort"; see `relay`): FIN
+//! for FIN, and a reset for a reset, a failed write to the local program,
+//! an aborted or a lost flow; never a clean end of stream for a
+//! conversation that did not end.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -31,6 +36,7 @@ use ti_stack::device::tun::TunDevice;
 use ti_stack::{
     Mode, Runtime, StackConfig, StreamError, StreamId, StreamInfo, StreamMode, TiStream,
 };
+use tifid::handshake::LostCause;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, ControlError, ControlServer, FlowStatus, Reply, Request, StatusReport};
@@ -285,6 +291,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub resume_timeout: Duration,
 
+    /// A plain TCP connection (a peer or path without TI-flows) whose sent
+    /// data stays unacknowledged this long fails: the local program's
+    /// connection is reset (like TCP_USER_TIMEOUT).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub user_timeout: Duration,
+
     /// Keepalive interval on idle TI connections.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub keepalive: Duration,
@@ -395,6 +407,7 @@ impl UpArgs {
         config.stall_timeout = self.stall_timeout;
         config.resume_timeout = self.resume_timeout;
         config.keepalive = self.keepalive;
+        config.user_timeout = self.user_timeout;
         config.allow_migration = !self.no_migration;
         config
     }
@@ -495,6 +508,8 @@ struct ConnRecord {
 struct Registry {
     next: u64,
     conns: BTreeMap<u64, ConnRecord>,
+    /// Resume attempts of the streams whose relay ended.
+    ended_attempts: u64,
 }
 
 #[derive(Clone, Default)]
@@ -532,6 +547,26 @@ impl Conns {
 
     fn remove(&self, n: u64) {
         self.lock().conns.remove(&n);
+    }
+
+    /// Removes a connection whose relay ended, keeping its stream's resume
+    /// attempts for the total (under one lock: counted once, never lost).
+    fn finish(&self, n: u64, last: Option<StreamInfo>) {
+        let mut reg = self.lock();
+        reg.conns.remove(&n);
+        reg.ended_attempts += last.map_or(0, |i| i.stats.resume_attempts);
+    }
+
+    /// Resume attempts since start: the ended relays' and those of the
+    /// streams in `infos` that a relay still carries.
+    fn resume_attempts(&self, infos: &[StreamInfo]) -> u64 {
+        let reg = self.lock();
+        let live = infos
+            .iter()
+            .filter(|i| reg.conns.values().any(|r| r.stream == Some(i.id)))
+            .map(|i| i.stats.resume_attempts)
+            .sum::<u64>();
+        reg.ended_attempts + live
     }
 
     fn is_empty(&self) -> bool {
@@ -878,6 +913,7 @@ fn handle<D: Device + Wait + Send + 'static>(
             option_kind: args.option_kind,
             uptime_s: started.elapsed().as_secs_f64(),
             flows: infos.iter().map(|i| flow_status(i, conns)).collect(),
+            resume_attempts: conns.resume_attempts(&infos),
         }),
         Request::Fail { tifid } => {
             let wanted = match tifid.as_deref().map(control::parse_tifid) {
@@ -927,6 +963,7 @@ fn flow_status(info: &StreamInfo, conns: &Conns) -> FlowStatus {
         sent: info.stats.bytes_written,
         received: info.stats.bytes_received,
         resumes: info.stats.resumes,
+        resume_attempts: info.stats.resume_attempts,
         last_downtime_ms: info.stats.last_downtime.map(|d| d.as_secs_f64() * 1000.0),
         resent: info.stats.resent_bytes,
         attached: info.attached,
@@ -984,8 +1021,8 @@ fn forward_one<D: Device + Wait + Send + 'static>(
     let ti = match result {
         Ok(ti) => ti,
         Err(e) => {
-            warn!(%client, remote = %forward.remote, error = %e, "cannot reach the remote");
-            let _ = kernel.shutdown(Shutdown::Both);
+            warn!(%client, remote = %forward.remote, error = %e, "cannot reach the remote: resetting local connection");
+            reset_on_close(&kernel);
             return;
         }
     };
@@ -995,7 +1032,8 @@ fn forward_one<D: Device + Wait + Send + 'static>(
         Mode::Legacy => info!(remote = %forward.remote, "peer without TI: plain TCP"),
     }
     conns.set_stream(n, ti.info().map(|i| i.id), None);
-    relay(kernel, ti, stop);
+    let last = relay(kernel, ti, stop);
+    conns.finish(n, last);
 }
 
 fn accept_serves<D: Device + Wait + Send + 'static>(
@@ -1028,10 +1066,14 @@ fn accept_serves<D: Device + Wait + Send + 'static>(
                 match TcpStream::connect_timeout(&serve.target.into(), TARGET_CONNECT_TIMEOUT) {
                     Ok(kernel) => {
                         conns.set_stream(n, ti.info().map(|i| i.id), kernel.try_clone().ok());
-                        relay(kernel, ti, &stop);
+                        let last = relay(kernel, ti, &stop);
+                        conns.finish(n, last);
                     }
                     Err(e) => {
-                        warn!(target = %serve.target, error = %e, "cannot reach the local target");
+                        warn!(target = %serve.target, error = %e, "cannot reach the local target: aborting flow");
+                        if let Err(e) = ti.abort() {
+                            debug!(error = %e, "cannot abort the flow");
+                        }
                     }
                 }
                 conns.remove(n);
@@ -1042,112 +1084,323 @@ fn accept_serves<D: Device + Wait + Send + 'static>(
     }
 }
 
-/// Copies both ways between a kernel TCP connection and a TI stream until
-/// both directions are closed (an end of stream is passed on as a shutdown
-/// of writing; an error as closing the other side), or `stop`.
+/// Makes closing `kernel` send a RST (`SO_LINGER` on, zero time): the local
+/// program gets a reset, not a clean end of stream.
+fn reset_on_close(kernel: &TcpStream) {
+    if let Err(e) = rustix::net::sockopt::set_socket_linger(kernel, Some(Duration::ZERO)) {
+        warn!(error = %e, "cannot make the local close a reset");
+    }
+}
+
+/// Copies both ways between the local program's kernel TCP connection and a
+/// TI stream until both directions are done, `stop`, or one end breaks
+/// (DESIGN §4 "Abort"):
+///
+/// - an end of stream passes on as one: the local program's FIN as a TI FIN
+///   (`shutdown(Write)`), the flow's as a kernel `shutdown(Write)`;
+/// - the local program resetting its connection, or a write to it failing,
+///   aborts the flow: the peer's program gets a reset;
+/// - the flow aborted by its peer or lost (plain TCP: reset or timed out)
+///   resets the local program's connection (`SO_LINGER` zero, then close):
+///   a conversation that did not end never looks complete.
+///
+/// Both copy threads end promptly whichever way it ends: they poll a shared
+/// flag every [`TICK`], the deciding one wakes a blocked kernel read with
+/// `shutdown(Read)` (which sends nothing), and a blocked flow write fails
+/// once the stream has failed or was aborted.
+///
+/// Returns the stream's counters at the end (for the status's totals).
 fn relay<D: Device + Wait + Send + 'static>(
     kernel: TcpStream,
     ti: TiStream<D>,
-    stop: &Arc<AtomicBool>,
-) {
-    let (k_in, k_out) = match (kernel.try_clone(), kernel.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(error = %e, "cannot clone a socket");
-            return;
+    stop: &AtomicBool,
+) -> Option<StreamInfo> {
+    let relay = Relay::new(kernel, &ti, stop);
+    let (ti_out, watch) = (ti.try_clone(), ti.try_clone());
+    std::thread::scope(|s| {
+        let back = std::thread::Builder::new()
+            .name("ti-to-kernel".into())
+            .spawn_scoped(s, || ti_to_kernel(&relay, ti_out));
+        match back {
+            Ok(_) => kernel_to_ti(&relay, ti),
+            Err(e) => {
+                warn!(flow = %relay.flow, error = %e, "cannot start a copy thread: aborting flow, resetting local connection");
+                let _ = ti.abort();
+                relay.reset_local();
+            }
         }
-    };
-    let ti_out = ti.try_clone();
-    let stop_b = stop.clone();
-    let back = std::thread::Builder::new()
-        .name("ti-to-kernel".into())
-        .spawn(move || ti_to_kernel(ti_out, k_out, &stop_b));
-    kernel_to_ti(k_in, ti, stop);
-    match back {
-        Ok(handle) => {
-            let _ = handle.join();
+    });
+    let last = watch.info();
+    if let Some(info) = &last {
+        info!(
+            flow = %relay.flow,
+            resumes = info.stats.resumes,
+            resume_attempts = info.stats.resume_attempts,
+            "relay ended"
+        );
+    }
+    last
+}
+
+/// What a relayed stream is, for logs: its TIFID (TI-flows) and its peer.
+struct FlowLabel {
+    tifid: Option<String>,
+    peer: Option<SocketAddrV4>,
+}
+
+impl std::fmt::Display for FlowLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tifid {
+            Some(tifid) => write!(f, "TI-flow {tifid}")?,
+            None => write!(f, "plain TCP")?,
         }
-        Err(e) => warn!(error = %e, "cannot start a copy thread"),
+        match self.peer {
+            Some(peer) => write!(f, " with {peer}"),
+            None => Ok(()),
+        }
     }
 }
 
-fn kernel_to_ti<D: Device + Wait>(mut kernel: TcpStream, mut ti: TiStream<D>, stop: &AtomicBool) {
-    let _ = kernel.set_read_timeout(Some(TICK));
-    let mut buf = vec![0u8; COPY_BUF];
-    loop {
-        if stop.load(Ordering::Acquire) {
-            break;
+/// One carried connection, shared by its two copy threads: the local
+/// program's socket, what the flow is, and whether one of them ended it.
+struct Relay<'a> {
+    /// The local program's connection (both threads use it by reference).
+    kernel: TcpStream,
+    /// For logs.
+    flow: FlowLabel,
+    /// Set by the thread that decided an abnormal end (abort or reset).
+    ended: AtomicBool,
+    /// Set once the flow's end of stream was passed on (our FIN is out).
+    fin_sent: AtomicBool,
+    /// `tiflow up` is stopping.
+    stop: &'a AtomicBool,
+}
+
+impl<'a> Relay<'a> {
+    fn new<D: Device + Wait>(kernel: TcpStream, ti: &TiStream<D>, stop: &'a AtomicBool) -> Self {
+        let _ = kernel.set_read_timeout(Some(TICK));
+        let _ = kernel.set_write_timeout(Some(TICK));
+        let tifid = match ti.mode() {
+            Mode::Resilient { tifid } => Some(tifid.to_string()),
+            Mode::Legacy => None,
+        };
+        Relay {
+            kernel,
+            flow: FlowLabel {
+                tifid,
+                peer: ti.peer_addr(),
+            },
+            ended: AtomicBool::new(false),
+            fin_sent: AtomicBool::new(false),
+            stop,
         }
+    }
+
+    /// Neither stopping nor ended by the other thread.
+    fn running(&self) -> bool {
+        !self.ended.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire)
+    }
+
+    /// Marks the relay ended; true for the one caller that ended it.
+    fn end(&self) -> bool {
+        !self.ended.swap(true, Ordering::AcqRel)
+    }
+
+    /// The local program finished sending (a kernel read returned 0): a TI
+    /// FIN, unless the relay already ended, or the 0 hides a reset whose
+    /// error the other thread's write took.
+    fn local_finished<D: Device + Wait>(&self, ti: &TiStream<D>) {
+        if self.ended.load(Ordering::Acquire) {
+            return;
+        }
+        if self.local_gone() {
+            let reset = io::Error::new(io::ErrorKind::ConnectionReset, "local connection reset");
+            return self.local_broke(ti, &reset);
+        }
+        info!(flow = %self.flow, "local program closed its side: FIN on the flow");
+        if let Err(e) = ti.shutdown(Shutdown::Write) {
+            debug!(flow = %self.flow, error = %e, "cannot shut the flow down for writing");
+        }
+    }
+
+    /// The flow's peer finished sending: a FIN to the local program.
+    fn flow_finished(&self) {
+        info!(flow = %self.flow, "flow ended by peer: FIN to the local program");
+        self.fin_sent.store(true, Ordering::Release);
+        let _ = self.kernel.shutdown(Shutdown::Write);
+    }
+
+    /// The local program reset its connection or no longer takes data: the
+    /// flow ends at both ends (its peer's program gets a reset).
+    fn local_broke<D: Device + Wait>(&self, ti: &TiStream<D>, error: &io::Error) {
+        if self.end() {
+            info!(flow = %self.flow, %error, "local program reset: aborting flow");
+            if let Err(e) = ti.abort() {
+                debug!(flow = %self.flow, error = %e, "cannot abort the flow");
+            }
+        }
+        self.wake_kernel_reader();
+    }
+
+    /// The flow failed (aborted by its peer, lost, or as plain TCP reset or
+    /// timed out): the local program's connection is reset. Our own abort
+    /// ([`StreamError::Aborted`]) was handled by whoever aborted.
+    fn flow_broke(&self, error: &io::Error) {
+        let cause = stream_error(error);
+        if cause == Some(StreamError::Aborted) || !self.end() {
+            self.wake_kernel_reader();
+            return;
+        }
+        if cause == Some(StreamError::FlowLost(LostCause::PeerAborted)) {
+            info!(flow = %self.flow, "flow aborted by peer: resetting local connection");
+        } else {
+            info!(flow = %self.flow, %error, "flow failed: resetting local connection");
+        }
+        self.reset_local();
+        self.wake_kernel_reader();
+    }
+
+    /// Makes the closing of the local connection a reset (`SO_LINGER` on
+    /// with zero time): the RST leaves when its last descriptor closes,
+    /// right after the relay.
+    fn reset_local(&self) {
+        reset_on_close(&self.kernel);
+    }
+
+    /// Ends a kernel read blocked in the other thread. `shutdown(Read)`
+    /// puts nothing on the wire.
+    fn wake_kernel_reader(&self) {
+        let _ = self.kernel.shutdown(Shutdown::Read);
+    }
+
+    /// A reset of the local connection waiting to be read (POLLERR), found
+    /// without taking the error, for a thread that is not reading it.
+    fn local_error(&self) -> Option<io::Error> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.kernel, PollFlags::ERR)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&now)) {
+            Ok(n) if n > 0 && fds[0].revents().contains(PollFlags::ERR) => Some(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "local connection reset",
+            )),
+            _ => None,
+        }
+    }
+
+    /// The local connection is closed although we sent no FIN: a reset
+    /// whose error a write already took (`getpeername` fails once the
+    /// socket is closed; after a FIN from the program alone it still works).
+    fn local_gone(&self) -> bool {
+        !self.fin_sent.load(Ordering::Acquire) && self.kernel.peer_addr().is_err()
+    }
+}
+
+/// The stream error behind an I/O error of a TI stream, if any.
+fn stream_error(e: &io::Error) -> Option<StreamError> {
+    e.get_ref()?.downcast_ref::<StreamError>().copied()
+}
+
+/// The stream's error, if it has failed, without waiting.
+fn flow_error<D: Device + Wait>(ti: &TiStream<D>) -> Option<io::Error> {
+    ti.wait_acknowledged(Duration::ZERO)
+        .err()
+        .map(io::Error::from)
+}
+
+/// Copies the local program's bytes into the flow.
+fn kernel_to_ti<D: Device + Wait>(relay: &Relay<'_>, mut ti: TiStream<D>) {
+    let mut kernel = &relay.kernel;
+    let mut buf = vec![0u8; COPY_BUF];
+    while relay.running() {
         match kernel.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return relay.local_finished(&ti),
             Ok(n) => {
                 if let Err(e) = ti.write_all(&buf[..n]) {
-                    debug!(error = %e, "flow closed for writing");
-                    let _ = kernel.shutdown(Shutdown::Both);
-                    return;
+                    return relay.flow_broke(&e);
                 }
             }
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => {
-                debug!(error = %e, "local connection failed");
-                break;
-            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return relay.local_broke(&ti, &e),
         }
     }
-    let _ = ti.shutdown(Shutdown::Write);
+    if !relay.ended.load(Ordering::Acquire) {
+        // Stopping: pass the end of stream on, as at a FIN.
+        let _ = ti.shutdown(Shutdown::Write);
+    }
 }
 
-fn ti_to_kernel<D: Device + Wait>(mut ti: TiStream<D>, mut kernel: TcpStream, stop: &AtomicBool) {
+/// Copies the flow's bytes to the local program. While the flow is quiet it
+/// also watches the local connection for a reset, which the other thread
+/// misses while it is blocked writing into the flow.
+fn ti_to_kernel<D: Device + Wait>(relay: &Relay<'_>, mut ti: TiStream<D>) {
     ti.set_read_timeout(Some(TICK));
-    let _ = kernel.set_write_timeout(Some(TICK));
     let mut buf = vec![0u8; COPY_BUF];
-    loop {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
+    while relay.running() {
         match ti.read(&mut buf) {
-            Ok(0) => {
-                let _ = kernel.shutdown(Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if !write_all_until(&mut kernel, &buf[..n], stop) {
-                    return;
+            Ok(0) => return relay.flow_finished(),
+            Ok(n) => match write_all_until(relay, &ti, &buf[..n]) {
+                Ok(()) => {}
+                Err(Broken::Local(e)) => return relay.local_broke(&ti, &e),
+                Err(Broken::Flow(e)) => return relay.flow_broke(&e),
+                Err(Broken::Ended) => return,
+            },
+            Err(e) if is_timeout(&e) => {
+                if let Some(e) = relay.local_error() {
+                    return relay.local_broke(&ti, &e);
                 }
             }
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => {
-                warn!(error = %e, "flow failed: closing the local connection");
-                let _ = kernel.shutdown(Shutdown::Both);
-                return;
-            }
+            Err(e) => return relay.flow_broke(&e),
         }
     }
 }
 
-/// Writes all of `data`, retrying after write timeouts until `stop`.
-fn write_all_until(kernel: &mut TcpStream, mut data: &[u8], stop: &AtomicBool) -> bool {
+/// Why a write to the local program stopped short.
+enum Broken {
+    /// The local connection failed (reset, or the program closed it).
+    Local(io::Error),
+    /// The flow failed while the program was not taking data.
+    Flow(io::Error),
+    /// Stopping, or the other thread ended the relay.
+    Ended,
+}
+
+/// Writes all of `data` to the local program, retrying after write timeouts
+/// (and checking the flow for a failure meanwhile) until the relay ends.
+fn write_all_until<D: Device + Wait>(
+    relay: &Relay<'_>,
+    ti: &TiStream<D>,
+    mut data: &[u8],
+) -> Result<(), Broken> {
+    let mut kernel = &relay.kernel;
     while !data.is_empty() {
-        if stop.load(Ordering::Acquire) {
-            return false;
+        if !relay.running() {
+            return Err(Broken::Ended);
         }
         match kernel.write(data) {
-            Ok(0) => return false,
+            Ok(0) => return Err(Broken::Local(io::ErrorKind::WriteZero.into())),
             Ok(n) => data = &data[n..],
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => {
-                debug!(error = %e, "local connection closed");
-                return false;
+            Err(e) if is_timeout(&e) => {
+                if let Some(e) = flow_error(ti) {
+                    return Err(Broken::Flow(e));
+                }
             }
+            Err(e) => return Err(Broken::Local(e)),
         }
     }
-    true
+    Ok(())
 }
 
+/// A read or write that timed out (our own timeouts) rather than failed.
+/// `TimedOut` is a failure: a kernel `ETIMEDOUT`, or a plain TCP flow's
+/// user timeout.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
 }
 
@@ -1180,6 +1433,7 @@ mod tests {
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 2, 254)));
         assert!(c.ti_enabled && c.allow_migration);
         assert_eq!(c.option_kind, 253);
+        assert_eq!(c.user_timeout, Duration::from_secs(30));
         assert_eq!(a.validate(), Ok(()));
     }
 
@@ -1284,6 +1538,14 @@ mod tests {
         );
         let a = parse(&["--no-migration", "--allow-migration"]).expect("p");
         assert!(a.stack_config().allow_migration);
+    }
+
+    #[test]
+    fn user_timeout_reaches_the_stack() {
+        let a = parse(&["--user-timeout", "3s"]).expect("parse");
+        assert_eq!(a.stack_config().user_timeout, Duration::from_secs(3));
+        let err = parse(&["--user-timeout", "0"]).expect_err("rejected");
+        assert!(err.contains("more than zero"), "{err}");
     }
 
     #[test]

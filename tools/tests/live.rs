@@ -101,9 +101,13 @@ fn kernel_tcp_programs_survive_middlebox_state_loss() {
     let out = tiflow(&["fail", &tifid, "--control", &control]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&tifid), "{}", text(&out.stdout));
-    client.wait_status("a second resume", |r| {
+    let report = client.wait_status("a second resume", |r| {
         r.flows.iter().any(|f| f.resumes >= 2)
     });
+    assert!(
+        report.flows[0].resume_attempts >= 2 && report.resume_attempts >= 2,
+        "every resume was an attempt: {report:#?}"
+    );
     let out = tiflow(&["status", "--control", &control]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);

@@ -103,13 +103,38 @@ impl Up {
         up
     }
 
+    /// Like [`Up::start`], with `RUST_LOG` set to `filter` (for debug lines
+    /// of one module, such as the stack's resume attempts).
+    pub fn start_logging(
+        ns: &NetNs,
+        scratch: &Scratch,
+        name: &str,
+        args: &[&str],
+        filter: &str,
+    ) -> Up {
+        let mut up = Up::spawn_with(ns, scratch, name, args, Some(filter));
+        up.wait_ready();
+        up
+    }
+
     /// Starts it without waiting.
     pub fn spawn(ns: &NetNs, scratch: &Scratch, name: &str, args: &[&str]) -> Up {
+        Up::spawn_with(ns, scratch, name, args, None)
+    }
+
+    fn spawn_with(
+        ns: &NetNs,
+        scratch: &Scratch,
+        name: &str,
+        args: &[&str],
+        filter: Option<&str>,
+    ) -> Up {
         let log = scratch.path(&format!("{name}.log"));
         let control = scratch.path(&format!("{name}.sock"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args([
                 "netns",
                 "exec",
@@ -121,8 +146,12 @@ impl Up {
             ])
             .arg("--control")
             .arg(&control)
-            .args(args)
-            .env_remove("RUST_LOG")
+            .args(args);
+        match filter {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
@@ -227,6 +256,83 @@ impl std::ops::Deref for NatTopology {
     type Target = ti_tools::demo::NatTopology;
     fn deref(&self) -> &Self::Target {
         &self.0
+    }
+}
+
+/// `tiflow up` on both hosts of `net`: the server's serves stack port `port`
+/// to the program at 127.0.0.1:`port` (exposed on the host's `port`), the
+/// client's forwards 127.0.0.1:`port` to it through the NAT. `extra` goes to
+/// both; `log` is a `RUST_LOG` filter for both. Returns (server, client).
+pub fn up_pair(
+    net: &NatTopology,
+    scratch: &Scratch,
+    port: u16,
+    extra: &[&str],
+    log: Option<&str>,
+) -> (Up, Up) {
+    let serve = format!("{port}={port}");
+    let expose = port.to_string();
+    let forward = format!("127.0.0.1:{port}=10.10.2.2:{port}");
+    let server_args = [
+        &["--address", "10.0.2.1/24", "--serve", &serve],
+        &["--expose", &expose][..],
+        extra,
+    ]
+    .concat();
+    let client_args = [
+        &["--address", "10.0.1.1/24", "--masquerade"][..],
+        &["--forward", &forward],
+        extra,
+    ]
+    .concat();
+    let start = |ns: &NetNs, name: &str, args: &[&str]| match log {
+        Some(filter) => Up::start_logging(ns, scratch, name, args, filter),
+        None => Up::start(ns, scratch, name, args),
+    };
+    let server = start(&net.server, "server", &server_args);
+    let client = start(&net.client, "client", &client_args);
+    (server, client)
+}
+
+/// Resets `s` as a program does: `SO_LINGER` on with zero time, then close
+/// (the kernel sends a RST). Returns the time just before the close.
+pub fn reset(s: TcpStream) -> Instant {
+    rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO)).expect("SO_LINGER");
+    let at = Instant::now();
+    drop(s);
+    at
+}
+
+/// How a program's reading ended: after `bytes`, with a clean end of
+/// stream (`Ok`) or an error (`WouldBlock`: nothing for the whole `quiet`
+/// time), at `at`.
+#[derive(Debug)]
+pub struct ReadEnd {
+    pub bytes: u64,
+    pub outcome: Result<(), io::ErrorKind>,
+    pub at: Instant,
+}
+
+/// Reads `s` until its end of stream or an error, giving up after `quiet`
+/// without a byte.
+pub fn read_until_end(s: &mut TcpStream, quiet: Duration) -> ReadEnd {
+    s.set_read_timeout(Some(quiet)).expect("timeout");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let outcome = match s.read(&mut buf) {
+            Ok(0) => Ok(()),
+            Ok(n) => {
+                bytes += n as u64;
+                continue;
+            }
+            Err(e) => Err(e.kind()),
+        };
+        return ReadEnd {
+            bytes,
+            outcome,
+            at: Instant::now(),
+        };
     }
 }
 
