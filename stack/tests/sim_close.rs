@@ -272,3 +272,49 @@ fn alternating_failures_through_transfer_and_close_stay_byte_exact() {
         assert!(!events(&mut sim, 1, s).iter().any(lost), "seed {seed}");
     }
 }
+
+/// The serving program writes its reply, shuts down and closes (drops the
+/// stream) before the peer has it all; a failure then must still deliver
+/// every byte and the FIN: a detached flow outlives the dropped handle.
+#[test]
+fn a_closed_responder_stream_still_delivers_after_a_failure() {
+    let (mut sim, listener) = pair(99, link(5));
+    let (c, s) = connect(&mut sim, listener);
+    sim.hosts[0].shutdown_write(c).expect("client shutdown");
+    let reply = payload(2 << 20, 99);
+    let mut written = 0;
+    let mut closed = false;
+    let mut failed = false;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let ok = sim.run_until(Duration::from_secs(60), |sim| {
+        let now = sim.now();
+        if !closed {
+            if written < reply.len() {
+                written += sim.hosts[1].write(s, &reply[written..]).expect("write");
+            }
+            let eof = matches!(sim.hosts[1].read(s, &mut buf), Ok(Some(0)));
+            if written == reply.len() && eof {
+                sim.hosts[1].shutdown_write(s).expect("shutdown");
+                sim.hosts[1].close(now, s);
+                closed = true;
+            }
+        } else if !failed && got.len() > 256 << 10 {
+            // The server's connection fails mid-reply (its handle is gone:
+            // the failure is the path's, injected as a RST toward it).
+            assert!(sim.net.inject_rst(now, ti_stack::device::link::Side::B) > 0);
+            failed = true;
+        }
+        loop {
+            match sim.hosts[0].read(c, &mut buf) {
+                Ok(Some(0)) => return true,
+                Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(None) => return false,
+                Err(e) => panic!("client read: {e:?}"),
+            }
+        }
+    });
+    assert!(failed, "the failure hit the reply");
+    assert!(ok, "client got {} of {}", got.len(), reply.len());
+    assert_eq!(sha(&got), sha(&reply));
+}

@@ -346,6 +346,7 @@ impl<D: Device> Stack<D> {
         match responder.on_handshake_ack(seg.option) {
             ConfirmOutcome::Confirmed if responder.is_resume() => {
                 let Some(&id) = self.by_tifid.get(&tifid) else {
+                    warn!(%tifid, "resume confirmed for a flow with no stream: dropped");
                     self.drop_connection(handle);
                     return false;
                 };

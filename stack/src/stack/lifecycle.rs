@@ -465,7 +465,12 @@ impl<D: Device> Stack<D> {
             .life
             .as_ref()
             .is_some_and(|l| matches!(l.state(), tifid::lifecycle::State::Resuming { .. }));
-        if s.abandoned && s.conn.is_none() && !resuming {
+        // A stream the application dropped lives on until its flow ended:
+        // a detached flow still owes the peer its data and FIN.
+        let ended = s.error.is_some()
+            || (s.eof && s.fin_acked)
+            || s.life.as_ref().is_none_or(|l| l.state().is_final());
+        if s.abandoned && s.conn.is_none() && ended {
             if let Some(s) = self.streams.remove(&id)
                 && let Some(tifid) = s.tifid
             {
