@@ -22,22 +22,10 @@ impl<D: Device> Stack<D> {
     }
 
     pub(super) fn fresh_port(&mut self) -> u16 {
-        for _ in 0..1024 {
-            let port = self.rng.random_range(49152..=65535u16);
-            let in_use = self.by_tuple.keys().any(|t| t.local.port() == port)
-                || self.listeners.contains_key(&port);
-            if !in_use && !self.recent_port_set.contains(&port) {
-                self.recent_ports.push_back(port);
-                self.recent_port_set.insert(port);
-                if self.recent_ports.len() > RECENT_PORTS
-                    && let Some(old) = self.recent_ports.pop_front()
-                {
-                    self.recent_port_set.remove(&old);
-                }
-                return port;
-            }
-        }
-        self.rng.random_range(49152..=65535u16)
+        let (by_tuple, listeners) = (&self.by_tuple, &self.listeners);
+        self.ports.fresh(&mut self.rng, |port| {
+            listeners.contains_key(&port) || by_tuple.keys().any(|t| t.local.port() == port)
+        })
     }
 
     pub(super) fn open_connection(

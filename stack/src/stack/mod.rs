@@ -8,7 +8,7 @@
 //! I1 to I3 of DESIGN §4. It never reads a clock: time is passed in, so a
 //! simulation can drive it in virtual time. It never blocks.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ mod accept;
 mod conns;
 mod handshake;
 mod lifecycle;
+mod ports;
 mod pump;
 mod validate;
 
@@ -244,17 +245,13 @@ pub struct Stack<D: Device> {
     streams: HashMap<StreamId, StreamState>,
     by_tifid: HashMap<Tifid, StreamId>,
     listeners: HashMap<u16, ListenerState>,
-    recent_ports: VecDeque<u16>,
-    recent_port_set: HashSet<u16>,
+    ports: ports::Ports,
     /// Connections reset by us whose RST (and option rule) is still needed.
     resetting: VecDeque<Resetting>,
     next_stream: u64,
     epoch: Instant,
 }
 
-/// Ports remembered as recently used so a resume never reuses one the peer
-/// may hold in TIME_WAIT.
-const RECENT_PORTS: usize = 8192;
 /// Packets inspected per poll before smoltcp runs.
 const INGRESS_BATCH: usize = 256;
 /// How long the option of a connection we reset stays attached to its
@@ -327,8 +324,7 @@ impl<D: Device> Stack<D> {
             streams: HashMap::new(),
             by_tifid: HashMap::new(),
             listeners: HashMap::new(),
-            recent_ports: VecDeque::new(),
-            recent_port_set: HashSet::new(),
+            ports: ports::Ports::default(),
             resetting: VecDeque::new(),
             next_stream: 1,
             epoch: now,
