@@ -260,7 +260,7 @@ fn alternating_failures_through_transfer_and_close_stay_byte_exact() {
                 x ^= x >> 17;
                 x ^= x << 5;
                 next = now + Duration::from_millis(25 + u64::from(x % 51));
-                let id = if turn % 2 == 0 { c } else { s };
+                let id = if turn.is_multiple_of(2) { c } else { s };
                 let _ = sim.hosts[turn % 2].fail_transport(id);
                 turn += 1;
             }
