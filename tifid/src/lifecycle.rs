@@ -59,7 +59,8 @@ pub struct LifecycleConfig {
     /// [`FailureCause::Stall`]. The stack may compute it from the RTO.
     pub stall_timeout: Duration,
     /// Nothing outstanding and no acceptable segment for
-    /// `keepalive + stall_timeout`: failure [`FailureCause::SilentPath`]. The
+    /// `keepalive + stall_timeout`: failure [`FailureCause::SilentPath`]
+    /// (until [`Lifecycle::set_liveness`] refines both budgets). The
     /// stack's TCP sends keepalive probes at this interval; their answers
     /// are acceptable segments.
     pub keepalive: Duration,
@@ -431,6 +432,19 @@ pub struct Lifecycle {
     total_attempts: u64,
     resumes: u64,
     failures: u64,
+    /// The liveness budgets in force (the stack's RTT estimates refine them).
+    liveness: Liveness,
+}
+
+/// How long the peer may stay silent before the attached connection is
+/// taken for dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// With something outstanding: the stall budget.
+    pub stall: Duration,
+    /// With nothing outstanding: the silent-path budget (the stack probes
+    /// the peer within it).
+    pub silent: Duration,
 }
 
 impl Lifecycle {
@@ -456,6 +470,10 @@ impl Lifecycle {
             total_attempts: 0,
             resumes: 0,
             failures: 0,
+            liveness: Liveness {
+                stall: config.stall_timeout,
+                silent: config.keepalive + config.stall_timeout,
+            },
         };
         lc.rearm_liveness();
         lc
@@ -520,6 +538,22 @@ impl Lifecycle {
     /// The next action for the stack to carry out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Sets the liveness budgets (from the stack's RTT estimate: about two
+    /// RTOs with a floor for the stall, a few smoothed RTTs plus the stall
+    /// for a flow that was receiving and went quiet) and rearms the clocks.
+    /// Defaults: `stall_timeout`, and `keepalive + stall_timeout`.
+    pub fn set_liveness(&mut self, liveness: Liveness) {
+        if self.liveness != liveness {
+            self.liveness = liveness;
+            self.rearm_liveness();
+        }
+    }
+
+    /// The liveness budgets in force.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
     }
 
     /// Where the stream is in its life.
@@ -608,10 +642,10 @@ impl Lifecycle {
         match (self.resilient, self.outstanding) {
             (true, true) => {
                 let since = self.last_answer.max(self.outstanding_since);
-                self.timers.set(Timer::Stall, since + c.stall_timeout);
+                self.timers.set(Timer::Stall, since + self.liveness.stall);
             }
             (true, false) => {
-                let at = self.last_answer + c.keepalive + c.stall_timeout;
+                let at = self.last_answer + self.liveness.silent;
                 self.timers.set(Timer::SilentPath, at);
             }
             (false, true) => {
@@ -1084,7 +1118,10 @@ mod tests {
         assert!(101 * 1000 <= elapsed_ms * 4 + 1000, "{elapsed_ms} ms");
         let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
-        assert!(gaps.iter().all(|&g| g >= config.min_resume_interval), "{gaps:?}");
+        assert!(
+            gaps.iter().all(|&g| g >= config.min_resume_interval),
+            "{gaps:?}"
+        );
         assert_eq!(lc.resumes(), 100);
         assert_eq!(lc.failed_at(), Some(ms(0)), "the outage never ended");
     }
@@ -1466,6 +1503,38 @@ mod tests {
         assert_eq!(lc.total_attempts(), 0);
     }
 
+    /// The stack's RTT estimate sets the budgets: a shorter stall and a
+    /// shorter silent path take effect at once, from the last answer.
+    #[test]
+    fn liveness_budgets_follow_the_stacks_estimate() {
+        let mut lc = initiator(ms(0));
+        lc.handle(ms(100), Input::PeerAnswered);
+        lc.set_liveness(Liveness {
+            stall: Duration::from_millis(400),
+            silent: Duration::from_millis(600),
+        });
+        assert_eq!(
+            lc.poll_timeout(),
+            Some(ms(700)),
+            "silent path from the answer"
+        );
+        lc.handle(ms(200), Input::Outstanding(true));
+        assert_eq!(lc.poll_timeout(), Some(ms(600)), "stall from outstanding");
+        assert_eq!(
+            run(&mut lc, ms(600)),
+            [
+                (
+                    ms(600),
+                    Action::Abandon {
+                        cause: FailureCause::Stall,
+                        notify: true
+                    }
+                ),
+                (ms(600), Action::OpenAttempt)
+            ]
+        );
+    }
+
     /// Legacy, idle: a peer that answers nothing (keepalives included) for
     /// keepalive + user timeout is gone; answers keep it alive.
     #[test]
@@ -1542,7 +1611,10 @@ mod tests {
         let c = LifecycleConfig::default();
         let at = |s: f64| c.retry_delay(Duration::from_secs_f64(s)).as_millis();
         assert_eq!([at(0.0), at(10.0), at(29.9)], [250, 250, 250]);
-        assert_eq!([at(30.0), at(30.5), at(31.0), at(31.5)], [250, 500, 1000, 1500]);
+        assert_eq!(
+            [at(30.0), at(30.5), at(31.0), at(31.5)],
+            [250, 500, 1000, 1500]
+        );
         assert_eq!([at(32.0), at(60.0), at(3600.0)], [2000, 2000, 2000]);
     }
 
