@@ -123,9 +123,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn probe_deadline(&self, id: StreamId) -> Option<Instant> {
         let handle = self.streams.get(&id)?.conn?;
         let budget = self.budget(handle)?;
-        if self.streams.get(&id)?.tifid.is_none() {
-            return None;
-        }
+        self.streams.get(&id)?.tifid?;
         self.probe_due(handle, &budget)
     }
 
