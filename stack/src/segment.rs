@@ -201,6 +201,7 @@ pub fn refusal_rst(syn: &Segment, reply: &FlowOptionRepr, kind: u8) -> Vec<u8> {
         syn: false,
         rst: true,
         option: &option,
+        payload: &[],
     })
 }
 
@@ -215,6 +216,24 @@ pub fn challenge_ack(tuple: FourTuple, seq: u32, ack: u32) -> Vec<u8> {
         syn: false,
         rst: false,
         option: &[],
+        payload: &[],
+    })
+}
+
+/// A keepalive probe: one byte the peer already acknowledged (at
+/// `snd_una - 1`), as BSD and Linux send them. Every TCP answers a segment
+/// that carries old data with an ACK, never rate-limited (a bare ACK out of
+/// the window only gets a rate-limited challenge ACK), and takes nothing
+/// from it.
+pub fn keepalive_probe(tuple: FourTuple, snd_una: u32, rcv_nxt: u32) -> Vec<u8> {
+    build_segment(&SegmentSpec {
+        tuple,
+        seq: snd_una.wrapping_sub(1),
+        ack: Some(rcv_nxt),
+        syn: false,
+        rst: false,
+        option: &[],
+        payload: &[0],
     })
 }
 
@@ -233,15 +252,17 @@ pub struct SegmentSpec<'a> {
     pub rst: bool,
     /// TCP option bytes, already padded to a multiple of 4.
     pub option: &'a [u8],
+    /// Payload.
+    pub payload: &'a [u8],
 }
 
-/// Writes a TCP/IPv4 segment without payload, with window 0 for a RST and
-/// no window opinion otherwise (0 too: a bare ACK outside smoltcp must not
-/// open the window).
+/// Writes a TCP/IPv4 segment, window 0 (the segments the stack builds
+/// itself are RSTs, or carry sequence numbers the peer does not take window
+/// updates from).
 pub fn build_segment(spec: &SegmentSpec) -> Vec<u8> {
     let (src, dst) = (spec.tuple.local, spec.tuple.remote);
     let tcp_header_len = 20 + spec.option.len();
-    let mut buf = vec![0u8; 20 + tcp_header_len];
+    let mut buf = vec![0u8; 20 + tcp_header_len + spec.payload.len()];
     {
         let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
         ip.set_version(4);
@@ -271,6 +292,25 @@ pub fn build_segment(spec: &SegmentSpec) -> Vec<u8> {
         tcp.set_urgent_at(0);
     }
     buf[40..40 + spec.option.len()].copy_from_slice(spec.option);
+    buf[20 + tcp_header_len..].copy_from_slice(spec.payload);
     finish_packet(&mut buf, 20, tcp_header_len, *src.ip(), *dst.ip());
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keepalive_probe_carries_one_old_byte_and_valid_checksums() {
+        let tuple = FourTuple {
+            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000),
+            remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80),
+        };
+        let probe = keepalive_probe(tuple, 1000, 5000);
+        let seg = Segment::parse(&probe, tifid::DEFAULT_KIND).expect("a segment");
+        assert_eq!((seg.seq, seg.ack_number, seg.payload_len), (999, 5000, 1));
+        assert!(seg.ack && !seg.syn && !seg.rst);
+        assert!(checksum_ok(&probe));
+    }
 }

@@ -63,6 +63,7 @@ fn forged_with(
         syn,
         rst,
         option,
+        payload: &[],
     })
 }
 

@@ -295,3 +295,110 @@ fn resumes_that_are_reset_at_once_back_off() {
         "no more than about 4 attempts a second: {attempts}"
     );
 }
+
+/// Only the server writes; the path dies (blackhole both ways, then NAT
+/// state loss with a new address). The receiving-only initiator notices
+/// within its probe budget (a few RTTs of quiet plus two RTOs, with floors:
+/// well under a second here) and data flows again within a second.
+fn receive_only_client_recovers(seed: u64, fault: impl Fn(&mut Sim)) -> (Duration, Duration) {
+    let (mut sim, listener) = pair(seed, link(5));
+    sim.net.enable_nat(Ipv4Addr::new(10, 0, 9, 1));
+    let (c, s) = connect(&mut sim, listener);
+    let data = payload(64 << 20, seed);
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut faulted_at = None;
+    let mut detached_at = None;
+    let mut flowing_at = None;
+    let mut buf = vec![0u8; 65536];
+    sim.run_until(Duration::from_secs(30), |sim| {
+        let now = sim.now();
+        // Paced: 64 KiB every 10 ms.
+        let due = ((now.total_millis().max(0) as usize / 10) + 1) * (64 << 10);
+        if sent < due.min(data.len())
+            && let Ok(n) = sim.hosts[1].write(s, &data[sent..due.min(data.len())])
+        {
+            sent += n;
+        }
+        let before = got.len();
+        while let Ok(Some(n)) = sim.hosts[0].read(c, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if faulted_at.is_none() && now.total_millis() >= 500 {
+            fault(sim);
+            faulted_at = Some(now);
+        }
+        let attached = sim.hosts[0]
+            .stream_infos()
+            .iter()
+            .any(|i| i.id == c && i.attached);
+        if faulted_at.is_some() && detached_at.is_none() && !attached {
+            detached_at = Some(now);
+        }
+        if detached_at.is_some() && got.len() > before && attached {
+            flowing_at = Some(now);
+        }
+        flowing_at.is_some()
+    });
+    let faulted_at = faulted_at.expect("fault injected");
+    let detached = detached_at.expect("the client noticed") - faulted_at;
+    let flowing = flowing_at.expect("data flows again") - faulted_at;
+    assert_eq!(sha(&got), sha(&data[..got.len()]), "byte-exact so far");
+    (detached, flowing)
+}
+
+#[test]
+fn a_receiving_only_initiator_detects_a_dead_path_within_its_probe_budget() {
+    let (detected, flowing) = receive_only_client_recovers(101, |sim| {
+        sim.net
+            .blackhole(sim.now(), Duration::from_millis(300), None);
+    });
+    eprintln!("blackhole 300 ms: detected after {detected}, data again after {flowing}");
+    assert!(
+        detected <= Duration::from_millis(800),
+        "detected after {detected}"
+    );
+    assert!(
+        flowing <= Duration::from_secs(1),
+        "data again after {flowing}"
+    );
+}
+
+#[test]
+fn server_to_client_data_flows_within_a_second_of_a_nat_state_loss() {
+    let (detected, flowing) = receive_only_client_recovers(102, |sim| {
+        sim.net.nat_lose_state();
+        sim.net.nat_set_public_addr(Ipv4Addr::new(10, 0, 9, 2));
+    });
+    eprintln!("NAT state loss: detected after {detected}, data again after {flowing}");
+    assert!(
+        flowing <= Duration::from_secs(1),
+        "data again after {flowing}"
+    );
+}
+
+#[test]
+fn an_idle_flow_whose_peer_answers_is_never_failed_and_stays_quiet() {
+    let (mut sim, listener) = pair(103, link(5));
+    let (c, s) = connect(&mut sim, listener);
+    // Some data, then a minute of silence.
+    sim.hosts[0].write(c, b"hello").expect("write");
+    sim.run_for(Duration::from_millis(100));
+    let before = sim.net.stats();
+    sim.run_for(Duration::from_secs(60));
+    let after = sim.net.stats();
+    let (client, server) = (events(&mut sim, 0, c), events(&mut sim, 1, s));
+    assert!(
+        client.is_empty() && server.is_empty(),
+        "{client:?} {server:?}"
+    );
+    let packets = after.sent - before.sent;
+    eprintln!("packets in 60 s of idle: {packets}");
+    assert!(
+        packets <= 100,
+        "idle flows stay quiet: {packets} packets in 60 s"
+    );
+}

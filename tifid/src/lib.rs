@@ -17,6 +17,7 @@
 //! - [`lifecycle`]: the per-stream driver: failure detection, resume
 //!   attempts and backoff, abort, loss, the legacy user timeout.
 //! - [`table`]: the flow table.
+//! - [`rtt`]: RTT estimation for the liveness budgets.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod flow;
 pub mod handshake;
 pub mod lifecycle;
 pub mod option;
+pub mod rtt;
 pub mod seq;
 pub mod table;
 pub mod time;

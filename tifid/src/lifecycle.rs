@@ -59,17 +59,23 @@ pub struct LifecycleConfig {
     /// [`FailureCause::Stall`]. The stack may compute it from the RTO.
     pub stall_timeout: Duration,
     /// Nothing outstanding and no acceptable segment for
-    /// `keepalive + stall_timeout`: failure [`FailureCause::SilentPath`]. The
+    /// `keepalive + stall_timeout`: failure [`FailureCause::SilentPath`]
+    /// (until [`Lifecycle::set_liveness`] refines both budgets). The
     /// stack's TCP sends keepalive probes at this interval; their answers
     /// are acceptable segments.
     pub keepalive: Duration,
     /// An initiator that has not resumed within this of the failure loses
     /// the flow ([`LostCause::Timeout`]).
     pub resume_timeout: Duration,
-    /// Backoff after the first resume attempt of an outage; it doubles with
-    /// each further attempt (see [`LifecycleConfig::retry_delay`]).
+    /// Interval between resume attempts during the first
+    /// `fast_retry_period` of an outage (raised to `min_resume_interval`):
+    /// an attempt is one SYN, and data should flow soon after the path
+    /// returns (see [`LifecycleConfig::retry_delay`]).
     pub retry_first: Duration,
-    /// The backoff's cap.
+    /// How long attempts stay at the fast interval.
+    pub fast_retry_period: Duration,
+    /// The interval's cap: past the fast period it grows with the outage's
+    /// length up to this.
     pub retry_max: Duration,
     /// A flow never starts resume attempts more often than this, whatever
     /// happens (storm guard: at most about four a second by default).
@@ -92,7 +98,8 @@ impl Default for LifecycleConfig {
             keepalive: Duration::from_secs(5),
             resume_timeout: Duration::from_secs(60),
             retry_first: Duration::from_millis(200),
-            retry_max: Duration::from_secs(5),
+            fast_retry_period: Duration::from_secs(30),
+            retry_max: Duration::from_secs(2),
             min_resume_interval: Duration::from_millis(250),
             settle_time: Duration::from_secs(10),
             user_timeout: Duration::from_secs(30),
@@ -101,20 +108,22 @@ impl Default for LifecycleConfig {
 }
 
 impl LifecycleConfig {
-    /// How long after the start of the `attempts`-th attempt of an outage
-    /// the next one starts (and the unanswered one is dropped):
-    /// `min(retry_first * 2^(attempts-1), retry_max)`, never less than
-    /// `min_resume_interval`. With the defaults: 250 ms (200 ms raised to the
-    /// floor), 400 ms, 800 ms, 1.6 s, 3.2 s, then 5 s.
+    /// How long after an attempt the next one starts (and the unanswered
+    /// one is dropped), `outage` into an outage: `retry_first` (never below
+    /// `min_resume_interval`) for the first `fast_retry_period`, then the
+    /// time past that period, up to `retry_max`. With the defaults: 250 ms
+    /// for 30 s, then growing to 2 s at 32 s.
     ///
     /// An attempt has no timeout of its own: it is abandoned when the next
     /// one is due, so its timeout is this delay.
-    pub fn retry_delay(&self, attempts: u32) -> Duration {
-        let doublings = attempts.saturating_sub(1).min(31);
-        self.retry_first
-            .saturating_mul(1u32 << doublings)
-            .min(self.retry_max)
-            .max(self.min_resume_interval)
+    pub fn retry_delay(&self, outage: Duration) -> Duration {
+        let fast = self.retry_first.max(self.min_resume_interval);
+        if outage < self.fast_retry_period {
+            return fast;
+        }
+        (outage - self.fast_retry_period)
+            .max(fast)
+            .min(self.retry_max.max(fast))
     }
 }
 
@@ -423,6 +432,19 @@ pub struct Lifecycle {
     total_attempts: u64,
     resumes: u64,
     failures: u64,
+    /// The liveness budgets in force (the stack's RTT estimates refine them).
+    liveness: Liveness,
+}
+
+/// How long the peer may stay silent before the attached connection is
+/// taken for dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// With something outstanding: the stall budget.
+    pub stall: Duration,
+    /// With nothing outstanding: the silent-path budget (the stack probes
+    /// the peer within it).
+    pub silent: Duration,
 }
 
 impl Lifecycle {
@@ -448,6 +470,10 @@ impl Lifecycle {
             total_attempts: 0,
             resumes: 0,
             failures: 0,
+            liveness: Liveness {
+                stall: config.stall_timeout,
+                silent: config.keepalive + config.stall_timeout,
+            },
         };
         lc.rearm_liveness();
         lc
@@ -512,6 +538,22 @@ impl Lifecycle {
     /// The next action for the stack to carry out.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// Sets the liveness budgets (from the stack's RTT estimate: about two
+    /// RTOs with a floor for the stall, a few smoothed RTTs plus the stall
+    /// for a flow that was receiving and went quiet) and rearms the clocks.
+    /// Defaults: `stall_timeout`, and `keepalive + stall_timeout`.
+    pub fn set_liveness(&mut self, liveness: Liveness) {
+        if self.liveness != liveness {
+            self.liveness = liveness;
+            self.rearm_liveness();
+        }
+    }
+
+    /// The liveness budgets in force.
+    pub fn liveness(&self) -> Liveness {
+        self.liveness
     }
 
     /// Where the stream is in its life.
@@ -600,10 +642,10 @@ impl Lifecycle {
         match (self.resilient, self.outstanding) {
             (true, true) => {
                 let since = self.last_answer.max(self.outstanding_since);
-                self.timers.set(Timer::Stall, since + c.stall_timeout);
+                self.timers.set(Timer::Stall, since + self.liveness.stall);
             }
             (true, false) => {
-                let at = self.last_answer + c.keepalive + c.stall_timeout;
+                let at = self.last_answer + self.liveness.silent;
                 self.timers.set(Timer::SilentPath, at);
             }
             (false, true) => {
@@ -681,7 +723,7 @@ impl Lifecycle {
         };
         let mut at = now.max(last + self.config.min_resume_interval);
         if self.attempts > 0 && cause != FailureCause::PeerAbandoned {
-            at = at.max(last + self.config.retry_delay(self.attempts));
+            at = at.max(last + self.config.retry_delay(self.outage(now)));
         }
         at
     }
@@ -692,8 +734,14 @@ impl Lifecycle {
         self.attempts = self.attempts.saturating_add(1);
         self.total_attempts += 1;
         self.last_attempt_at = Some(now);
-        let next = now + self.config.retry_delay(self.attempts);
+        let next = now + self.config.retry_delay(self.outage(now));
         self.timers.set(Timer::Attempt, next);
+    }
+
+    /// How long the current outage has lasted.
+    fn outage(&self, now: Timestamp) -> Duration {
+        self.failed_at
+            .map_or(Duration::ZERO, |t| now.saturating_since(t))
     }
 
     fn on_attempt_due(&mut self, now: Timestamp) {
@@ -965,8 +1013,8 @@ mod tests {
     }
 
     /// Rule 4: abandon and open an attempt in the same call, then drop and
-    /// reopen on a doubling backoff capped at `retry_max`, and lose the flow
-    /// `resume_timeout` after the failure.
+    /// reopen every 250 ms for 30 s, then less often up to `retry_max`, and
+    /// lose the flow `resume_timeout` after the failure.
     #[test]
     fn initiator_resumes_at_once_then_backs_off_until_resume_timeout() {
         let mut lc = initiator(ms(0));
@@ -989,8 +1037,14 @@ mod tests {
             .windows(2)
             .map(|w| (w[1] - w[0]).as_millis() as u64)
             .collect();
-        assert_eq!(gaps[..7], [250, 400, 800, 1600, 3200, 5000, 5000]);
-        assert!(gaps[6..].iter().all(|&g| g == 5000));
+        // 250 ms apart for the first 30 s of the outage, then growing with
+        // the outage's length to the 2 s cap.
+        let fast = starts.iter().filter(|&&t| t < ms(31_000)).count() - 1;
+        assert!(gaps[..fast].iter().all(|&g| g == 250), "{gaps:?}");
+        assert_eq!(fast, 119);
+        assert!(gaps[fast..].windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
+        assert!(gaps[fast..].iter().all(|&g| (250..=2000).contains(&g)));
+        assert_eq!(gaps[gaps.len() - 1], 2000);
         assert_eq!(
             timed[timed.len() - 2..],
             [
@@ -1048,8 +1102,8 @@ mod tests {
     }
 
     /// Rule 5 (storm guard): a resume reset right after acceptance counts as
-    /// a failed attempt, so a hundred of them back off like failed attempts:
-    /// growing gaps, never more than four attempts a second.
+    /// a failed attempt, so a hundred of them are paced like failed attempts:
+    /// never at once, never more than four attempts a second.
     #[test]
     fn reset_right_after_resume_counts_as_a_failed_attempt() {
         let config = LifecycleConfig {
@@ -1064,9 +1118,10 @@ mod tests {
         assert!(101 * 1000 <= elapsed_ms * 4 + 1000, "{elapsed_ms} ms");
         let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
         assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
-        assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "{gaps:?}");
-        assert_eq!(gaps[0], config.min_resume_interval);
-        assert_eq!(gaps[99], config.retry_max);
+        assert!(
+            gaps.iter().all(|&g| g >= config.min_resume_interval),
+            "{gaps:?}"
+        );
         assert_eq!(lc.resumes(), 100);
         assert_eq!(lc.failed_at(), Some(ms(0)), "the outage never ended");
     }
@@ -1080,7 +1135,7 @@ mod tests {
         assert_eq!(lc.state(), State::Lost(LostCause::Timeout));
         let last = starts.last().copied().unwrap_or(ms(0));
         assert!(last < ms(60_000), "{last:?}");
-        assert!(starts.len() < 20, "{}", starts.len());
+        assert!(starts.len() <= 60 * 4 + 1, "{}", starts.len());
     }
 
     /// Rule 6: answers on a resumed connection do not reset the backoff;
@@ -1099,9 +1154,9 @@ mod tests {
             [ABANDON_RESET]
         );
         assert_eq!(lc.state(), State::Resuming { attempts: 2 });
-        assert_eq!(lc.poll_timeout(), Some(ms(650)), "250 ms + retry_delay(2)");
+        assert_eq!(lc.poll_timeout(), Some(ms(500)), "250 ms + retry_delay");
 
-        assert_eq!(run(&mut lc, ms(650)), [(ms(650), Action::OpenAttempt)]);
+        assert_eq!(run(&mut lc, ms(500)), [(ms(500), Action::OpenAttempt)]);
         lc.handle(ms(700), Input::Resumed);
         lc.handle(ms(710), Input::Progress);
         assert_eq!(lc.attempts(), 0);
@@ -1254,25 +1309,30 @@ mod tests {
             cause: FailureCause::PeerAbandoned,
             notify: false,
         };
-        let mut lc = initiator(ms(0));
+        // No fast period: the storm backoff grows with the outage at once.
+        let config = LifecycleConfig {
+            fast_retry_period: Duration::ZERO,
+            ..LifecycleConfig::default()
+        };
+        let mut lc = Lifecycle::new(Role::Initiator, true, config, ms(0));
         assert_eq!(
             feed(&mut lc, ms(0), Input::Failed(FailureCause::PeerAbandoned)),
             [abandoned, Action::OpenAttempt]
         );
-        run(&mut lc, ms(1450)); // attempts at 250, 650, 1450
+        run(&mut lc, ms(1040)); // attempts at 250, 500, 1000
         assert_eq!(lc.attempts(), 4);
-        lc.handle(ms(1500), Input::Resumed);
+        lc.handle(ms(1050), Input::Resumed);
         assert_eq!(
             feed(
                 &mut lc,
-                ms(1510),
+                ms(1100),
                 Input::Failed(FailureCause::PeerAbandoned)
             ),
             [abandoned]
         );
-        // Not 1450 + retry_delay(4) = 3050.
-        assert_eq!(lc.poll_timeout(), Some(ms(1700)));
-        assert_eq!(run(&mut lc, ms(1700)), [(ms(1700), Action::OpenAttempt)]);
+        // Not 1000 + retry_delay(1.1 s) = 2100.
+        assert_eq!(lc.poll_timeout(), Some(ms(1250)));
+        assert_eq!(run(&mut lc, ms(1250)), [(ms(1250), Action::OpenAttempt)]);
     }
 
     /// Every input, for the "ignores everything" rules.
@@ -1443,6 +1503,38 @@ mod tests {
         assert_eq!(lc.total_attempts(), 0);
     }
 
+    /// The stack's RTT estimate sets the budgets: a shorter stall and a
+    /// shorter silent path take effect at once, from the last answer.
+    #[test]
+    fn liveness_budgets_follow_the_stacks_estimate() {
+        let mut lc = initiator(ms(0));
+        lc.handle(ms(100), Input::PeerAnswered);
+        lc.set_liveness(Liveness {
+            stall: Duration::from_millis(400),
+            silent: Duration::from_millis(600),
+        });
+        assert_eq!(
+            lc.poll_timeout(),
+            Some(ms(700)),
+            "silent path from the answer"
+        );
+        lc.handle(ms(200), Input::Outstanding(true));
+        assert_eq!(lc.poll_timeout(), Some(ms(600)), "stall from outstanding");
+        assert_eq!(
+            run(&mut lc, ms(600)),
+            [
+                (
+                    ms(600),
+                    Action::Abandon {
+                        cause: FailureCause::Stall,
+                        notify: true
+                    }
+                ),
+                (ms(600), Action::OpenAttempt)
+            ]
+        );
+    }
+
     /// Legacy, idle: a peer that answers nothing (keepalives included) for
     /// keepalive + user timeout is gone; answers keep it alive.
     #[test]
@@ -1515,11 +1607,15 @@ mod tests {
     }
 
     #[test]
-    fn retry_delay_doubles_from_retry_first_up_to_retry_max() {
+    fn attempts_stay_fast_for_the_first_30_s_then_grow_to_the_cap() {
         let c = LifecycleConfig::default();
-        let delays: Vec<u128> = (1..=8).map(|n| c.retry_delay(n).as_millis()).collect();
-        assert_eq!(delays, [250, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        assert_eq!(c.retry_delay(u32::MAX), c.retry_max);
+        let at = |s: f64| c.retry_delay(Duration::from_secs_f64(s)).as_millis();
+        assert_eq!([at(0.0), at(10.0), at(29.9)], [250, 250, 250]);
+        assert_eq!(
+            [at(30.0), at(30.5), at(31.0), at(31.5)],
+            [250, 500, 1000, 1500]
+        );
+        assert_eq!([at(32.0), at(60.0), at(3600.0)], [2000, 2000, 2000]);
     }
 
     #[test]

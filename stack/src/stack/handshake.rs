@@ -123,6 +123,7 @@ impl<D: Device> Stack<D> {
                 conn.iss = our_isn;
                 conn.irs = Some(seg.seq);
                 conn.last_rx = now;
+                conn.rtt.sample(std_dur(now - conn.created));
                 let Some(id) = stream else { return true };
                 let flow = self
                     .streams
@@ -143,6 +144,7 @@ impl<D: Device> Stack<D> {
                 conn.iss = our_isn;
                 conn.irs = Some(seg.seq.wrapping_sub(1));
                 conn.last_rx = now;
+                conn.rtt.sample(std_dur(now - conn.created));
                 let Phase::SynReceived(Some(responder)) =
                     std::mem::replace(&mut conn.phase, Phase::Open)
                 else {

@@ -12,11 +12,6 @@ use tifid::lifecycle::{
 
 use super::*;
 
-/// A flow with data outstanding that has heard nothing from its peer for
-/// this long probes it (a keepalive-shaped ACK), so a peer that answers,
-/// even with a closed window, is never taken for dead.
-const PROBE_INTERVAL: SmolDuration = SmolDuration::from_secs(1);
-
 impl<D: Device> Stack<D> {
     /// The driver's settings, from the stack's.
     fn lifecycle_config(&self) -> LifecycleConfig {
@@ -414,45 +409,10 @@ impl<D: Device> Stack<D> {
             self.life_input(now, id, input);
             return;
         }
-        let fin_unacked = conn.fin_pushed && !s.fin_acked;
-        let outstanding = socket.send_queue() > 0 || fin_unacked;
-        let last_rx = conn.last_rx;
         if progress {
             self.life_input(now, id, Input::Progress);
         }
-        self.life_input(now, id, Input::Outstanding(outstanding));
-        if ti && outstanding && now >= last_rx + PROBE_INTERVAL {
-            self.probe(now, handle);
-        }
-    }
-
-    /// When the stream's connection is next due a probe (data outstanding,
-    /// peer quiet).
-    pub(super) fn probe_deadline(&self, id: StreamId) -> Option<Instant> {
-        let handle = self.streams.get(&id)?.conn?;
-        let conn = self.conns.get(&handle)?;
-        conn.iss?;
-        let outstanding = self.sockets.get::<tcp::Socket>(handle).send_queue() > 0;
-        outstanding
-            .then(|| conn.last_rx.max(conn.last_probe.unwrap_or(conn.last_rx)) + PROBE_INTERVAL)
-    }
-
-    /// Sends the peer a keepalive-shaped ACK (one below `snd_una`) that it
-    /// must answer, at most once per [`PROBE_INTERVAL`].
-    fn probe(&mut self, now: Instant, handle: SocketHandle) {
-        let Some(window) = self.seq_window(handle) else {
-            return;
-        };
-        let Some(conn) = self.conns.get_mut(&handle) else {
-            return;
-        };
-        if conn.last_probe.is_some_and(|t| now < t + PROBE_INTERVAL) {
-            return;
-        }
-        conn.last_probe = Some(now);
-        let probe =
-            segment::challenge_ack(conn.tuple, window.snd_una.wrapping_sub(1), window.rcv_nxt);
-        self.device.send_raw(now, &probe);
+        self.watch_liveness(now, id, handle, progress);
     }
 
     /// Frees a stream the application dropped once nothing is left to do,

@@ -30,6 +30,7 @@ mod accept;
 mod conns;
 mod handshake;
 mod lifecycle;
+mod liveness;
 mod ports;
 mod pump;
 mod validate;
@@ -131,6 +132,16 @@ struct Conn {
     last_challenge: Option<Instant>,
     /// When we last probed the peer.
     last_probe: Option<Instant>,
+    /// That probe is unanswered (its answer is an RTT sample).
+    probe_pending: bool,
+    /// Probes answered with nothing new since the last progress: the probe
+    /// interval doubles with each (idle flows stay quiet).
+    probe_backoff: u32,
+    /// The peer's last acceptable segment advertised a zero window: our
+    /// queued data is not something it owes an answer to.
+    peer_window_zero: bool,
+    /// This connection's RTT (its handshake, answered probes).
+    rtt: tifid::rtt::RttEstimator,
 }
 
 impl Conn {
@@ -153,6 +164,12 @@ impl Conn {
             skip_rx: 0,
             last_challenge: None,
             last_probe: None,
+            probe_pending: false,
+            // Idle from the start: probe at the keepalive interval until the
+            // first progress shows the flow is carrying data.
+            probe_backoff: u32::MAX,
+            peer_window_zero: false,
+            rtt: tifid::rtt::RttEstimator::default(),
         }
     }
 }

@@ -71,6 +71,7 @@ impl<D: Device> Stack<D> {
             };
         }
         let len = seg.payload_len as u32 + u32::from(seg.fin);
+        tracing::trace!(%now, remote = %seg.src, seq = seg.seq, ack = seg.ack_number, len, ?window, "synchronized segment");
         if !acceptance::is_sign_of_life(seg.seq, len, seg.ack, seg.ack_number, &window) {
             return true;
         }
@@ -78,6 +79,13 @@ impl<D: Device> Stack<D> {
             return true;
         };
         conn.last_rx = now;
+        conn.peer_window_zero = seg.window == 0;
+        tracing::trace!(%now, remote = %seg.src, window = seg.window, len, "sign of life");
+        if std::mem::take(&mut conn.probe_pending)
+            && let Some(sent) = conn.last_probe
+        {
+            conn.rtt.sample(std_dur(now - sent));
+        }
         let stream = conn.stream;
         if let Phase::Confirming(initiator) = &mut conn.phase
             && initiator.on_peer_segment(seg.syn)
