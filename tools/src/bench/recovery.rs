@@ -956,7 +956,9 @@ impl Stream {
 
     /// Ends it: gracefully (the writer finishes its chunk and sends FIN, the
     /// reader reads to the end, both bounded) or by [`Stream::abort`].
-    fn finish(mut self, graceful: bool) -> (WriterEnd, ReaderEnd) {
+    /// `stuck` runs when a graceful end does not complete in time, before
+    /// the abort (to record what the two `tiflow up` say).
+    fn finish(mut self, graceful: bool, stuck: impl FnOnce()) -> (WriterEnd, ReaderEnd) {
         if graceful {
             self.shared.stop.store(true, Ordering::Release);
             let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -970,6 +972,9 @@ impl Stream {
         }
         let finished = self.writer.as_ref().is_none_or(JoinHandle::is_finished)
             && self.reader.as_ref().is_none_or(JoinHandle::is_finished);
+        if graceful && !finished {
+            stuck();
+        }
         if !graceful || !finished {
             self.abort();
         }
@@ -1012,6 +1017,7 @@ fn byte_exact(w: &WriterEnd, r: &ReaderEnd) -> bool {
 struct Bench<'a> {
     net: &'a mut Net,
     client_up: &'a UpProcess,
+    server_up: &'a UpProcess,
     plain_listener: &'a TcpListener,
     ti_listener: &'a TcpListener,
     settings: &'a Settings,
@@ -1033,6 +1039,35 @@ fn ms_between(from: u64, to: u64) -> f64 {
 }
 
 impl Bench<'_> {
+    /// The TI-flow of local port `port` as both `tiflow up` see it now.
+    fn flow_states(&self, port: u16) -> String {
+        let show = |f: &control::FlowStatus| {
+            format!(
+                "{} {}, sent {} B, received {} B, {} resumes ({} attempts), resent {} B",
+                f.mode,
+                if f.attached { "attached" } else { "detached" },
+                f.sent,
+                f.received,
+                f.resumes,
+                f.resume_attempts,
+                f.resent
+            )
+        };
+        let Some(client) = flow_of(&self.client_up.control, port) else {
+            return "the client's tiflow up no longer lists the flow".into();
+        };
+        let server = control::status(&self.server_up.control).ok().and_then(|r| {
+            r.flows
+                .into_iter()
+                .find(|f| f.tifid.is_some() && f.tifid == client.tifid)
+        });
+        format!(
+            "client: {}; server: {}",
+            show(&client),
+            server.as_ref().map_or_else(|| "no such flow".into(), show)
+        )
+    }
+
     /// One repetition: returns the TI sample and the plain one.
     fn rep(&mut self, scenario: Scenario, dir: Dir, rep: usize) -> Result<[Sample; 2], BenchError> {
         let epoch = self.epoch;
@@ -1123,8 +1158,9 @@ impl Bench<'_> {
         let resumes = flow_of(&self.client_up.control, ti_port).map(|f| f.resumes);
         let ti_ok = ti_back_at.is_some() && !ti.failed();
         let plain_ok = !plain_aborted && recovered(&plain) && !plain.failed();
-        let (ti_w, ti_r) = ti.finish(ti_ok);
-        let (plain_w, plain_r) = plain.finish(plain_ok);
+        let mut stuck = None;
+        let (ti_w, ti_r) = ti.finish(ti_ok, || stuck = Some(self.flow_states(ti_port)));
+        let (plain_w, plain_r) = plain.finish(plain_ok, || {});
         check_interrupted()?;
 
         let sample = |transport: Transport,
@@ -1383,6 +1419,7 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
         let mut bench = Bench {
             net: &mut net,
             client_up: &client_up,
+            server_up: &server_up,
             plain_listener: &plain_listener,
             ti_listener: &ti_listener,
             settings,
@@ -1779,6 +1816,15 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The label of decade `d` (10^d ms): `0.1 ms`, `10 ms`, `1 s`, `100 s`.
+fn tick(d: i32) -> String {
+    match d {
+        d if d >= 3 => format!("{} s", 10u64.pow((d - 3).unsigned_abs())),
+        d if d >= 0 => format!("{} ms", 10u64.pow(d.unsigned_abs())),
+        d => format!("{} ms", 10f64.powi(d)),
+    }
+}
+
 fn svg(settings: &Settings, samples: &[Sample]) -> String {
     const W: f64 = 1200.0;
     const LABEL: f64 = 250.0;
@@ -1786,7 +1832,7 @@ fn svg(settings: &Settings, samples: &[Sample]) -> String {
     const GAP: f64 = 30.0;
     const ROW: f64 = 30.0;
     const TOP: f64 = 90.0;
-    const FAILED_COL: f64 = 36.0;
+    const FAILED_COL: f64 = 56.0;
     const TI_COLOR: &str = "#1f77b4";
     const PLAIN_COLOR: &str = "#d62728";
     let rows: Vec<(Scenario, Dir)> = settings
@@ -1820,7 +1866,7 @@ fn svg(settings: &Settings, samples: &[Sample]) -> String {
             x0 + axis + FAILED_COL / 2.0
         } else {
             let d = v.max(10f64.powf(lo_dec)).log10();
-            x0 + (d - lo_dec) / (hi_dec - lo_dec) * (axis - 10.0) + 5.0
+            x0 + (d - lo_dec) / (hi_dec - lo_dec) * (axis - 26.0) + 6.0
         }
     };
     let mut s = String::new();
@@ -1871,7 +1917,7 @@ fn svg(settings: &Settings, samples: &[Sample]) -> String {
                 s,
                 r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{y1}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
                 y1 + 16.0,
-                fmt_ms(10f64.powf(d))
+                tick(d.round() as i32)
             );
             d += 1.0;
         }
