@@ -62,8 +62,14 @@ impl From<StreamError> for io::Error {
 pub enum StreamEvent {
     /// The flow continued on a new TCP connection.
     Resumed {
-        /// From the failure being noticed to the new connection carrying the flow.
+        /// From the failure being noticed to the new connection carrying
+        /// the flow (the time to resume).
         downtime: Duration,
+        /// From the last byte the connection carried (acknowledged or
+        /// delivered) to the failure being noticed (the time to detect).
+        /// The program's own wait is `detect + downtime` plus the time to
+        /// the first byte after the resume: [`crate::StreamStats::last_gap`].
+        detect: Duration,
         /// Bytes sent again because the old connection lost them.
         resent_bytes: u64,
     },

@@ -347,6 +347,18 @@ fn receive_only_client_recovers(seed: u64, fault: impl Fn(&mut Sim)) -> (Duratio
     let detached = detached_at.expect("the client noticed") - faulted_at;
     let flowing = flowing_at.expect("data flows again") - faulted_at;
     assert_eq!(sha(&got), sha(&data[..got.len()]), "byte-exact so far");
+    // The program's view: from the last byte before the fault to the first
+    // after the resume, as the stack reports it at the receiving end.
+    sim.run_for(Duration::from_millis(50));
+    let gap = stats(&sim, 0, c)
+        .last_gap
+        .expect("the client reports the outage");
+    let detect = stats(&sim, 0, c).last_detect.expect("and its detection");
+    let flowing_std = std::time::Duration::from_micros(flowing.total_micros());
+    assert!(
+        gap >= detect && gap <= flowing_std + std::time::Duration::from_millis(20),
+        "gap {gap:?}, detect {detect:?}, flowing after {flowing}"
+    );
     (detached, flowing)
 }
 

@@ -65,8 +65,17 @@ pub struct FlowStatus {
     /// Resume attempts (each a SYN on a new connection), successful or not.
     #[serde(default)]
     pub resume_attempts: u64,
-    /// Downtime of the last resume, in milliseconds.
+    /// Time to resume in the last outage (failure noticed to the new
+    /// connection carrying the flow), in milliseconds.
     pub last_downtime_ms: Option<f64>,
+    /// Time to detect the last failure (last byte carried to the failure
+    /// noticed), in milliseconds.
+    #[serde(default)]
+    pub last_detect_ms: Option<f64>,
+    /// The last outage as the program saw it (last byte before the failure
+    /// to the first byte after the resume), in milliseconds.
+    #[serde(default)]
+    pub last_gap_ms: Option<f64>,
     /// Bytes resent over all resumes.
     pub resent: u64,
     /// Whether a TCP connection carries the flow now (false while resuming).
@@ -505,7 +514,7 @@ pub fn render_status(report: &StatusReport) -> String {
             "SENT",
             "RECEIVED",
             "RESUMES",
-            "LAST DOWNTIME",
+            "LAST OUTAGE (DETECT + RESUME)",
             "STATE",
         ]
         .map(str::to_owned)
@@ -520,13 +529,24 @@ pub fn render_status(report: &StatusReport) -> String {
             human_bytes(f.sent),
             human_bytes(f.received),
             f.resumes.to_string(),
-            f.last_downtime_ms.map_or_else(|| "-".into(), human_ms),
+            outage_text(f),
             if f.attached { "attached" } else { "resuming" }.to_owned(),
         ]);
     }
     out.push('\n');
     out.push_str(&table(&rows));
     out
+}
+
+/// `1.20 s (0.40 s + 12 ms)`: the program's gap, then the time to detect
+/// and the time to resume; `-` before any resume.
+fn outage_text(f: &FlowStatus) -> String {
+    let Some(resume) = f.last_downtime_ms else {
+        return "-".into();
+    };
+    let detect = f.last_detect_ms.map_or_else(|| "?".into(), human_ms);
+    let gap = f.last_gap_ms.map_or_else(|| "waiting".into(), human_ms);
+    format!("{gap} ({detect} + {})", human_ms(resume))
 }
 
 #[cfg(test)]
@@ -552,6 +572,8 @@ mod tests {
                     resumes: 2,
                     resume_attempts: 3,
                     last_downtime_ms: Some(312.4),
+                    last_detect_ms: Some(400.0),
+                    last_gap_ms: Some(720.0),
                     resent: 1000,
                     attached: true,
                     age_s: 10.0,
@@ -566,6 +588,8 @@ mod tests {
                     resumes: 0,
                     resume_attempts: 0,
                     last_downtime_ms: None,
+                    last_detect_ms: None,
+                    last_gap_ms: None,
                     resent: 0,
                     attached: false,
                     age_s: 1.0,

@@ -965,6 +965,8 @@ fn flow_status(info: &StreamInfo, conns: &Conns) -> FlowStatus {
         resumes: info.stats.resumes,
         resume_attempts: info.stats.resume_attempts,
         last_downtime_ms: info.stats.last_downtime.map(|d| d.as_secs_f64() * 1000.0),
+        last_detect_ms: info.stats.last_detect.map(|d| d.as_secs_f64() * 1000.0),
+        last_gap_ms: info.stats.last_gap.map(|d| d.as_secs_f64() * 1000.0),
         resent: info.stats.resent_bytes,
         attached: info.attached,
         age_s,

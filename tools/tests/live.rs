@@ -111,6 +111,7 @@ fn kernel_tcp_programs_survive_middlebox_state_loss() {
     let out = tiflow(&["status", "--control", &control]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);
+    eprintln!("tiflow status after the resumes:\n{table}");
     let row = table
         .lines()
         .find(|l| l.starts_with(&tifid))

@@ -172,6 +172,7 @@ impl<D: Device> Stack<D> {
             flow.detach(ts);
             if s.failed_at.is_none() {
                 s.failed_at = Some(now);
+                s.gap_from.get_or_insert(s.last_progress_at);
                 info!(tifid = %flow.tifid(), %cause, "TI connection failed: flow detached");
             }
         }
@@ -316,6 +317,9 @@ impl<D: Device> Stack<D> {
         };
         if let Some(handle) = s.conn {
             let progress = self.pump(now, id, handle, false);
+            if progress {
+                self.note_progress(now, id);
+            }
             let s = self.streams.get(&id);
             if s.is_some_and(|s| s.abandoned && !s.recv_buf.is_empty() && s.error.is_none()) {
                 // Data arrived after the application closed: reset, as a
@@ -328,6 +332,22 @@ impl<D: Device> Stack<D> {
         }
         self.life_timers(now, id);
         self.free_if_done(now, id);
+    }
+
+    /// The connection carried a byte: the end of an outage as the program
+    /// saw it, if one was running.
+    fn note_progress(&mut self, now: Instant, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.last_progress_at = now;
+        if s.failed_at.is_none()
+            && let Some(from) = s.gap_from.take()
+        {
+            let gap = std_dur(now - from);
+            s.stats.last_gap = Some(gap);
+            debug!(tifid = ?s.tifid, ?gap, "first byte after the outage");
+        }
     }
 
     /// What the stream's connection shows, for its driver.

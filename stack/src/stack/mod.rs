@@ -66,8 +66,16 @@ pub struct StreamStats {
     pub bytes_received: u64,
     /// Successful resumes.
     pub resumes: u64,
-    /// Downtime of the last resume.
+    /// Downtime of the last resume: from the failure being noticed to the
+    /// new connection carrying the flow.
     pub last_downtime: Option<Duration>,
+    /// Time to detect the last failure: from the last byte carried to the
+    /// failure being noticed.
+    pub last_detect: Option<Duration>,
+    /// The last outage as the program saw it: from the last byte carried
+    /// (acknowledged or delivered) before the failure to the first byte
+    /// after the resume.
+    pub last_gap: Option<Duration>,
     /// Bytes resent over all resumes.
     pub resent_bytes: u64,
     /// Resume attempts (SYNs of resume connections) over the stream's life.
@@ -204,8 +212,13 @@ struct StreamState {
     error: Option<StreamError>,
     events: VecDeque<StreamEvent>,
     stats: StreamStats,
-    /// When the current outage began (downtime is measured from here).
+    /// When the current outage was noticed (downtime is measured from here).
     failed_at: Option<Instant>,
+    /// When the connection last carried a byte (either direction).
+    last_progress_at: Instant,
+    /// The last byte carried before the current outage, until the first
+    /// byte after it (the program's view of the outage).
+    gap_from: Option<Instant>,
     /// The lifecycle driver, from the first established connection on.
     life: Option<tifid::lifecycle::Lifecycle>,
     fail_requested: bool,
@@ -229,6 +242,11 @@ impl StreamState {
         self.send_buf.drain(..drop_bytes);
         let resent = self.sent_high.bytes_since(send_from).unwrap_or(0);
         let downtime = self.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
+        let detect = match (self.gap_from, self.failed_at) {
+            (Some(from), Some(noticed)) if noticed > from => std_dur(noticed - from),
+            _ => Duration::ZERO,
+        };
+        self.stats.last_detect = Some(detect);
         self.conn = Some(handle);
         self.failed_at = None;
         self.stats.resumes += 1;
@@ -236,6 +254,7 @@ impl StreamState {
         self.stats.resent_bytes += resent;
         self.events.push_back(StreamEvent::Resumed {
             downtime,
+            detect,
             resent_bytes: resent,
         });
         (downtime, resent)
@@ -719,6 +738,8 @@ impl<D: Device> Stack<D> {
                 events: VecDeque::new(),
                 stats: StreamStats::default(),
                 failed_at: None,
+                last_progress_at: _now,
+                gap_from: None,
                 life: None,
                 fail_requested: false,
                 abandoned: false,
