@@ -1225,6 +1225,9 @@ impl Bench<'_> {
                         .as_ref()
                         .map_or_else(String::new, |e| format!(", {e}")),
                 );
+                if let (Transport::Ti, Some(states)) = (transport, &stuck) {
+                    eprintln!("  after {DRAIN_TIMEOUT:?} without the end of stream: {states}");
+                }
             }
             Sample {
                 scenario,
@@ -2069,6 +2072,45 @@ mod tests {
         for s in Scenario::ALL {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
         }
+    }
+
+    fn settings(argv: &[&str]) -> Settings {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let mut full = vec!["bench", "recovery"];
+        full.extend_from_slice(argv);
+        Settings::from_args(&Cli::parse_from(full).args)
+    }
+
+    #[test]
+    fn defaults_quick_and_per_scenario_reps() {
+        let d = settings(&[]);
+        assert_eq!(d.runs.len(), 6);
+        assert!(d.runs.iter().all(|(_, r)| *r == DEFAULT_REPS));
+        assert_eq!(d.plain_wait, Duration::from_secs(10));
+        assert_eq!(d.rate, 8.0 * 1024.0 * 1024.0);
+        let q = settings(&["--quick"]);
+        assert_eq!(q.runs.len(), 5, "no blackhole-30s");
+        assert!(q.runs.iter().all(|(s, r)| *r == 2 && *s != Scenario::Blackhole30s));
+        assert_eq!(q.plain_wait, Duration::from_secs(2));
+        let e = settings(&[
+            "--quick",
+            "--scenarios",
+            "blackhole-30s:3,nat-flush",
+            "--reps",
+            "4",
+            "--plain-wait",
+            "5",
+        ]);
+        assert_eq!(
+            e.runs,
+            vec![(Scenario::Blackhole30s, 3), (Scenario::NatFlush, 4)]
+        );
+        assert_eq!(e.plain_wait, Duration::from_secs(5));
     }
 
     #[test]
