@@ -1308,6 +1308,15 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// `12.3 ms`, or `failed`.
+fn with_ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{} ms", fmt_ms(v))
+    } else {
+        fmt_ms(v)
+    }
+}
+
 fn progress_part(s: &Sample, plain_wait: Duration) -> String {
     let mut out = String::new();
     if s.survived {
@@ -1597,9 +1606,9 @@ fn targets(samples: &[Sample], runs: &[(Scenario, usize)]) -> Vec<Target> {
                 Target {
                     what,
                     value: format!(
-                        "TI median {} ms, plain {} ms; TI <= plain in {pairs}/{} reps",
-                        fmt_ms(t.median),
-                        fmt_ms(p.median),
+                        "TI median {}, plain {}; TI <= plain in {pairs}/{} reps",
+                        with_ms(t.median),
+                        with_ms(p.median),
                         ti.len().min(plain.len())
                     ),
                     met: Some(t.median <= 300.0 && t.median <= p.median),
@@ -1765,7 +1774,13 @@ fn write_outputs(
          back (its commands done) to the first byte read after it. \"failed\": no data within the\n\
          wait (counted as infinite in the median). Median [95% distribution-free CI] when n >= 9,\n\
          else median (range). TI = kernel TCP programs through `tiflow up` on both hosts; plain =\n\
-         kernel TCP through the same middlebox, in the same repetition.\n\nscenarios:"
+         kernel TCP through the same middlebox, in the same repetition. TI exact: every chunk\n\
+         once, in order, intact, SHA-256 equal at both ends, clean end of stream (recovery.csv's\n\
+         outcome says why not: `stalled` = no end of stream {drain} s after the writer stopped).\n\
+         The outages last exactly 1 s and 30 s, so each transport's retry schedule (TI: resume\n\
+         attempts; plain TCP: retransmission backoff) meets the restore at the same phase in every\n\
+         repetition: restore->data varies little, and other outage lengths land elsewhere in it.\n\nscenarios:",
+        drain = DRAIN_TIMEOUT.as_secs()
     );
     for &(sc, _) in &settings.runs {
         let _ = writeln!(r, "  {:<22} {}", sc.name(), sc.describe());
@@ -2095,7 +2110,11 @@ mod tests {
         assert_eq!(d.rate, 8.0 * 1024.0 * 1024.0);
         let q = settings(&["--quick"]);
         assert_eq!(q.runs.len(), 5, "no blackhole-30s");
-        assert!(q.runs.iter().all(|(s, r)| *r == 2 && *s != Scenario::Blackhole30s));
+        assert!(
+            q.runs
+                .iter()
+                .all(|(s, r)| *r == 2 && *s != Scenario::Blackhole30s)
+        );
         assert_eq!(q.plain_wait, Duration::from_secs(2));
         let e = settings(&[
             "--quick",
