@@ -73,6 +73,7 @@ impl<D: Device> Stack<D> {
                 tuple,
                 stream: Some(id),
                 phase: Phase::SynSent(initiator),
+                half_open: false,
                 written: 0,
                 acked: 0,
                 base: Seq48::ZERO,
@@ -105,6 +106,9 @@ impl<D: Device> Stack<D> {
             return;
         };
         self.by_tuple.remove(&conn.tuple);
+        if conn.half_open {
+            self.half_open.remove(&conn.tuple);
+        }
         match option {
             Some(option) => self.device.attach_option(conn.tuple, option),
             None => self.device.detach_option(&conn.tuple),
@@ -152,6 +156,9 @@ impl<D: Device> Stack<D> {
     pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
         if let Some(conn) = self.conns.remove(&handle) {
             self.by_tuple.remove(&conn.tuple);
+            if conn.half_open {
+                self.half_open.remove(&conn.tuple);
+            }
             self.device.detach_option(&conn.tuple);
             if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
                 && s.conn == Some(handle)
@@ -184,6 +191,12 @@ impl<D: Device> Stack<D> {
             );
             if synchronized && socket.timeout().is_some() {
                 socket.set_timeout(None);
+            }
+            // The handshake is over: it no longer counts against the
+            // half-open limit or the listener's backlog.
+            if synchronized && conn.half_open {
+                conn.half_open = false;
+                self.half_open.remove(&conn.tuple);
             }
             // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
             // tracked connection must never become a listener for anyone else.

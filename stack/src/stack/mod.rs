@@ -28,9 +28,16 @@ use tracing::{debug, info, warn};
 
 mod accept;
 mod conns;
+mod half_open;
 mod handshake;
 mod lifecycle;
 mod pump;
+mod resources;
+
+pub use resources::Resources;
+
+use accept::AdmissionStats;
+use half_open::HalfOpen;
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -101,6 +108,8 @@ struct Conn {
     tuple: FourTuple,
     stream: Option<StreamId>,
     phase: Phase,
+    /// Responder: counted in the half-open table until the handshake ends.
+    half_open: bool,
     /// Bytes written into this socket.
     written: u64,
     /// Of those, acknowledged by TCP.
@@ -145,6 +154,10 @@ struct StreamState {
     fail_requested: bool,
     /// The application dropped its handle.
     abandoned: bool,
+    /// Waiting in a listener's accept queue: takes no bytes out of its
+    /// socket (the socket's receive buffer bounds what a peer can send
+    /// before the application accepts).
+    awaiting_accept: bool,
 }
 
 impl StreamState {
@@ -170,11 +183,20 @@ impl StreamState {
         self.stats.resumes += 1;
         self.stats.last_downtime = Some(downtime);
         self.stats.resent_bytes += resent;
-        self.events.push_back(StreamEvent::Resumed {
+        self.push_event(StreamEvent::Resumed {
             downtime,
             resent_bytes: resent,
         });
         (downtime, resent)
+    }
+
+    /// Queues an event for the application, forgetting the oldest beyond
+    /// [`MAX_EVENTS`] (a peer can resume a flow again and again).
+    fn push_event(&mut self, event: StreamEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 }
 
@@ -202,6 +224,9 @@ pub struct Stack<D: Device> {
     recent_port_set: HashSet<u16>,
     /// Connections reset by us whose RST (and option rule) is still needed.
     resetting: VecDeque<Resetting>,
+    /// Handshakes in progress on our listeners, oldest first.
+    half_open: HalfOpen,
+    admission: AdmissionStats,
     next_stream: u64,
     epoch: Instant,
 }
@@ -211,6 +236,8 @@ pub struct Stack<D: Device> {
 const RECENT_PORTS: usize = 8192;
 /// Packets inspected per poll before smoltcp runs.
 const INGRESS_BATCH: usize = 256;
+/// Events kept per stream for the application; older ones are dropped.
+const MAX_EVENTS: usize = 64;
 /// How long the option of a connection we reset stays attached to its
 /// tuple (answers to challenge ACKs carry it).
 const RESET_LINGER: SmolDuration = SmolDuration::from_secs(2);
@@ -284,6 +311,8 @@ impl<D: Device> Stack<D> {
             recent_ports: VecDeque::new(),
             recent_port_set: HashSet::new(),
             resetting: VecDeque::new(),
+            half_open: HalfOpen::default(),
+            admission: AdmissionStats::default(),
             next_stream: 1,
             epoch: now,
         }
@@ -375,7 +404,11 @@ impl<D: Device> Stack<D> {
             .listeners
             .get_mut(&listener.0)
             .ok_or(StreamError::NoSuchStream)?;
-        Ok(state.accept_queue.pop_front())
+        let id = state.accept_queue.pop_front();
+        if let Some(s) = id.and_then(|id| self.streams.get_mut(&id)) {
+            s.awaiting_accept = false;
+        }
+        Ok(id)
     }
 
     /// Queues bytes for sending; returns how many fit in the send buffer.
@@ -526,6 +559,7 @@ impl<D: Device> Stack<D> {
         let _ = self.shutdown_write(id);
         if let Some(s) = self.streams.get_mut(&id) {
             s.abandoned = true;
+            s.awaiting_accept = false;
             s.recv_buf.clear();
         }
     }
@@ -558,6 +592,9 @@ impl<D: Device> Stack<D> {
                 }
             }
         }
+        if let Some(deadline) = self.half_open_deadline() {
+            at = at.min(deadline);
+        }
         if self.device.pending_ingress() > 0 {
             at = now;
         }
@@ -571,6 +608,9 @@ impl<D: Device> Stack<D> {
     pub fn poll(&mut self, now: Instant) -> bool {
         let mut activity = false;
         for _ in 0..INGRESS_BATCH {
+            if self.device.ingress_full() {
+                break;
+            }
             let Some(packet) = self.device.receive_raw(now) else {
                 break;
             };
@@ -580,6 +620,7 @@ impl<D: Device> Stack<D> {
         activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
             != smoltcp::iface::PollResult::None;
         self.bind_fresh_listeners(now);
+        self.expire_half_open(now);
         self.reap_resets(now);
         self.service_connections(now);
         for event in self.device.take_events() {
@@ -638,6 +679,7 @@ impl<D: Device> Stack<D> {
                 last_progress: now,
                 fail_requested: false,
                 abandoned: false,
+                awaiting_accept: false,
             },
         );
         id
