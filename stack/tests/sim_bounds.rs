@@ -60,12 +60,7 @@ fn ten_thousand_handshakes_to_a_listener_that_never_accepts_stay_bounded() {
     ti_stack::memory::map_large_allocations();
     const HANDSHAKES: usize = 10_000;
     const IN_FLIGHT: usize = 300;
-    let (mut sim, _listener) = pair_with(
-        60,
-        link(1),
-        light(CLIENT, 60),
-        config(SERVER, 61),
-    );
+    let (mut sim, _listener) = pair_with(60, link(1), light(CLIENT, 60), config(SERVER, 61));
     let server = SocketAddrV4::new(SERVER, PORT);
     let mut started = 0usize;
     let mut connected = 0usize;
@@ -103,8 +98,14 @@ fn ten_thousand_handshakes_to_a_listener_that_never_accepts_stay_bounded() {
     );
     assert!(done, "every connect ended within the time limit");
     let backlog = sim.hosts[1].config().accept_backlog;
-    assert_eq!(r.accept_queued, backlog, "the queue filled up and stayed full");
-    assert!(r.flows <= backlog, "flow entries only for queued streams: {r:?}");
+    assert_eq!(
+        r.accept_queued, backlog,
+        "the queue filled up and stayed full"
+    );
+    assert!(
+        r.flows <= backlog,
+        "flow entries only for queued streams: {r:?}"
+    );
     assert!(
         r.syns_dropped_backlog > 0,
         "SYNs beyond the backlog went unanswered: {r:?}"
@@ -163,7 +164,10 @@ fn syn_flood_evicts_oldest_half_open_and_legitimate_clients_connect() {
         false
     });
     let before = assert_bounded(&sim, "flood under way");
-    assert!(before.half_open > 0, "the flood fills the table: {before:?}");
+    assert!(
+        before.half_open > 0,
+        "the flood fills the table: {before:?}"
+    );
     let server = SocketAddrV4::new(SERVER, PORT);
     let mut times = Vec::new();
     for round in 0..20 {
@@ -194,7 +198,10 @@ fn syn_flood_evicts_oldest_half_open_and_legitimate_clients_connect() {
         flood.sent,
         times.len()
     );
-    assert!(r.half_open_evicted > 0, "the flood made room by eviction: {r:?}");
+    assert!(
+        r.half_open_evicted > 0,
+        "the flood made room by eviction: {r:?}"
+    );
     assert!(
         times.len() >= 18,
         "{}/20 legitimate connects within 3 s under the flood",

@@ -6,7 +6,13 @@
 //! `max_half_open` handshakes in progress (a new SYN evicts the oldest, so a
 //! flood of spoofed SYNs cannot lock legitimate clients out), each for at
 //! most `half_open_timeout`, and per listener at most `accept_backlog`
-//! connections queued or in progress.
+//! connections completed but not accepted: while that many wait, new SYNs
+//! go unanswered, and a handshake completing into a full queue is dropped.
+//! Eviction spares handshakes whose SYN retransmitted one we dropped (see
+//! [`half_open`](super::half_open)). Sockets of evicted or expired
+//! handshakes never carried a byte: they are
+//! reused as fresh listeners within the same poll instead of being freed
+//! and allocated again, so a flood costs no allocation per SYN.
 
 use super::*;
 
@@ -14,91 +20,114 @@ use super::*;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct AdmissionStats {
     pub(super) syns_dropped_backlog: u64,
+    pub(super) syns_dropped_overload: u64,
+    pub(super) completed_dropped_backlog: u64,
     pub(super) half_open_evicted: u64,
     pub(super) half_open_expired: u64,
 }
 
 impl<D: Device> Stack<D> {
     /// Decides whether a new SYN (for one of our listeners, from an unknown
-    /// tuple) may start a handshake, making room first: evicts the
-    /// listener's oldest handshake when its backlog is full, or the oldest of
-    /// all when `max_half_open` is reached. Returns false when the SYN must
-    /// be dropped unanswered: the listener's accept queue alone is full.
-    /// A resume SYN (complete TIFID) never joins the accept queue, so the
-    /// backlog does not apply to it: only the half-open limit does.
+    /// tuple) may start a handshake. Returns false when it must be dropped
+    /// unanswered: its listener's accept queue is full. Otherwise makes room
+    /// if `max_half_open` handshakes are in progress, by evicting the oldest.
+    /// A resume SYN (complete TIFID) never joins an accept queue, so only the
+    /// half-open limit applies to it.
     pub(super) fn admit_syn(&mut self, seg: &Segment) -> bool {
         let tuple = seg.tuple_at_receiver();
         let port = tuple.local.port();
         let resume = matches!(seg.option, Ok(Some(option)) if option.tifid.is_complete());
-        let backlog = if resume {
-            usize::MAX
-        } else {
-            self.config.accept_backlog
-        };
         let queued = self
             .listeners
             .get(&port)
             .map_or(0, |l| l.accept_queue.len());
-        if queued >= backlog {
+        if !resume && queued >= self.config.accept_backlog {
             self.admission.syns_dropped_backlog += 1;
             debug!(peer = %tuple.remote, port, queued, "SYN dropped: accept queue full");
             return false;
         }
-        loop {
-            let port_full = queued.saturating_add(self.half_open.on_port(port)) >= backlog;
-            let table_full = self.half_open.len() >= self.config.max_half_open;
-            if !port_full && !table_full {
-                return true;
-            }
-            let victim = if port_full {
-                self.half_open.pop_oldest(Some(port))
-            } else {
-                self.half_open.pop_oldest(None)
-            };
-            let Some(victim) = victim else {
-                // max_half_open is zero: no handshake can ever start.
-                debug!(peer = %tuple.remote, port, "SYN dropped: no half-open connections allowed");
+        while self.half_open.len() >= self.config.max_half_open {
+            let Some(victim) = self.half_open.pop_oldest() else {
+                debug!(peer = %tuple.remote, port, "SYN dropped: max_half_open is zero");
                 return false;
             };
             self.admission.half_open_evicted += 1;
             debug!(peer = %victim.remote, port = victim.local.port(), "half-open connection evicted for a new SYN");
             self.drop_half_open(victim);
         }
+        true
     }
 
     /// A fresh listening socket for the admitted SYN on `tuple`, which
     /// smoltcp will give it in this poll; the handshake counts as half-open
-    /// from `now`.
+    /// from `now`. Reuses a spare socket when one is left in this poll.
     pub(super) fn add_listener(&mut self, now: Instant, tuple: FourTuple) {
         let port = tuple.local.port();
-        let mut socket = self.new_socket();
-        if socket.listen(port).is_ok() {
-            let handle = self.sockets.add(socket);
+        let handle = match self.spare_sockets.pop() {
+            Some(handle) => {
+                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                socket.abort();
+                conns::configure_socket(&self.config, socket);
+                handle
+            }
+            None => {
+                let socket = self.new_socket();
+                self.sockets.add(socket)
+            }
+        };
+        if self
+            .sockets
+            .get_mut::<tcp::Socket>(handle)
+            .listen(port)
+            .is_ok()
+        {
             self.fresh_listeners.push((handle, port));
-            self.half_open.insert(tuple, now);
+            // A retransmission of a SYN we dropped: the client is real (or
+            // a false positive of the filter); evicted last.
+            let attempt = if self.retry_filter.contains(&tuple, now) {
+                Attempt::Retry
+            } else {
+                Attempt::First
+            };
+            self.half_open.insert(tuple, now, attempt);
+        } else {
+            self.sockets.remove(handle);
         }
     }
 
     /// Drops a handshake in progress: its connection, or the SYN admitted in
     /// this poll whose listener is not bound yet (the listener is then
-    /// removed by [`Stack::bind_fresh_listeners`]).
+    /// removed by [`Stack::bind_fresh_listeners`]). A socket that never
+    /// carried a byte becomes a spare for this poll's next fresh listener.
     fn drop_half_open(&mut self, tuple: FourTuple) {
         self.half_open.remove(&tuple);
         if let Some(&handle) = self.by_tuple.get(&tuple) {
-            self.drop_connection(handle);
+            let state = self.sockets.get::<tcp::Socket>(handle).state();
+            let unused = self.conns.get(&handle).is_some_and(|c| c.stream.is_none())
+                && matches!(state, tcp::State::SynReceived | tcp::State::Listen);
+            if unused {
+                self.forget_connection(handle);
+                self.spare_sockets.push(handle);
+            } else {
+                self.drop_connection(handle);
+            }
         } else if self.pending.remove(&tuple).is_some() {
             self.device.detach_option(&tuple);
         }
     }
 
-    /// Drops handshakes older than `half_open_timeout` (oldest first; each
-    /// poll looks at the front of each listener's queue only).
+    /// Drops handshakes older than `half_open_timeout` (oldest first: only
+    /// the front of the table is looked at), then frees the spare sockets
+    /// this poll did not reuse.
     pub(super) fn expire_half_open(&mut self, now: Instant) {
         let timeout = smol(self.config.half_open_timeout);
         while let Some(tuple) = self.half_open.pop_expired(now, timeout) {
             self.admission.half_open_expired += 1;
             debug!(peer = %tuple.remote, port = tuple.local.port(), "half-open connection timed out");
             self.drop_half_open(tuple);
+        }
+        for handle in std::mem::take(&mut self.spare_sockets) {
+            self.sockets.remove(handle);
         }
     }
 
@@ -124,7 +153,7 @@ impl<D: Device> Stack<D> {
             // No tuple: smoltcp rejected the SYN this listener was made for.
             // Not half-open: it was evicted before smoltcp saw it.
             let Some(tuple) = tuple.filter(|t| self.half_open.contains(t)) else {
-                self.sockets.remove(handle);
+                self.spare_sockets.push(handle);
                 continue;
             };
             let responder = self.pending.remove(&tuple).flatten();
@@ -168,12 +197,20 @@ impl<D: Device> Stack<D> {
         };
         let port = conn.tuple.local.port();
         let peer = conn.tuple.remote;
+        let tuple = conn.tuple;
+        if conn.half_open {
+            // The handshake is over: a newer SYN must not evict it.
+            self.half_open.remove(&tuple);
+        }
+        if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.half_open = false;
+        }
         let queued = self.listeners.get(&port).map(|l| l.accept_queue.len());
-        // Admission keeps queued + half-open within the backlog, so a full
-        // queue here is only a listener that went away (or a bug): never
-        // queue beyond the bound.
         if queued.is_none_or(|n| n >= self.config.accept_backlog) {
-            debug!(%peer, port, "completed connection dropped: no room to queue it");
+            if queued.is_some() {
+                self.admission.completed_dropped_backlog += 1;
+            }
+            debug!(%peer, port, "completed connection dropped: accept queue full or listener gone");
             if let Some((tifid, _)) = flow {
                 self.table.remove(tifid);
             }

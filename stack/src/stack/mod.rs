@@ -30,14 +30,17 @@ mod accept;
 mod conns;
 mod half_open;
 mod handshake;
+mod ingress;
 mod lifecycle;
 mod pump;
 mod resources;
+mod syn_queue;
 
 pub use resources::Resources;
 
 use accept::AdmissionStats;
-use half_open::HalfOpen;
+use half_open::{Attempt, HalfOpen};
+use syn_queue::{RetryFilter, SynQueue};
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -226,6 +229,13 @@ pub struct Stack<D: Device> {
     resetting: VecDeque<Resetting>,
     /// Handshakes in progress on our listeners, oldest first.
     half_open: HalfOpen,
+    /// Sockets of dropped handshakes, reused as fresh listeners in this
+    /// poll (freed at its end).
+    spare_sockets: Vec<SocketHandle>,
+    /// New SYNs read but not yet inspected.
+    syn_queue: SynQueue,
+    /// Tuples whose SYN was dropped unanswered lately.
+    retry_filter: RetryFilter,
     admission: AdmissionStats,
     next_stream: u64,
     epoch: Instant,
@@ -234,7 +244,7 @@ pub struct Stack<D: Device> {
 /// Ports remembered as recently used so a resume never reuses one the peer
 /// may hold in TIME_WAIT.
 const RECENT_PORTS: usize = 8192;
-/// Packets inspected per poll before smoltcp runs.
+/// Packets inspected per poll before smoltcp runs (besides new SYNs).
 const INGRESS_BATCH: usize = 256;
 /// Events kept per stream for the application; older ones are dropped.
 const MAX_EVENTS: usize = 64;
@@ -287,6 +297,13 @@ impl<D: Device> Stack<D> {
         if let Some(gw) = config.gateway {
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
+        // Its own generator: drawing from `rng` would change every later
+        // port, TIFID and ISN of a seeded simulation.
+        let mut filter_rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed ^ 0x5359_4e5f_5145_5545),
+            None => StdRng::from_os_rng(),
+        };
+        let retry_filter = RetryFilter::new(filter_rng.random(), now);
         let table = FlowTable::new(TableConfig {
             max_flows: config.max_flows,
             resume_timeout: config.resume_timeout,
@@ -312,6 +329,9 @@ impl<D: Device> Stack<D> {
             recent_port_set: HashSet::new(),
             resetting: VecDeque::new(),
             half_open: HalfOpen::default(),
+            spare_sockets: Vec::new(),
+            syn_queue: SynQueue::default(),
+            retry_filter,
             admission: AdmissionStats::default(),
             next_stream: 1,
             epoch: now,
@@ -595,7 +615,7 @@ impl<D: Device> Stack<D> {
         if let Some(deadline) = self.half_open_deadline() {
             at = at.min(deadline);
         }
-        if self.device.pending_ingress() > 0 {
+        if self.device.pending_ingress() > 0 || self.syns_waiting() {
             at = now;
         }
         at.max(now)
@@ -606,17 +626,7 @@ impl<D: Device> Stack<D> {
     /// Runs the stack at time `now`: takes in packets, runs smoltcp, moves
     /// bytes, detects failures, resumes. Returns true if anything happened.
     pub fn poll(&mut self, now: Instant) -> bool {
-        let mut activity = false;
-        for _ in 0..INGRESS_BATCH {
-            if self.device.ingress_full() {
-                break;
-            }
-            let Some(packet) = self.device.receive_raw(now) else {
-                break;
-            };
-            activity = true;
-            self.on_ingress(now, packet);
-        }
+        let mut activity = self.take_ingress(now);
         activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
             != smoltcp::iface::PollResult::None;
         self.bind_fresh_listeners(now);

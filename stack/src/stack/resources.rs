@@ -27,6 +27,14 @@ pub struct Resources {
     /// SYNs dropped unanswered because their listener's accept queue was
     /// full (since the stack started).
     pub syns_dropped_backlog: u64,
+    /// SYNs dropped unanswered because they came faster than the stack
+    /// answers them (since the start; their retransmissions go first).
+    pub syns_dropped_overload: u64,
+    /// New SYNs read and waiting to be answered.
+    pub syns_waiting: usize,
+    /// Handshakes that completed while their listener's accept queue was
+    /// full, dropped (since the start).
+    pub completed_dropped_backlog: u64,
     /// Handshakes dropped to make room for a newer SYN (since the start).
     pub half_open_evicted: u64,
     /// Handshakes dropped after `half_open_timeout` (since the start).
@@ -45,6 +53,9 @@ impl<D: Device> Stack<D> {
             streams: self.streams.len(),
             flows: self.table.len(),
             syns_dropped_backlog: self.admission.syns_dropped_backlog,
+            completed_dropped_backlog: self.admission.completed_dropped_backlog,
+            syns_dropped_overload: self.admission.syns_dropped_overload,
+            syns_waiting: self.syn_queue.len(),
             half_open_evicted: self.admission.half_open_evicted,
             half_open_expired: self.admission.half_open_expired,
         }
