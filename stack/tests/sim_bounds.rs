@@ -133,7 +133,7 @@ impl Flood {
 
     /// Sends what is due by now (sources 10.9.x.y, nowhere on the link).
     fn run(&mut self, now: Instant) {
-        let due = (now - self.since).total_micros() as u64 * self.rate / 1_000_000;
+        let due = (now - self.since).total_micros() * self.rate / 1_000_000;
         while self.sent < due {
             let n = self.sent;
             let src = Ipv4Addr::new(10, 9, (n >> 8) as u8, n as u8);
