@@ -37,15 +37,17 @@ pub struct StackConfig {
     /// TI receive buffer bound (bytes delivered but not yet read).
     pub recv_buffer: usize,
     /// Most connections in SYN-RECEIVED at once, over all listeners; a new
-    /// SYN beyond it evicts the oldest (DESIGN §5: a SYN flood does not lock
-    /// out legitimate clients).
+    /// SYN beyond it evicts the oldest (those whose SYN retransmitted one
+    /// the stack dropped go last), so a SYN flood does not lock out
+    /// legitimate clients (DESIGN §5).
     pub max_half_open: usize,
     /// A connection still in SYN-RECEIVED this long after its SYN is dropped.
     pub half_open_timeout: Duration,
-    /// Per listener, connections the stack completed and the application has
-    /// not accepted yet, plus handshakes in progress on it: a new SYN beyond
-    /// it evicts the listener's oldest handshake, and while the accept queue
-    /// alone holds this many, new SYNs are not answered.
+    /// Per listener, most connections the stack completed and the
+    /// application has not accepted yet: while that many wait, new SYNs are
+    /// not answered, and a handshake completing meanwhile is dropped. With
+    /// `max_half_open`, bounds the sockets remote peers can make one
+    /// listener hold.
     pub accept_backlog: usize,
     /// A legacy connection whose data stays unacknowledged this long ends
     /// with [`crate::StreamError::UserTimeout`] (like `TCP_USER_TIMEOUT`).

@@ -195,8 +195,8 @@ impl<D: Device> Stack<D> {
             if synchronized && socket.timeout().is_some() {
                 socket.set_timeout(None);
             }
-            // The handshake is over: it no longer counts against the
-            // half-open limit or the listener's backlog.
+            // The handshake is over (a resume, or an ACK smoltcp took
+            // after the boundary saw it): no longer half-open.
             if synchronized && conn.half_open {
                 conn.half_open = false;
                 self.half_open.remove(&conn.tuple);
