@@ -247,7 +247,7 @@ const RECENT_PORTS: usize = 8192;
 /// Packets inspected per poll before smoltcp runs (besides new SYNs).
 const INGRESS_BATCH: usize = 256;
 /// Events kept per stream for the application; older ones are dropped.
-const MAX_EVENTS: usize = 64;
+const MAX_EVENTS: usize = 1024;
 /// How long the option of a connection we reset stays attached to its
 /// tuple (answers to challenge ACKs carry it).
 const RESET_LINGER: SmolDuration = SmolDuration::from_secs(2);
