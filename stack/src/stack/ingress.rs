@@ -87,8 +87,7 @@ impl<D: Device> Stack<D> {
     /// Queues a new SYN; one that does not fit is dropped and remembered, so
     /// its retransmission goes first.
     fn queue_syn(&mut self, now: Instant, tuple: FourTuple, packet: Vec<u8>) {
-        let retried =
-            self.retry_filter.contains(&tuple, now) && std::env::var("BREAK_RETRY").is_err();
+        let retried = self.retry_filter.contains(&tuple, now);
         if let Some((dropped, packet)) = self.syn_queue.push(tuple, packet, retried) {
             self.retry_filter.insert(&dropped, now);
             self.admission.syns_dropped_overload += 1;
