@@ -45,6 +45,9 @@ impl<D: Device> Stack<D> {
                 }
             }
         }
+        // Segments of known connections still wait in the device: answers
+        // may be among them, so no liveness timer fires this poll.
+        self.ingress_backlogged = inspected >= INGRESS_BATCH;
         let budget = if self.syn_queue.len() > SYN_BUDGET {
             SYN_BUDGET_BEHIND
         } else {

@@ -320,6 +320,8 @@ pub struct Stack<D: Device> {
     /// Tuples whose SYN was dropped unanswered lately.
     retry_filter: RetryFilter,
     admission: AdmissionStats,
+    /// This poll left segments of known connections unread in the device.
+    ingress_backlogged: bool,
     next_stream: u64,
     epoch: Instant,
 }
@@ -412,6 +414,7 @@ impl<D: Device> Stack<D> {
             syn_queue: SynQueue::default(),
             retry_filter,
             admission: AdmissionStats::default(),
+            ingress_backlogged: false,
             next_stream: 1,
             epoch: now,
         }
