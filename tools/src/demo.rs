@@ -252,17 +252,22 @@ fn break_middlebox(middlebox: &NetNs) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// A `tiflow up` child process in a namespace; stopped when dropped.
-struct UpProcess {
+/// A `tiflow up` child process in a namespace; stopped when dropped. Also
+/// used by `tiflow bench recovery`.
+pub(crate) struct UpProcess {
     host: &'static str,
     child: Child,
     stdin: Option<ChildStdin>,
-    log: PathBuf,
-    control: PathBuf,
+    /// Its log file (stdout and stderr).
+    pub(crate) log: PathBuf,
+    /// Its control socket.
+    pub(crate) control: PathBuf,
 }
 
 impl UpProcess {
-    fn spawn(
+    /// Starts `tiflow -v up --exit-on-stdin-close --control DIR/HOST.sock
+    /// args...` in `ns` (this executable), logging to `DIR/HOST.log`.
+    pub(crate) fn spawn(
         ns: &NetNs,
         host: &'static str,
         dir: &Path,
@@ -297,7 +302,7 @@ impl UpProcess {
     }
 
     /// Waits until the control socket answers (bounded).
-    fn wait_ready(&mut self, stop: &AtomicBool) -> Result<(), DemoError> {
+    pub(crate) fn wait_ready(&mut self, stop: &AtomicBool) -> Result<(), DemoError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if stop.load(Ordering::Acquire) {

@@ -84,6 +84,11 @@ pub const IPTABLES: Tool = Tool {
     command: "iptables",
     package: "iptables",
 };
+/// nftables' `nft`.
+pub const NFT: Tool = Tool {
+    command: "nft",
+    package: "nftables",
+};
 /// conntrack-tools' `conntrack`.
 pub const CONNTRACK: Tool = Tool {
     command: "conntrack",

@@ -60,9 +60,10 @@ enum Command {
     #[command(after_help = ti_tools::demo::DEMO_HELP)]
     Demo(ti_tools::demo::DemoArgs),
     /// Measure connect, reconnect and bulk throughput, legacy vs TI, over TUN
-    /// devices in network namespaces with emulated RTTs (needs root); writes
-    /// CSV files and SVG plots.
-    #[command(after_help = EXIT_CODES)]
+    /// devices in network namespaces with emulated RTTs, or recovery after
+    /// middlebox faults, TI-flows vs plain TCP (needs root); writes CSV files
+    /// and SVG plots.
+    #[command(after_help = ti_tools::bench::BENCH_HELP)]
     Bench(ti_tools::bench::BenchArgs),
 }
 

@@ -1,7 +1,7 @@
-//! `tiflow bench connect --quick` and `reconnect --quick` as a user runs
-//! them: the built binary, real namespaces and TUN devices (root needed:
-//! without it the test fails with the reason). Checks the files and their
-//! shape, never the timings.
+//! `tiflow bench connect --quick`, `reconnect --quick` and `recovery
+//! --quick` as a user runs them: the built binary, real namespaces and TUN
+//! devices (root needed: without it the test fails with the reason). Checks
+//! the files and their shape, never the timings.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,15 @@ fn out_dir(name: &str) -> PathBuf {
 
 /// Runs the bench; returns its stdout and its pid.
 fn run_bench(what: &str, out: &Path) -> (String, u32) {
+    run_bench_with(what, &[], out)
+}
+
+/// Runs `tiflow bench WHAT --quick EXTRA... --out OUT`.
+fn run_bench_with(what: &str, extra: &[&str], out: &Path) -> (String, u32) {
     let child = Command::new(env!("CARGO_BIN_EXE_tiflow"))
-        .args(["bench", what, "--quick", "--out"])
+        .args(["bench", what, "--quick"])
+        .args(extra)
+        .arg("--out")
         .arg(out)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -198,6 +205,88 @@ fn bench_reconnect_quick_writes_csv_summary_and_svg() {
             "legacy connect (SYN-&gt;ACK)",
             "minus RTT",
         ],
+    );
+    assert_no_namespaces_left(pid);
+}
+
+/// `tiflow bench recovery --quick` on two scenarios: the four files, a row
+/// per scenario, direction, transport and repetition, and every TI run
+/// byte-exact (the times are reported, never asserted).
+#[test]
+fn bench_recovery_quick_writes_csv_report_and_svg_and_ti_is_byte_exact() {
+    require_privileges();
+    for (command, package) in [
+        ("nft", "nftables"),
+        ("conntrack", "conntrack"),
+        ("iptables", "iptables"),
+    ] {
+        assert!(
+            ti_tools::host::which(command).is_some(),
+            "this test needs `{command}`: apt-get install {package}"
+        );
+    }
+    let out = out_dir("bench-recovery");
+    let (stdout, pid) =
+        run_bench_with("recovery", &["--scenarios", "nat-flush,blackhole-1s"], &out);
+    assert!(stdout.contains("== targets"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("recovery.csv"));
+    assert_eq!(
+        header[..8],
+        [
+            "scenario",
+            "direction",
+            "transport",
+            "rep",
+            "fail_to_data_ms",
+            "restore_to_data_ms",
+            "survived",
+            "byte_exact"
+        ]
+    );
+    // --quick: 2 repetitions x 2 directions x (ti, plain) per scenario.
+    assert_eq!(rows.len(), 2 * 2 * 2 * 2, "{rows:?}");
+    let scenarios: BTreeSet<&str> = column(&header, &rows, "scenario").into_iter().collect();
+    assert_eq!(scenarios, BTreeSet::from(["nat-flush", "blackhole-1s"]));
+    let directions: BTreeSet<&str> = column(&header, &rows, "direction").into_iter().collect();
+    assert_eq!(
+        directions,
+        BTreeSet::from(["client-to-server", "server-to-client"])
+    );
+    let transport = column(&header, &rows, "transport");
+    let exact = column(&header, &rows, "byte_exact");
+    let scenario = column(&header, &rows, "scenario");
+    let restore = column(&header, &rows, "restore_to_data_ms");
+    for i in 0..rows.len() {
+        if transport[i] == "ti" {
+            assert_eq!(
+                exact[i], "yes",
+                "a TI run was not byte-exact: {:?}",
+                rows[i]
+            );
+        }
+        if scenario[i] == "nat-flush" {
+            assert!(
+                restore[i].is_empty(),
+                "no outage, no restore: {:?}",
+                rows[i]
+            );
+        }
+    }
+    assert_eq!(transport.iter().filter(|t| **t == "ti").count(), 8);
+
+    let (header, rows) = csv(&out.join("recovery-summary.csv"));
+    assert_eq!(
+        header[..4],
+        ["scenario", "direction", "transport", "metric"]
+    );
+    assert!(!rows.is_empty());
+    let report = std::fs::read_to_string(out.join("recovery-report.txt")).expect("report");
+    assert!(report.contains("command: "), "{report}");
+    assert!(report.contains("every TI run byte-exact"), "{report}");
+    assert_svg(
+        &out.join("recovery.svg"),
+        &["nat-flush", "blackhole-1s", "plain TCP"],
     );
     assert_no_namespaces_left(pid);
 }

@@ -1,6 +1,8 @@
 //! `tiflow bench connect|reconnect|bulk|all`: connect, reconnect and bulk
 //! throughput, legacy vs TI, side by side in one run, over real TUN devices
 //! in network namespaces, with an emulated RTT sweep (paper §IV.B-C, Fig. 3).
+//! `tiflow bench recovery`: data flowing again after middlebox faults,
+//! `tiflow up` pair vs plain kernel TCP ([`recovery`]).
 //!
 //! Owns the command line, the run order, the CSV files, the report and the
 //! progress display. The testbed lives in [`net`], the measurements in
@@ -14,6 +16,7 @@ pub mod latency;
 pub mod net;
 pub mod pcap;
 pub mod plot;
+pub mod recovery;
 pub mod stats;
 
 use std::fmt::Write as _;
@@ -46,8 +49,14 @@ pub enum What {
     Reconnect,
     /// Bulk throughput over TUN: plain smoltcp vs our stack, TI vs legacy.
     Bulk,
-    /// All three.
+    /// connect, reconnect and bulk (not recovery).
     All,
+    /// Recovery after middlebox faults (NAT and conntrack flushed, firewall
+    /// flushed, middlebox rebuilt, blackholes, client address change):
+    /// failure to data and path-back to data, a TI-flow through a
+    /// `tiflow up` pair vs plain kernel TCP through the same nftables
+    /// middlebox.
+    Recovery,
 }
 
 /// Arguments of `tiflow bench`.
@@ -66,16 +75,39 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
     /// Quick run for CI: 10 samples, RTTs 0 and 10 ms, one 16 MiB bulk
-    /// transfer per mode (explicit options still win).
+    /// transfer per mode; recovery: 2 repetitions, no blackhole-30s, plain
+    /// TCP waited for 2 s (explicit options still win).
     #[arg(long)]
     pub quick: bool,
     /// Bytes per bulk transfer, in MiB [default: 256].
     #[arg(long, value_name = "MIB")]
     pub bulk_mib: Option<u64>,
-    /// Bulk repetitions per mode and direction [default: 5].
+    /// Repetitions: bulk, per mode and direction [default: 5]; recovery,
+    /// per scenario and direction [default: 10].
     #[arg(long)]
     pub reps: Option<usize>,
+    /// recovery: the scenarios, comma-separated, each NAME or NAME:REPS
+    /// (its own repetitions): nat-flush, firewall-flush, rebuilt-1s,
+    /// blackhole-1s, blackhole-30s, client-address-change [default: all;
+    /// --quick: all but blackhole-30s].
+    #[arg(long, value_delimiter = ',', value_name = "NAME[:REPS],...", value_parser = recovery::parse_scenario)]
+    pub scenarios: Option<Vec<recovery::ScenarioSpec>>,
+    /// recovery: rate of each paced stream, in MiB/s [default: 8].
+    #[arg(long, value_name = "MIB_PER_S", value_parser = recovery::parse_rate)]
+    pub rate: Option<f64>,
+    /// recovery: how long plain TCP may take to carry data again (after the
+    /// fault, or after the path came back) before it counts as failed, in
+    /// seconds [default: 10; --quick: 2].
+    #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_wait)]
+    pub plain_wait: Option<f64>,
+    /// recovery: keep the logs of the two `tiflow up` (their directory is
+    /// printed) even when the run succeeds.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
+
+/// Help shown after `tiflow bench`'s options.
+pub const BENCH_HELP: &str = recovery::RECOVERY_HELP;
 
 /// The settings of a run, defaults and `--quick` applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +170,12 @@ pub enum BenchError {
     /// A measurement went wrong (wrong mode, wrong bytes, timeout).
     #[error("{0}")]
     Check(String),
+    /// A command the benchmark needs is missing (`nft`, `conntrack`, ...).
+    #[error(transparent)]
+    MissingTools(#[from] crate::host::MissingTools),
+    /// A `tiflow up` of the benchmark did not start.
+    #[error(transparent)]
+    Up(#[from] crate::demo::DemoError),
     /// SIGINT or SIGTERM: stopped early (the namespaces are still removed).
     #[error("interrupted")]
     Interrupted,
@@ -185,6 +223,11 @@ pub fn check_interrupted() -> Result<(), BenchError> {
     }
 }
 
+/// The flag SIGINT and SIGTERM set.
+pub(crate) fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
+    &INTERRUPTED
+}
+
 /// Runs `tiflow bench`.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let settings = args.settings();
@@ -195,6 +238,9 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())
             .and_then(|_| signal_hook::flag::register(sig, flag))
             .map_err(|e| BenchError::io("install the signal handlers", e))?;
+    }
+    if args.what == What::Recovery {
+        return recovery::run(args);
     }
     let out = &args.out;
     let pcap_dir = out.join("pcap");
@@ -247,6 +293,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::Reconnect => "reconnect",
         What::Bulk => "bulk",
         What::All => "all",
+        What::Recovery => "recovery",
     };
     write_file(&out.join(format!("{name}-report.txt")), &report)?;
     print!("{report}");
