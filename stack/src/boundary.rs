@@ -36,6 +36,8 @@ pub struct BoundaryStats {
     pub received: u64,
     /// Packets sent to the device.
     pub sent: u64,
+    /// Inspected packets dropped because smoltcp's queue was full.
+    pub ingress_dropped: u64,
 }
 
 /// A smoltcp device wrapper that adds flow options on egress.
@@ -55,6 +57,9 @@ pub struct Boundary<D> {
 
 /// Most spare receive buffers kept for reuse.
 const SPARE_BUFFERS: usize = 64;
+/// Most inspected packets waiting for smoltcp (it takes them all on each
+/// poll unless the device below refuses to transmit).
+const RX_QUEUE_LIMIT: usize = 1024;
 
 impl<D: Device> Boundary<D> {
     /// Wraps `inner`; our option uses `kind`.
@@ -103,9 +108,20 @@ impl<D: Device> Boundary<D> {
         Some(buf)
     }
 
-    /// Queues an inspected packet for smoltcp.
+    /// Queues an inspected packet for smoltcp; drops it (as a full NIC
+    /// ring would) when [`Boundary::ingress_full`].
     pub fn deliver(&mut self, packet: Vec<u8>) {
+        if self.ingress_full() {
+            self.stats.ingress_dropped += 1;
+            self.recycle(packet);
+            return;
+        }
         self.rx_queue.push_back(packet);
+    }
+
+    /// smoltcp's queue is full: take no more packets from the device.
+    pub fn ingress_full(&self) -> bool {
+        self.rx_queue.len() >= RX_QUEUE_LIMIT
     }
 
     /// Returns a buffer that will not be delivered, for reuse.

@@ -36,11 +36,18 @@ pub struct StackConfig {
     pub send_buffer: usize,
     /// TI receive buffer bound (bytes delivered but not yet read).
     pub recv_buffer: usize,
-    /// Most connections in SYN-RECEIVED at once; further SYNs are dropped
-    /// (each holds two socket buffers until its handshake ends).
+    /// Most connections in SYN-RECEIVED at once, over all listeners; a new
+    /// SYN beyond it evicts the oldest (those whose SYN retransmitted one
+    /// the stack dropped go last), so a SYN flood does not lock out
+    /// legitimate clients (DESIGN §5).
     pub max_half_open: usize,
-    /// Connections accepted by the stack but not yet by the application,
-    /// per listener; SYNs beyond it are not answered.
+    /// A connection still in SYN-RECEIVED this long after its SYN is dropped.
+    pub half_open_timeout: Duration,
+    /// Per listener, most connections the stack completed and the
+    /// application has not accepted yet: while that many wait, new SYNs are
+    /// not answered, and a handshake completing meanwhile is dropped. With
+    /// `max_half_open`, bounds the sockets remote peers can make one
+    /// listener hold.
     pub accept_backlog: usize,
     /// A legacy connection whose data stays unacknowledged this long ends
     /// with [`crate::StreamError::UserTimeout`] (like `TCP_USER_TIMEOUT`).
@@ -71,6 +78,7 @@ impl StackConfig {
             send_buffer: 4 << 20,
             recv_buffer: 4 << 20,
             max_half_open: 256,
+            half_open_timeout: Duration::from_secs(3),
             accept_backlog: 128,
             user_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),

@@ -9,12 +9,14 @@
 //! - [`boundary`]: the smoltcp `Device` wrapper that writes flow options.
 //! - [`stack`]: connections, TI streams, failures and resumes, driven by `poll(now)`.
 //! - [`device`]: in-memory link, TUN, delay line, pcap tap.
+//! - [`memory`]: the allocator setting that keeps socket buffers lazy.
 #![warn(missing_docs)]
 
 pub mod boundary;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod memory;
 pub mod netns;
 pub mod segment;
 pub mod sim;
@@ -23,6 +25,6 @@ pub mod stream;
 
 pub use config::StackConfig;
 pub use error::{StreamError, StreamEvent};
-pub use stack::{ListenerId, Stack, StreamId, StreamInfo, StreamMode, StreamStats};
+pub use stack::{ListenerId, Resources, Stack, StreamId, StreamInfo, StreamMode, StreamStats};
 pub use stream::{Runtime, TiListener, TiStream};
 pub use tifid::handshake::Mode;

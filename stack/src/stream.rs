@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::config::StackConfig;
 use crate::device::{Wait, Waiter};
 use crate::error::{StreamError, StreamEvent};
-use crate::stack::{ListenerId, Stack, StreamId, StreamInfo, StreamMode};
+use crate::stack::{ListenerId, Resources, Stack, StreamId, StreamInfo, StreamMode};
 use tifid::handshake::Mode;
 
 /// Longest the driver sleeps, so deadlines set by application calls are
@@ -172,6 +172,11 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     /// A snapshot of every stream, for status displays.
     pub fn stream_infos(&self) -> Vec<StreamInfo> {
         self.shared.lock().stream_infos()
+    }
+
+    /// What the stack holds and what its bounds turned away.
+    pub fn resources(&self) -> Resources {
+        self.shared.lock().resources()
     }
 
     /// Runs `f` on the stack under the lock (then polls it).

@@ -414,3 +414,50 @@ fn an_idle_flow_whose_peer_answers_is_never_failed_and_stays_quiet() {
         "idle flows stay quiet: {packets} packets in 60 s"
     );
 }
+
+/// A one-second blackhole in the middle of a paced client-to-server
+/// stream, over many seeds: every stream completes byte-exact.
+#[test]
+fn a_one_second_blackhole_mid_stream_always_completes() {
+    for seed in 0..30u64 {
+        let (mut sim, listener) = pair(2000 + seed, link(1 + seed % 5));
+        let (c, s) = connect(&mut sim, listener);
+        let data = payload(12 << 20, seed);
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let mut holed = false;
+        let ok = sim.run_until(Duration::from_secs(120), |sim| {
+            let now = sim.now();
+            let due = ((now.total_millis().max(0) as usize / 2) + 1) * (16 << 10);
+            let upto = due.min(data.len());
+            if sent < upto
+                && let Ok(n) = sim.hosts[0].write(c, &data[sent..upto])
+            {
+                sent += n;
+                if sent == data.len() {
+                    sim.hosts[0].shutdown_write(c).expect("shutdown");
+                }
+            }
+            if !holed && now.total_millis() >= 300 + (seed as i64 * 37) % 400 {
+                sim.net.blackhole(now, Duration::from_secs(1), None);
+                holed = true;
+            }
+            loop {
+                match sim.hosts[1].read(s, &mut buf) {
+                    Ok(Some(0)) => return true,
+                    Ok(Some(n)) => got.extend_from_slice(&buf[..n]),
+                    Ok(None) => return false,
+                    Err(e) => panic!("seed {seed}: server read: {e:?}"),
+                }
+            }
+        });
+        assert!(
+            ok,
+            "seed {seed}: stuck at {} of {} bytes",
+            got.len(),
+            data.len()
+        );
+        assert_eq!(sha(&got), sha(&data), "seed {seed}");
+    }
+}

@@ -105,6 +105,33 @@ pub struct StatusReport {
     /// ended (a storm of resumes shows here even after its flow is gone).
     #[serde(default)]
     pub resume_attempts: u64,
+    /// What the stack holds and what its bounds turned away.
+    #[serde(default)]
+    pub resources: ResourceStatus,
+}
+
+/// What the stack holds now and what its bounds turned away since it
+/// started (`ti_stack::Resources`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// smoltcp sockets.
+    pub sockets: usize,
+    /// Handshakes in progress on the stack's listeners.
+    pub half_open: usize,
+    /// Connections waiting for `tiflow up` to accept them.
+    pub accept_queued: usize,
+    /// Streams.
+    pub streams: usize,
+    /// Flow table entries.
+    pub flows: usize,
+    /// SYNs dropped because an accept queue was full.
+    pub syns_dropped_backlog: u64,
+    /// SYNs dropped because they came faster than the stack answers.
+    pub syns_dropped_overload: u64,
+    /// Handshakes evicted for newer SYNs.
+    pub half_open_evicted: u64,
+    /// Handshakes that timed out.
+    pub half_open_expired: u64,
 }
 
 /// A reply of `tiflow up`.
@@ -502,7 +529,22 @@ pub fn render_status(report: &StatusReport) -> String {
         report.flows.len(),
         if report.flows.len() == 1 { "" } else { "s" },
     );
+    let r = &report.resources;
+    let resources = format!(
+        "resources: {} sockets, {} half-open, {} waiting for accept, {} streams, {} flow entries; \
+         SYNs dropped {} (backlog) {} (overload); half-open evicted {}, timed out {}\n",
+        r.sockets,
+        r.half_open,
+        r.accept_queued,
+        r.streams,
+        r.flows,
+        r.syns_dropped_backlog,
+        r.syns_dropped_overload,
+        r.half_open_evicted,
+        r.half_open_expired,
+    );
     if report.flows.is_empty() {
+        out.push_str(&resources);
         return out;
     }
     let mut rows = vec![
@@ -535,6 +577,8 @@ pub fn render_status(report: &StatusReport) -> String {
     }
     out.push('\n');
     out.push_str(&table(&rows));
+    out.push('\n');
+    out.push_str(&resources);
     out
 }
 
@@ -596,6 +640,13 @@ mod tests {
                 },
             ],
             resume_attempts: 4,
+            resources: ResourceStatus {
+                sockets: 3,
+                streams: 2,
+                flows: 1,
+                half_open_evicted: 7,
+                ..ResourceStatus::default()
+            },
         }
     }
 
@@ -631,6 +682,14 @@ mod tests {
         let at = |l: &str| l.find("PEER").or_else(|| l.find("10.0.2."));
         assert_eq!(at(lines[2]), at(lines[3]));
         assert_eq!(at(lines[3]), at(lines[4]));
+        assert!(
+            text.ends_with("half-open evicted 7, timed out 0\n"),
+            "{text}"
+        );
+        assert!(
+            lines[6].starts_with("resources: 3 sockets, 0 half-open"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
     // Usage errors exit with 2, --help and --version with 0 (clap's codes).
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    // Before any stack runs: socket buffers commit memory only as traffic
+    // touches them, and go back to the system when a connection closes.
+    ti_stack::memory::map_large_allocations();
     match &cli.command {
         Command::Dump(args) => finish("dump", ti_tools::dump::run(args, cli.verbose)),
         Command::Up(args) => {

@@ -34,12 +34,14 @@ use ti_stack::device::Wait;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_stack::{
-    Mode, Runtime, StackConfig, StreamError, StreamId, StreamInfo, StreamMode, TiStream,
+    Mode, Resources, Runtime, StackConfig, StreamError, StreamId, StreamInfo, StreamMode, TiStream,
 };
 use tifid::handshake::LostCause;
 use tracing::{debug, info, warn};
 
-use crate::control::{self, ControlError, ControlServer, FlowStatus, Reply, Request, StatusReport};
+use crate::control::{
+    self, ControlError, ControlServer, FlowStatus, Reply, Request, ResourceStatus, StatusReport,
+};
 use crate::host::{self, CommandError, Ipv4Cidr, MissingTools, PrivilegeError, Undo};
 
 /// Longest a copy or accept loop blocks before it looks at the stop flag.
@@ -48,6 +50,9 @@ const TICK: Duration = Duration::from_millis(200);
 const COPY_BUF: usize = 64 * 1024;
 /// At shutdown, how long connections get to pass their last bytes and FINs.
 const GRACE: Duration = Duration::from_secs(3);
+/// How often `tiflow up` looks whether its streams have all gone, to return
+/// freed memory to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
 /// How long a `--serve` connection to its local target may take.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -860,12 +865,19 @@ where
         })?);
     }
 
+    let trimmer = {
+        let (runtime, stop) = (runtime.clone(), stop.clone());
+        spawn("memory-trim", move || {
+            release_memory_when_idle(&runtime, &stop)
+        })?
+    };
     control.serve(&stop, |req| handle(req, &args, &runtime, &conns, started));
 
     info!("stopping");
     for a in acceptors {
         let _ = a.join();
     }
+    let _ = trimmer.join();
     conns.close_kernel_sides();
     let deadline = Instant::now() + GRACE;
     while Instant::now() < deadline && !(conns.is_empty() && runtime.stream_infos().is_empty()) {
@@ -879,6 +891,33 @@ where
     drop(control);
     println!("tiflow up: stopped");
     Ok(())
+}
+
+/// Hands freed memory back to the system each time the stack's streams
+/// have all gone (checked every [`TRIM_EVERY`]): the buffers of a burst of
+/// connections, freed by many threads, otherwise stay resident in the
+/// allocator's arenas.
+fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
+    runtime: &Runtime<D>,
+    stop: &AtomicBool,
+) {
+    let mut busy_since_trim = false;
+    let mut next = Instant::now() + TRIM_EVERY;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + TRIM_EVERY;
+        let streams = runtime.resources().streams;
+        if streams > 0 {
+            busy_since_trim = true;
+        } else if busy_since_trim {
+            busy_since_trim = false;
+            let released = ti_stack::memory::release_free_memory();
+            debug!(released, "idle: freed memory returned to the system");
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, UpError> {
@@ -914,6 +953,7 @@ fn handle<D: Device + Wait + Send + 'static>(
             uptime_s: started.elapsed().as_secs_f64(),
             flows: infos.iter().map(|i| flow_status(i, conns)).collect(),
             resume_attempts: conns.resume_attempts(&infos),
+            resources: resource_status(runtime.resources()),
         }),
         Request::Fail { tifid } => {
             let wanted = match tifid.as_deref().map(control::parse_tifid) {
@@ -947,6 +987,20 @@ fn handle<D: Device + Wait + Send + 'static>(
             }
             Reply::Failed { tifids: failed }
         }
+    }
+}
+
+fn resource_status(r: Resources) -> ResourceStatus {
+    ResourceStatus {
+        sockets: r.sockets,
+        half_open: r.half_open,
+        accept_queued: r.accept_queued,
+        streams: r.streams,
+        flows: r.flows,
+        syns_dropped_backlog: r.syns_dropped_backlog,
+        syns_dropped_overload: r.syns_dropped_overload,
+        half_open_evicted: r.half_open_evicted,
+        half_open_expired: r.half_open_expired,
     }
 }
 

@@ -29,31 +29,7 @@ fn echo_through_a_pair(tag: &str, payload: &[u8], fail_for: Duration) -> (f64, u
     let scratch = Scratch::new(tag);
     let net = NatTopology::new(tag);
     let echo = echo_server(listen_in(&net.server, "127.0.0.1:7000"));
-    let server = Up::start(
-        &net.server,
-        &scratch,
-        "server",
-        &[
-            "--address",
-            "10.0.2.1/24",
-            "--serve",
-            "7000=127.0.0.1:7000",
-            "--expose",
-            "7000",
-        ],
-    );
-    let client = Up::start(
-        &net.client,
-        &scratch,
-        "client",
-        &[
-            "--address",
-            "10.0.1.1/24",
-            "--masquerade",
-            "--forward",
-            "127.0.0.1:7000=10.10.2.2:7000",
-        ],
-    );
+    let (server, client) = up_pair(&net, &scratch, 7000, &[], None);
     let controls = [
         client.control.to_str().expect("path").to_owned(),
         server.control.to_str().expect("path").to_owned(),

@@ -1,15 +1,140 @@
-//! The responder's accept path: a fresh listener per incoming SYN, the
-//! connections they become, and the accept queues.
+//! The responder's accept path: admission of new SYNs (half-open limit,
+//! accept backlog), a fresh listener per admitted SYN, the connections they
+//! become, the half-open timeout, and the accept queues.
+//!
+//! Bounds what a remote peer can make us hold (DESIGN §5): at most
+//! `max_half_open` handshakes in progress (a new SYN evicts the oldest, so a
+//! flood of spoofed SYNs cannot lock legitimate clients out), each for at
+//! most `half_open_timeout`, and per listener at most `accept_backlog`
+//! connections completed but not accepted: while that many wait, new SYNs
+//! go unanswered, and a handshake completing into a full queue is dropped.
+//! Eviction spares handshakes whose SYN retransmitted one we dropped (see
+//! [`half_open`](super::half_open)). Sockets of evicted or expired
+//! handshakes never carried a byte: they are
+//! reused as fresh listeners within the same poll instead of being freed
+//! and allocated again, so a flood costs no allocation per SYN.
 
 use super::*;
 
+/// What the accept path refused or gave up, for [`Stack::resources`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct AdmissionStats {
+    pub(super) syns_dropped_backlog: u64,
+    pub(super) syns_dropped_overload: u64,
+    pub(super) completed_dropped_backlog: u64,
+    pub(super) half_open_evicted: u64,
+    pub(super) half_open_expired: u64,
+}
+
 impl<D: Device> Stack<D> {
-    pub(super) fn add_listener(&mut self, port: u16) {
-        let mut socket = self.new_socket();
-        if socket.listen(port).is_ok() {
-            let handle = self.sockets.add(socket);
-            self.fresh_listeners.push((handle, port));
+    /// Decides whether a new SYN (for one of our listeners, from an unknown
+    /// tuple) may start a handshake. Returns false when it must be dropped
+    /// unanswered: its listener's accept queue is full. Otherwise makes room
+    /// if `max_half_open` handshakes are in progress, by evicting the oldest.
+    /// A resume SYN (complete TIFID) never joins an accept queue, so only the
+    /// half-open limit applies to it.
+    pub(super) fn admit_syn(&mut self, seg: &Segment) -> bool {
+        let tuple = seg.tuple_at_receiver();
+        let port = tuple.local.port();
+        let resume = matches!(seg.option, Ok(Some(option)) if option.tifid.is_complete());
+        let queued = self
+            .listeners
+            .get(&port)
+            .map_or(0, |l| l.accept_queue.len());
+        if !resume && queued >= self.config.accept_backlog {
+            self.admission.syns_dropped_backlog += 1;
+            debug!(peer = %tuple.remote, port, queued, "SYN dropped: accept queue full");
+            return false;
         }
+        while self.half_open.len() >= self.config.max_half_open {
+            let Some(victim) = self.half_open.pop_oldest() else {
+                debug!(peer = %tuple.remote, port, "SYN dropped: max_half_open is zero");
+                return false;
+            };
+            self.admission.half_open_evicted += 1;
+            debug!(peer = %victim.remote, port = victim.local.port(), "half-open connection evicted for a new SYN");
+            self.drop_half_open(victim);
+        }
+        true
+    }
+
+    /// A fresh listening socket for the admitted SYN on `tuple`, which
+    /// smoltcp will give it in this poll; the handshake counts as half-open
+    /// from `now`. Reuses a spare socket when one is left in this poll.
+    pub(super) fn add_listener(&mut self, now: Instant, tuple: FourTuple) {
+        let port = tuple.local.port();
+        let handle = match self.spare_sockets.pop() {
+            Some(handle) => {
+                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                socket.abort();
+                conns::configure_socket(&self.config, socket);
+                handle
+            }
+            None => {
+                let socket = self.new_socket();
+                self.sockets.add(socket)
+            }
+        };
+        if self
+            .sockets
+            .get_mut::<tcp::Socket>(handle)
+            .listen(port)
+            .is_ok()
+        {
+            self.fresh_listeners.push((handle, port));
+            // A retransmission of a SYN we dropped: the client is real (or
+            // a false positive of the filter); evicted last.
+            let attempt = if self.retry_filter.contains(&tuple, now) {
+                Attempt::Retry
+            } else {
+                Attempt::First
+            };
+            self.half_open.insert(tuple, now, attempt);
+        } else {
+            self.sockets.remove(handle);
+        }
+    }
+
+    /// Drops a handshake in progress: its connection, or the SYN admitted in
+    /// this poll whose listener is not bound yet (the listener is then
+    /// removed by [`Stack::bind_fresh_listeners`]). A socket that never
+    /// carried a byte becomes a spare for this poll's next fresh listener.
+    fn drop_half_open(&mut self, tuple: FourTuple) {
+        self.half_open.remove(&tuple);
+        if let Some(&handle) = self.by_tuple.get(&tuple) {
+            let state = self.sockets.get::<tcp::Socket>(handle).state();
+            let unused = self.conns.get(&handle).is_some_and(|c| c.stream.is_none())
+                && matches!(state, tcp::State::SynReceived | tcp::State::Listen);
+            if unused {
+                self.forget_connection(handle);
+                self.spare_sockets.push(handle);
+            } else {
+                self.drop_connection(handle);
+            }
+        } else if self.pending.remove(&tuple).is_some() {
+            self.device.detach_option(&tuple);
+        }
+    }
+
+    /// Drops handshakes older than `half_open_timeout` (oldest first: only
+    /// the front of the table is looked at), then frees the spare sockets
+    /// this poll did not reuse.
+    pub(super) fn expire_half_open(&mut self, now: Instant) {
+        let timeout = smol(self.config.half_open_timeout);
+        while let Some(tuple) = self.half_open.pop_expired(now, timeout) {
+            self.admission.half_open_expired += 1;
+            debug!(peer = %tuple.remote, port = tuple.local.port(), "half-open connection timed out");
+            self.drop_half_open(tuple);
+        }
+        for handle in std::mem::take(&mut self.spare_sockets) {
+            self.sockets.remove(handle);
+        }
+    }
+
+    /// When the oldest handshake in progress times out.
+    pub(super) fn half_open_deadline(&self) -> Option<Instant> {
+        self.half_open
+            .next_expiry(smol(self.config.half_open_timeout))
     }
 
     /// After smoltcp ran: listeners that took a SYN become connections.
@@ -25,22 +150,25 @@ impl<D: Device> Stack<D> {
                 (_, Some(local), Some(remote)) => endpoint_tuple(local, remote),
                 _ => None,
             };
-            let Some(tuple) = tuple else {
-                // smoltcp rejected the SYN this listener was made for.
-                self.sockets.remove(handle);
+            // No tuple: smoltcp rejected the SYN this listener was made for.
+            // Not half-open: it was evicted before smoltcp saw it.
+            let Some(tuple) = tuple.filter(|t| self.half_open.contains(t)) else {
+                self.spare_sockets.push(handle);
                 continue;
             };
             let responder = self.pending.remove(&tuple).flatten();
-            self.conns.insert(
-                handle,
-                Conn::new(tuple, None, Phase::SynReceived(responder), now),
-            );
+            self.conns.insert(handle, {
+                let mut conn = Conn::new(tuple, None, Phase::SynReceived(responder), now);
+                conn.half_open = true;
+                conn
+            });
             self.by_tuple.insert(tuple, handle);
         }
         // Every SYN delivered this poll has been processed: handshakes smoltcp
         // did not take up leave no state behind (no rule, no entry).
         for (tuple, _) in std::mem::take(&mut self.pending) {
             self.device.detach_option(&tuple);
+            self.half_open.remove(&tuple);
         }
     }
 
@@ -57,7 +185,23 @@ impl<D: Device> Stack<D> {
         };
         let port = conn.tuple.local.port();
         let peer = conn.tuple.remote;
-        if !self.listeners.contains_key(&port) {
+        let tuple = conn.tuple;
+        if conn.half_open {
+            // The handshake is over: a newer SYN must not evict it.
+            self.half_open.remove(&tuple);
+        }
+        if let Some(conn) = self.conns.get_mut(&handle) {
+            conn.half_open = false;
+        }
+        let queued = self.listeners.get(&port).map(|l| l.accept_queue.len());
+        if queued.is_none_or(|n| n >= self.config.accept_backlog) {
+            if queued.is_some() {
+                self.admission.completed_dropped_backlog += 1;
+            }
+            debug!(%peer, port, "completed connection dropped: accept queue full or listener gone");
+            if let Some((tifid, _)) = flow {
+                self.table.remove(tifid);
+            }
             self.drop_connection(handle);
             return;
         }
@@ -65,6 +209,7 @@ impl<D: Device> Stack<D> {
         if let Some(s) = self.streams.get_mut(&id) {
             s.mode = StreamMode::Known(mode);
             s.conn = Some(handle);
+            s.awaiting_accept = true;
             if let Some((tifid, isn)) = flow {
                 s.tifid = Some(tifid);
                 s.sent_high = isn;

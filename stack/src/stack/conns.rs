@@ -4,20 +4,17 @@
 use super::*;
 
 impl<D: Device> Stack<D> {
+    /// A socket with both buffers of `socket_buffer` bytes (smoltcp fixes
+    /// them, and the window scale with them, for the socket's life). Their
+    /// pages are committed only as traffic touches them when the process
+    /// runs with [`crate::memory::map_large_allocations`].
     pub(super) fn new_socket(&self) -> tcp::Socket<'static> {
         let size = self.config.socket_buffer;
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; size]),
             tcp::SocketBuffer::new(vec![0u8; size]),
         );
-        socket.set_congestion_control(tcp::CongestionControl::Cubic);
-        socket.set_tsval_generator(Some(tsval));
-        socket.set_nagle_enabled(false);
-        socket.set_ack_delay(None);
-        socket.set_timeout(Some(smol(self.config.connect_timeout)));
-        // Armed before the handshake: enabling it on an idle established
-        // socket makes smoltcp send a probe at once.
-        socket.set_keep_alive(Some(smol(self.config.keepalive)));
+        configure_socket(&self.config, &mut socket);
         socket
     }
 
@@ -81,6 +78,9 @@ impl<D: Device> Stack<D> {
             return;
         };
         self.by_tuple.remove(&conn.tuple);
+        if conn.half_open {
+            self.half_open.remove(&conn.tuple);
+        }
         match option {
             Some(option) => self.device.attach_option(conn.tuple, option),
             None => self.device.detach_option(&conn.tuple),
@@ -126,8 +126,18 @@ impl<D: Device> Stack<D> {
 
     /// Removes a connection's socket and bookkeeping without touching its stream's flow.
     pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
+        self.forget_connection(handle);
+        self.sockets.remove(handle);
+    }
+
+    /// Removes a connection's bookkeeping (not its socket) without touching
+    /// its stream's flow.
+    pub(super) fn forget_connection(&mut self, handle: SocketHandle) {
         if let Some(conn) = self.conns.remove(&handle) {
             self.by_tuple.remove(&conn.tuple);
+            if conn.half_open {
+                self.half_open.remove(&conn.tuple);
+            }
             self.device.detach_option(&conn.tuple);
             if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
                 && s.conn == Some(handle)
@@ -135,7 +145,6 @@ impl<D: Device> Stack<D> {
                 s.conn = None;
             }
         }
-        self.sockets.remove(handle);
     }
 
     /// Per-connection checks after smoltcp ran: handshakes that ended,
@@ -160,6 +169,12 @@ impl<D: Device> Stack<D> {
             );
             if synchronized && socket.timeout().is_some() {
                 socket.set_timeout(None);
+            }
+            // The handshake is over (a resume, or an ACK smoltcp took
+            // after the boundary saw it): no longer half-open.
+            if synchronized && conn.half_open {
+                conn.half_open = false;
+                self.half_open.remove(&conn.tuple);
             }
             // A RST in SYN-RECEIVED sends a smoltcp socket back to LISTEN: a
             // tracked connection must never become a listener for anyone else.
@@ -189,4 +204,17 @@ impl<D: Device> Stack<D> {
             }
         }
     }
+}
+
+/// Our settings on a socket (again on a reused one: a fresh congestion
+/// controller, the handshake timeout).
+pub(super) fn configure_socket(config: &StackConfig, socket: &mut tcp::Socket<'static>) {
+    socket.set_congestion_control(tcp::CongestionControl::Cubic);
+    socket.set_tsval_generator(Some(tsval));
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket.set_timeout(Some(smol(config.connect_timeout)));
+    // Armed before the handshake: enabling it on an idle established
+    // socket makes smoltcp send a probe at once.
+    socket.set_keep_alive(Some(smol(config.keepalive)));
 }

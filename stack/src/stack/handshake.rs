@@ -43,14 +43,7 @@ impl<D: Device> Stack<D> {
                 self.device.deliver(packet);
                 return;
             }
-            let half_open = self.pending.len()
-                + self
-                    .conns
-                    .values()
-                    .filter(|c| matches!(c.phase, Phase::SynReceived(_)))
-                    .count();
-            if half_open >= self.config.max_half_open {
-                debug!(peer = %seg.src, half_open, "SYN dropped: too many half-open connections");
+            if !self.admit_syn(&seg) {
                 self.device.recycle(packet);
                 return;
             }
@@ -314,7 +307,7 @@ impl<D: Device> Stack<D> {
             }
         };
         self.pending.insert(tuple, responder);
-        self.add_listener(tuple.local.port());
+        self.add_listener(now, tuple);
         true
     }
 

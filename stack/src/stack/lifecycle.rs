@@ -330,7 +330,11 @@ impl<D: Device> Stack<D> {
             }
             self.service_connection(now, id, handle, progress);
         }
-        self.life_timers(now, id);
+        // A stack behind on its own input must not take its backlog for
+        // a silent peer.
+        if !self.ingress_backlogged {
+            self.life_timers(now, id);
+        }
         self.free_if_done(now, id);
     }
 

@@ -28,12 +28,22 @@ use tracing::{debug, info, warn};
 
 mod accept;
 mod conns;
+mod half_open;
 mod handshake;
+mod ingress;
 mod lifecycle;
 mod liveness;
 mod ports;
 mod pump;
+mod resources;
+mod syn_queue;
 mod validate;
+
+pub use resources::Resources;
+
+use accept::AdmissionStats;
+use half_open::{Attempt, HalfOpen};
+use syn_queue::{RetryFilter, SynQueue};
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -114,6 +124,8 @@ struct Conn {
     tuple: FourTuple,
     stream: Option<StreamId>,
     phase: Phase,
+    /// Responder: counted in the half-open table until the handshake ends.
+    half_open: bool,
     /// Bytes written into this socket.
     written: u64,
     /// Of those, acknowledged by TCP.
@@ -158,6 +170,7 @@ impl Conn {
             tuple,
             stream,
             phase,
+            half_open: false,
             written: 0,
             acked: 0,
             base: Seq48::ZERO,
@@ -224,6 +237,10 @@ struct StreamState {
     fail_requested: bool,
     /// The application dropped its handle.
     abandoned: bool,
+    /// Waiting in a listener's accept queue: takes no bytes out of its
+    /// socket (the socket's receive buffer bounds what a peer can send
+    /// before the application accepts).
+    awaiting_accept: bool,
 }
 
 impl StreamState {
@@ -252,12 +269,21 @@ impl StreamState {
         self.stats.resumes += 1;
         self.stats.last_downtime = Some(downtime);
         self.stats.resent_bytes += resent;
-        self.events.push_back(StreamEvent::Resumed {
+        self.push_event(StreamEvent::Resumed {
             downtime,
             detect,
             resent_bytes: resent,
         });
         (downtime, resent)
+    }
+
+    /// Queues an event for the application, forgetting the oldest beyond
+    /// [`MAX_EVENTS`] (a peer can resume a flow again and again).
+    fn push_event(&mut self, event: StreamEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 }
 
@@ -284,12 +310,26 @@ pub struct Stack<D: Device> {
     ports: ports::Ports,
     /// Connections reset by us whose RST (and option rule) is still needed.
     resetting: VecDeque<Resetting>,
+    /// Handshakes in progress on our listeners, oldest first.
+    half_open: HalfOpen,
+    /// Sockets of dropped handshakes, reused as fresh listeners in this
+    /// poll (freed at its end).
+    spare_sockets: Vec<SocketHandle>,
+    /// New SYNs read but not yet inspected.
+    syn_queue: SynQueue,
+    /// Tuples whose SYN was dropped unanswered lately.
+    retry_filter: RetryFilter,
+    admission: AdmissionStats,
+    /// This poll left segments of known connections unread in the device.
+    ingress_backlogged: bool,
     next_stream: u64,
     epoch: Instant,
 }
 
-/// Packets inspected per poll before smoltcp runs.
+/// Packets inspected per poll before smoltcp runs (besides new SYNs).
 const INGRESS_BATCH: usize = 256;
+/// Events kept per stream for the application; older ones are dropped.
+const MAX_EVENTS: usize = 1024;
 /// How long the option of a connection we reset stays attached to its
 /// tuple (answers to challenge ACKs carry it).
 const RESET_LINGER: SmolDuration = SmolDuration::from_secs(2);
@@ -339,6 +379,13 @@ impl<D: Device> Stack<D> {
         if let Some(gw) = config.gateway {
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
+        // Its own generator: drawing from `rng` would change every later
+        // port, TIFID and ISN of a seeded simulation.
+        let mut filter_rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed ^ 0x5359_4e5f_5145_5545),
+            None => StdRng::from_os_rng(),
+        };
+        let retry_filter = RetryFilter::new(filter_rng.random(), now);
         let table = FlowTable::new(TableConfig {
             max_flows: config.max_flows,
             resume_timeout: config.resume_timeout,
@@ -362,6 +409,12 @@ impl<D: Device> Stack<D> {
             listeners: HashMap::new(),
             ports: ports::Ports::default(),
             resetting: VecDeque::new(),
+            half_open: HalfOpen::default(),
+            spare_sockets: Vec::new(),
+            syn_queue: SynQueue::default(),
+            retry_filter,
+            admission: AdmissionStats::default(),
+            ingress_backlogged: false,
             next_stream: 1,
             epoch: now,
         }
@@ -453,7 +506,11 @@ impl<D: Device> Stack<D> {
             .listeners
             .get_mut(&listener.0)
             .ok_or(StreamError::NoSuchStream)?;
-        Ok(state.accept_queue.pop_front())
+        let id = state.accept_queue.pop_front();
+        if let Some(s) = id.and_then(|id| self.streams.get_mut(&id)) {
+            s.awaiting_accept = false;
+        }
+        Ok(id)
     }
 
     /// Queues bytes for sending; returns how many fit in the send buffer.
@@ -632,6 +689,7 @@ impl<D: Device> Stack<D> {
         }
         if let Some(s) = self.streams.get_mut(&id) {
             s.abandoned = true;
+            s.awaiting_accept = false;
         }
     }
 
@@ -652,7 +710,10 @@ impl<D: Device> Stack<D> {
                 at = at.min(probe);
             }
         }
-        if self.device.pending_ingress() > 0 {
+        if let Some(deadline) = self.half_open_deadline() {
+            at = at.min(deadline);
+        }
+        if self.device.pending_ingress() > 0 || self.syns_waiting() {
             at = now;
         }
         at.max(now)
@@ -663,17 +724,11 @@ impl<D: Device> Stack<D> {
     /// Runs the stack at time `now`: takes in packets, runs smoltcp, moves
     /// bytes, detects failures, resumes. Returns true if anything happened.
     pub fn poll(&mut self, now: Instant) -> bool {
-        let mut activity = false;
-        for _ in 0..INGRESS_BATCH {
-            let Some(packet) = self.device.receive_raw(now) else {
-                break;
-            };
-            activity = true;
-            self.on_ingress(now, packet);
-        }
+        let mut activity = self.take_ingress(now);
         activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
             != smoltcp::iface::PollResult::None;
         self.bind_fresh_listeners(now);
+        self.expire_half_open(now);
         self.reap_resets(now);
         self.service_connections(now);
         for event in self.device.take_events() {
@@ -743,6 +798,7 @@ impl<D: Device> Stack<D> {
                 life: None,
                 fail_requested: false,
                 abandoned: false,
+                awaiting_accept: false,
             },
         );
         id

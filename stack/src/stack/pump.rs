@@ -24,7 +24,6 @@ impl<D: Device> Stack<D> {
         handle: SocketHandle,
         draining: bool,
     ) -> bool {
-        let recv_limit = self.config.recv_buffer;
         let mtu = self.device.capabilities().max_transmission_unit;
         let Some(conn) = self.conns.get_mut(&handle) else {
             return false;
@@ -33,6 +32,13 @@ impl<D: Device> Stack<D> {
             return false;
         };
         let mut progress = false;
+        // Until the application accepts the stream, the peer's bytes stay in
+        // the socket (bounded by its buffer), not in the TI buffer.
+        let recv_limit = if s.awaiting_accept {
+            0
+        } else {
+            self.config.recv_buffer
+        };
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let flow = s.tifid.and_then(|t| self.table.get_mut(t));
         let mut flow = flow;

@@ -230,6 +230,21 @@ impl Host {
         stack_addr: Ipv4Addr,
         tweak: impl FnOnce(&mut StackConfig),
     ) -> Host {
+        Host::build(prefix, tun_addr, stack_addr, true, tweak)
+    }
+
+    /// Builds the host, its packets captured to a file or (`capture`
+    /// false: a flood would fill the disk) to nowhere.
+    fn build(
+        prefix: &str,
+        tun_addr: Ipv4Addr,
+        stack_addr: Ipv4Addr,
+        capture_to_file: bool,
+        tweak: impl FnOnce(&mut StackConfig),
+    ) -> Host {
+        // As `tiflow` does at startup: socket buffers are not committed (and
+        // cleared) at SYN time.
+        ti_stack::memory::map_large_allocations();
         let ns = NetNs::create(prefix).expect("create host namespace");
         ns.disable_ipv6().expect("disable IPv6");
         ns.enable_forwarding().expect("enable forwarding");
@@ -238,7 +253,11 @@ impl Host {
             .expect("kernel address on TUN");
         ns.up("ti0").expect("TUN up");
         let capture = CaptureFile::new(prefix);
-        let device = PcapTap::create(tun, capture.path()).expect("create capture file");
+        let device = if capture_to_file {
+            PcapTap::create(tun, capture.path()).expect("create capture file")
+        } else {
+            PcapTap::new(tun, io::sink())
+        };
         let mut config = StackConfig::new(stack_addr);
         config.prefix_len = 24;
         // Medium::Ip: no neighbour resolution, any kernel-side address works.
@@ -336,9 +355,37 @@ impl Topology {
         client_cfg: impl FnOnce(&mut StackConfig),
         server_cfg: impl FnOnce(&mut StackConfig),
     ) -> Topology {
+        Topology::build(prefix, kind, true, client_cfg, server_cfg)
+    }
+
+    /// Builds the three namespaces with default stack settings, the hosts'
+    /// packets not captured (for floods).
+    pub fn uncaptured(prefix: &str, kind: Middlebox) -> Topology {
+        Topology::build(prefix, kind, false, |_| {}, |_| {})
+    }
+
+    fn build(
+        prefix: &str,
+        kind: Middlebox,
+        capture: bool,
+        client_cfg: impl FnOnce(&mut StackConfig),
+        server_cfg: impl FnOnce(&mut StackConfig),
+    ) -> Topology {
         init_logs();
-        let client = Host::new(&format!("{prefix}c"), CLIENT_TUN, CLIENT_STACK, client_cfg);
-        let server = Host::new(&format!("{prefix}s"), SERVER_TUN, SERVER_STACK, server_cfg);
+        let client = Host::build(
+            &format!("{prefix}c"),
+            CLIENT_TUN,
+            CLIENT_STACK,
+            capture,
+            client_cfg,
+        );
+        let server = Host::build(
+            &format!("{prefix}s"),
+            SERVER_TUN,
+            SERVER_STACK,
+            capture,
+            server_cfg,
+        );
         let mut topology = Topology {
             client,
             server,
