@@ -333,6 +333,9 @@ enum Timer {
     UserTimeout,
     /// Outstanding and unanswered.
     Stall,
+    /// Outstanding, answered, but nothing new acknowledged: TCP is stuck
+    /// (for example in a long retransmission backoff) behind a live peer.
+    NoProgress,
     /// Nothing outstanding and unanswered.
     SilentPath,
     /// The initiator's outage lasts too long: lose before a new attempt.
@@ -342,11 +345,12 @@ enum Timer {
 }
 
 impl Timer {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
     const ALL: [Timer; Timer::COUNT] = [
         Timer::Settle,
         Timer::UserTimeout,
         Timer::Stall,
+        Timer::NoProgress,
         Timer::SilentPath,
         Timer::ResumeDeadline,
         Timer::Attempt,
@@ -516,7 +520,7 @@ impl Lifecycle {
                     });
                     self.fail_legacy(LegacyEnd::UserTimeout);
                 }
-                Timer::Stall => self.on_failed(now, FailureCause::Stall),
+                Timer::Stall | Timer::NoProgress => self.on_failed(now, FailureCause::Stall),
                 Timer::SilentPath if !self.resilient => {
                     self.actions.push_back(Action::ResetConnection {
                         notify: Notify::Bare,
@@ -633,6 +637,7 @@ impl Lifecycle {
     /// attached.
     fn rearm_liveness(&mut self) {
         self.timers.stop(Timer::Stall);
+        self.timers.stop(Timer::NoProgress);
         self.timers.stop(Timer::SilentPath);
         self.timers.stop(Timer::UserTimeout);
         if self.phase != Phase::Attached {
@@ -643,6 +648,13 @@ impl Lifecycle {
             (true, true) => {
                 let since = self.last_answer.max(self.outstanding_since);
                 self.timers.set(Timer::Stall, since + self.liveness.stall);
+                // A peer that answers but never acknowledges our data while
+                // its window is open: a fresh connection gets it moving.
+                let stuck = self.last_progress.max(self.outstanding_since);
+                self.timers.set(
+                    Timer::NoProgress,
+                    stuck + c.stall_timeout.max(self.liveness.stall),
+                );
             }
             (true, false) => {
                 let at = self.last_answer + self.liveness.silent;
@@ -950,7 +962,7 @@ mod tests {
     fn stall_clock_restarts_on_every_answer() {
         let mut lc = responder(ms(0));
         lc.handle(ms(1000), Input::Outstanding(true));
-        lc.handle(ms(3500), Input::PeerAnswered);
+        lc.handle(ms(3500), Input::Progress);
         lc.handle(ms(4000), Input::Outstanding(true));
         assert_eq!(lc.poll_timeout(), Some(ms(6500)));
         assert!(run(&mut lc, ms(6499)).is_empty());
@@ -978,12 +990,14 @@ mod tests {
         assert!(run(&mut lc, ms(7999)).is_empty());
     }
 
-    /// Rule 2: alive means answering. ACKs of zero-window probes without
-    /// progress for a minute are not a failure.
+    /// Rule 2: alive means answering. Behind a closed window our data is
+    /// not something the peer owes an answer to (the stack reports
+    /// `Outstanding(false)`); answers without progress for a minute are
+    /// not a failure.
     #[test]
     fn closed_window_answered_is_never_a_failure() {
         let mut lc = initiator(ms(0));
-        lc.handle(ms(0), Input::Outstanding(true));
+        lc.handle(ms(0), Input::Outstanding(false));
         for second in 1..=60 {
             let now = ms(second * 1000);
             assert!(run(&mut lc, now).is_empty(), "failed at {second} s");
@@ -1501,6 +1515,33 @@ mod tests {
             ]
         );
         assert_eq!(lc.total_attempts(), 0);
+    }
+
+    /// A peer that answers every probe but acknowledges nothing of our
+    /// outstanding data (open window) is stuck behind TCP's retransmission
+    /// backoff: after `stall_timeout` without progress, resume.
+    #[test]
+    fn answered_but_no_progress_while_outstanding_is_a_stall_after_stall_timeout() {
+        let mut lc = initiator(ms(0));
+        lc.handle(ms(0), Input::Outstanding(true));
+        for t in (100..3000).step_by(100) {
+            lc.handle(ms(t), Input::PeerAnswered);
+            assert!(run(&mut lc, ms(t)).is_empty(), "answered at {t} ms");
+        }
+        lc.handle(ms(3000), Input::PeerAnswered);
+        assert_eq!(
+            run(&mut lc, ms(3000)),
+            [
+                (
+                    ms(3000),
+                    Action::Abandon {
+                        cause: FailureCause::Stall,
+                        notify: true
+                    }
+                ),
+                (ms(3000), Action::OpenAttempt)
+            ]
+        );
     }
 
     /// The stack's RTT estimate sets the budgets: a shorter stall and a
