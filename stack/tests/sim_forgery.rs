@@ -108,30 +108,49 @@ fn resume_under_attack(
     (events(&mut sim, 0, c), events(&mut sim, 1, s), sent)
 }
 
+/// Ports of the ephemeral range the sprays cover, one packet each.
+const SPRAY: u64 = 16_384;
+
+/// Sends the next batch of a spray toward every client port from
+/// 49152 on: `packet(destination, n)` builds the n-th forgery.
+fn spray(
+    sim: &Sim,
+    attacker: &LinkDevice,
+    sent: &mut u64,
+    packet: impl Fn(SocketAddrV4, u32) -> Vec<u8>,
+) {
+    for _ in 0..1024 {
+        if *sent >= SPRAY {
+            return;
+        }
+        let dst = SocketAddrV4::new(CLIENT, 49152 + *sent as u16);
+        attacker.send_raw(sim.now(), &packet(dst, *sent as u32));
+        *sent += 1;
+    }
+}
+
+/// The flow resumed (at least once) and was never lost.
+fn assert_resumed_not_lost(client: &[StreamEvent]) {
+    assert!(resumes(client) >= 1, "the flow resumed: {client:?}");
+    assert!(
+        client.iter().all(|e| !matches!(e, StreamEvent::Lost(_))),
+        "{client:?}"
+    );
+}
+
 #[test]
 fn forged_syn_acks_sprayed_over_the_ephemeral_range_do_not_end_a_resuming_flow() {
     let server = SocketAddrV4::new(SERVER, PORT);
     let (client, server_events, sent) =
         resume_under_attack(71, Duration::from_secs(2), |sim, attacker, _, sent| {
-            // 32,768 SYN-ACKs without our option, wrong ack, one per port.
-            for _ in 0..1024 {
-                if *sent >= 16_384 {
-                    return;
-                }
-                let port = 49152 + *sent as u16;
-                let dst = SocketAddrV4::new(CLIENT, port);
-                let ack = 0x1234_5678u32.wrapping_mul(*sent as u32 + 7);
-                let pkt = forged(server, dst, 0xdead_beef, ack, true, false);
-                attacker.send_raw(sim.now(), &pkt);
-                *sent += 1;
-            }
+            // SYN-ACKs without our option, a wrong ack each, one per port.
+            spray(sim, attacker, sent, |dst, n| {
+                let ack = 0x1234_5678u32.wrapping_mul(n + 7);
+                forged(server, dst, 0xdead_beef, ack, true, false)
+            });
         });
-    assert_eq!(sent, 16_384);
-    assert!(resumes(&client) >= 1, "the flow resumed: {client:?}");
-    assert!(
-        client.iter().all(|e| !matches!(e, StreamEvent::Lost(_))),
-        "{client:?}"
-    );
+    assert_eq!(sent, SPRAY);
+    assert_resumed_not_lost(&client);
     assert!(resumes(&server_events) >= 1, "{server_events:?}");
 }
 
@@ -146,23 +165,13 @@ fn forged_refusal_rst_with_the_right_tifid_and_a_wrong_ack_is_ignored() {
                 tiack: Seq48::ZERO,
             }
             .to_bytes(DEFAULT_KIND);
-            for _ in 0..1024 {
-                if *sent >= 16_384 {
-                    return;
-                }
-                let dst = SocketAddrV4::new(CLIENT, 49152 + *sent as u16);
-                let ack = 0x0bad_cafeu32.wrapping_mul(*sent as u32 + 3);
-                let pkt = forged_with(server, dst, 0, ack, false, true, &refusal);
-                attacker.send_raw(sim.now(), &pkt);
-                *sent += 1;
-            }
+            spray(sim, attacker, sent, |dst, n| {
+                let ack = 0x0bad_cafeu32.wrapping_mul(n + 3);
+                forged_with(server, dst, 0, ack, false, true, &refusal)
+            });
         });
-    assert_eq!(sent, 16_384);
-    assert!(resumes(&client) >= 1, "{client:?}");
-    assert!(
-        client.iter().all(|e| !matches!(e, StreamEvent::Lost(_))),
-        "{client:?}"
-    );
+    assert_eq!(sent, SPRAY);
+    assert_resumed_not_lost(&client);
 }
 
 #[test]
