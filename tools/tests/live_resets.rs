@@ -74,60 +74,58 @@ fn logs(server: &Up, client: &Up) -> String {
     )
 }
 
-/// The client program resets its connection: the client's `tiflow up`
-/// aborts the flow, and the server program's read fails with ECONNRESET
-/// (not a clean end of stream) within 2 s.
-#[test]
-fn abort_from_the_client_program_reaches_the_server_program_as_a_reset() {
+/// Which program resets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resetting {
+    Client,
+    Server,
+}
+
+/// One program resets its connection: its `tiflow up` aborts the flow, and
+/// the other program's read fails with ECONNRESET (not a clean end of
+/// stream) within 2 s; each `tiflow up` logs its side of it.
+fn abort_reaches_the_far_program(resetting: Resetting, tag: &str, ns: &str) {
     require_root(&NAT_TOOLS);
-    let scratch = Scratch::new("abort-client");
-    let net = NatTopology::new("tfua1");
+    let scratch = Scratch::new(tag);
+    let net = NatTopology::new(ns);
     let listener = listen_in(&net.server, &format!("127.0.0.1:{PORT}"));
     let (server, client) = up_pair(&net, &scratch, PORT, &[], None);
-    let (mut client_program, mut server_program) = connect_programs(&net, &listener);
-    exchange(&mut client_program, &mut server_program);
+    let (client_program, server_program) = connect_programs(&net, &listener);
+    let (mut near, mut far, far_name) = match resetting {
+        Resetting::Client => (client_program, server_program, "server program"),
+        Resetting::Server => (server_program, client_program, "client program"),
+    };
+    exchange(&mut near, &mut far);
 
-    let reset_at = reset(client_program);
-    let end = read_until_end(&mut server_program, RESET_BOUND * 3);
-    let took = assert_reset_within(&end, reset_at, "server program", &logs(&server, &client));
-    eprintln!("[live] client program reset -> server program ECONNRESET in {took:?}");
+    let reset_at = reset(near);
+    let end = read_until_end(&mut far, RESET_BOUND * 3);
+    let took = assert_reset_within(&end, reset_at, far_name, &logs(&server, &client));
+    eprintln!("[live] {resetting:?} program reset -> {far_name} ECONNRESET in {took:?}");
     let (client_log, server_log) = (client.log_text(), server.log_text());
+    let (near_log, far_log) = match resetting {
+        Resetting::Client => (client_log, server_log),
+        Resetting::Server => (server_log, client_log),
+    };
     assert!(
-        client_log.contains("local program reset: aborting flow"),
-        "{client_log}"
+        near_log.contains("local program reset: aborting flow"),
+        "{near_log}"
     );
     assert!(
-        server_log.contains("flow aborted by peer: resetting local connection"),
-        "{server_log}"
+        far_log.contains("flow aborted by peer: resetting local connection"),
+        "{far_log}"
     );
 }
 
-/// The server program resets its connection: the server's `tiflow up`
-/// aborts the flow, and the client program's read fails with ECONNRESET
-/// within 2 s.
+/// The client program resets its connection; the server program sees it.
+#[test]
+fn abort_from_the_client_program_reaches_the_server_program_as_a_reset() {
+    abort_reaches_the_far_program(Resetting::Client, "abort-client", "tfua1");
+}
+
+/// The server program resets its connection; the client program sees it.
 #[test]
 fn abort_from_the_server_program_reaches_the_client_program_as_a_reset() {
-    require_root(&NAT_TOOLS);
-    let scratch = Scratch::new("abort-server");
-    let net = NatTopology::new("tfua2");
-    let listener = listen_in(&net.server, &format!("127.0.0.1:{PORT}"));
-    let (server, client) = up_pair(&net, &scratch, PORT, &[], None);
-    let (mut client_program, mut server_program) = connect_programs(&net, &listener);
-    exchange(&mut server_program, &mut client_program);
-
-    let reset_at = reset(server_program);
-    let end = read_until_end(&mut client_program, RESET_BOUND * 3);
-    let took = assert_reset_within(&end, reset_at, "client program", &logs(&server, &client));
-    eprintln!("[live] server program reset -> client program ECONNRESET in {took:?}");
-    let (client_log, server_log) = (client.log_text(), server.log_text());
-    assert!(
-        server_log.contains("local program reset: aborting flow"),
-        "{server_log}"
-    );
-    assert!(
-        client_log.contains("flow aborted by peer: resetting local connection"),
-        "{client_log}"
-    );
+    abort_reaches_the_far_program(Resetting::Server, "abort-server", "tfua2");
 }
 
 /// How the writing program's transfer ended, and when.
