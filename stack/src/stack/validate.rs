@@ -79,11 +79,21 @@ impl<D: Device> Stack<D> {
             return true;
         };
         conn.last_rx = now;
+        let window_was_zero = conn.peer_window_zero;
         conn.peer_window_zero = seg.window == 0;
         tracing::trace!(%now, remote = %seg.src, window = seg.window, len, "sign of life");
-        if std::mem::take(&mut conn.probe_pending)
-            && let Some(sent) = conn.last_probe
-        {
+        // The answer to our probe is a bare ACK of nothing new: to smoltcp
+        // it would be a duplicate ACK, and three of them start a fast
+        // retransmit of one segment that also restarts its retransmission
+        // timer. Probing every RTO while a loss is being recovered would
+        // then resend one segment per four probes, and the timeout that
+        // makes TCP go back and resend the whole window would never come.
+        // The answer is ours: smoltcp never sees it (unless it opens a
+        // window smoltcp believes closed).
+        let probe_answer = std::mem::take(&mut conn.probe_pending);
+        let swallow =
+            probe_answer && is_bare_old_ack(seg, &window) && !window_was_zero && seg.window != 0;
+        if probe_answer && let Some(sent) = conn.last_probe {
             conn.rtt.sample(std_dur(now - sent));
         }
         let stream = conn.stream;
@@ -98,7 +108,10 @@ impl<D: Device> Stack<D> {
         if let Some(id) = stream {
             self.life_input(now, id, tifid::lifecycle::Input::PeerAnswered);
         }
-        true
+        if swallow {
+            tracing::trace!(%now, remote = %seg.src, "probe answered: kept from smoltcp");
+        }
+        !swallow
     }
 
     /// What an acceptable RST says: our option with this flow's TIFID and
@@ -143,4 +156,16 @@ impl<D: Device> Stack<D> {
             segment::challenge_ack(conn.tuple, window.snd_una.wrapping_sub(1), window.rcv_nxt);
         self.device.send_raw(now, &ack);
     }
+}
+
+/// A segment that only acknowledges, and nothing new: no payload, no SYN,
+/// FIN or RST, its ACK at `snd_una` (the caller checked that its sequence
+/// number is in the window).
+fn is_bare_old_ack(seg: &Segment, window: &SeqWindow) -> bool {
+    seg.ack
+        && !seg.syn
+        && !seg.fin
+        && !seg.rst
+        && seg.payload_len == 0
+        && seg.ack_number == window.snd_una
 }
