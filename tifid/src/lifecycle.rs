@@ -20,7 +20,7 @@
 //!
 //! - Actions are executed in the order they are polled. One input or one
 //!   `handle_timeout` may queue several: a failure of the initiator's
-//!   connection queues [`Action::Abandon`] then, when allowed,
+//!   connection queues [`Action::Abandon`] (or [`Action::Suspect`]) then, when allowed,
 //!   [`Action::OpenAttempt`]; a due attempt queues [`Action::DropAttempt`]
 //!   then [`Action::OpenAttempt`]; a loss queues the release of what is left
 //!   ([`Action::DropAttempt`] or [`Action::Abandon`]) then [`Action::Lose`].
@@ -33,7 +33,17 @@
 //!   [`Input::AttemptFailed`], [`Input::AttemptLost`]): one code path drops.
 //! - [`Action::Abandon`] always names the connection that was attached
 //!   before the input; on a responder's [`Input::Resumed`] while attached
-//!   that is the superseded old connection, not the new one.
+//!   that is the superseded old connection, not the new one. While the
+//!   initiator holds a suspect ([`Action::Suspect`]), [`Action::Abandon`]
+//!   and [`Action::ResetConnection`] name the suspect, and every
+//!   [`Input::Failed`] is about it.
+//! - Make before break: the initiator's connection that stalls or goes
+//!   silent is kept as a suspect while attempts run. Whichever carries
+//!   data first wins: [`Input::Progress`] from the suspect takes it back
+//!   ([`Action::DropAttempt`], [`Action::KeepSuspect`]); an attempt that
+//!   resumes the flow ([`Input::Resumed`]) releases the suspect
+//!   ([`Action::Abandon`] with [`FailureCause::Superseded`], before the new
+//!   connection carries anything).
 //! - A stream's last actions end in [`Action::Lose`] (TI), [`Action::Fail`]
 //!   (legacy) or [`Action::ResetConnection`] (abort), or in nothing (a clean
 //!   [`Input::Finished`]). Once [`Lifecycle::state`] is final
@@ -271,6 +281,23 @@ pub enum Action {
         /// Send the peer a RST with our option and positions.
         notify: bool,
     },
+    /// Initiator, make before break: keep the attached connection, which
+    /// is suspected dead ([`FailureCause::Stall`] or
+    /// [`FailureCause::SilentPath`]) but may still recover, while resume
+    /// attempts run. It takes no new bytes; the flow is detached (its
+    /// positions stay where the suspect left them, so the next attempt's
+    /// SYN names them). Drain what it delivered first (DESIGN §4 I1). It is
+    /// released later by [`Action::Abandon`] (a resume won, or it failed
+    /// for good) or taken back by [`Action::KeepSuspect`].
+    Suspect {
+        /// Why it is suspected (for logs and stats).
+        cause: FailureCause,
+    },
+    /// Initiator: the suspected connection carried data again before any
+    /// attempt resumed the flow: it is the attached connection again. The
+    /// attempt in flight is dropped by the [`Action::DropAttempt`] queued
+    /// just before.
+    KeepSuspect,
     /// Initiator: open a resume connection now (a SYN on a fresh port).
     OpenAttempt,
     /// Drop the resume attempt in flight (unanswered, failed or no longer
@@ -429,6 +456,9 @@ pub struct Lifecycle {
     failed_at: Option<Timestamp>,
     /// A resume attempt is open.
     attempt_in_flight: bool,
+    /// Initiator: the failed connection is kept while attempts run (make
+    /// before break).
+    suspect: bool,
     /// Attempts started since the outage began: the backoff index.
     attempts: u32,
     /// When the last attempt started (any outage): the storm guard.
@@ -436,6 +466,7 @@ pub struct Lifecycle {
     total_attempts: u64,
     resumes: u64,
     failures: u64,
+    recoveries: u64,
     /// The liveness budgets in force (the stack's RTT estimates refine them).
     liveness: Liveness,
 }
@@ -469,11 +500,13 @@ impl Lifecycle {
             settled: true,
             failed_at: None,
             attempt_in_flight: false,
+            suspect: false,
             attempts: 0,
             last_attempt_at: None,
             total_attempts: 0,
             resumes: 0,
             failures: 0,
+            recoveries: 0,
             liveness: Liveness {
                 stall: config.stall_timeout,
                 silent: config.keepalive + config.stall_timeout,
@@ -610,7 +643,22 @@ impl Lifecycle {
         self.failures
     }
 
+    /// Initiator: the failed connection is kept while resume attempts run
+    /// (make before break).
+    pub fn has_suspect(&self) -> bool {
+        self.suspect
+    }
+
+    /// Suspected connections that carried data again before a resume did.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
+    }
+
     fn on_answer(&mut self, now: Timestamp, progress: bool) {
+        if progress && self.suspect && self.phase == Phase::Resuming {
+            self.keep_suspect(now);
+            return;
+        }
         if self.phase != Phase::Attached {
             return;
         }
@@ -675,7 +723,16 @@ impl Lifecycle {
     }
 
     fn on_failed(&mut self, now: Timestamp, cause: FailureCause) {
-        if self.phase != Phase::Attached || cause == FailureCause::Superseded {
+        if cause == FailureCause::Superseded {
+            return;
+        }
+        if self.suspect && self.phase == Phase::Resuming {
+            // The suspect failed for good (reset, closed, ...): release it;
+            // the attempts go on.
+            self.release_suspect(cause);
+            return;
+        }
+        if self.phase != Phase::Attached {
             return;
         }
         if !self.resilient {
@@ -695,10 +752,16 @@ impl Lifecycle {
             return;
         }
         self.failures += 1;
-        self.actions.push_back(Action::Abandon {
-            cause,
-            notify: cause.notifies_peer(),
-        });
+        let may_recover = matches!(cause, FailureCause::Stall | FailureCause::SilentPath);
+        if self.role == Role::Initiator && may_recover {
+            self.suspect = true;
+            self.actions.push_back(Action::Suspect { cause });
+        } else {
+            self.actions.push_back(Action::Abandon {
+                cause,
+                notify: cause.notifies_peer(),
+            });
+        }
         let failed_at = *self.failed_at.get_or_insert(now);
         self.timers.stop(Timer::Settle);
         match self.role {
@@ -794,6 +857,14 @@ impl Lifecycle {
         }
         match (self.phase, self.role) {
             (Phase::Resuming, Role::Initiator) => {
+                // The attempt won: the suspect goes before the new
+                // connection carries anything.
+                if std::mem::take(&mut self.suspect) {
+                    self.actions.push_back(Action::Abandon {
+                        cause: FailureCause::Superseded,
+                        notify: false,
+                    });
+                }
                 // The attempt is now the attached connection.
                 self.attempt_in_flight = false;
                 self.timers.stop(Timer::Attempt);
@@ -819,6 +890,32 @@ impl Lifecycle {
         self.rearm_liveness();
     }
 
+    /// The suspect carried data before any attempt resumed the flow: it is
+    /// the attached connection again, the attempt goes, the outage is over.
+    fn keep_suspect(&mut self, now: Timestamp) {
+        self.suspect = false;
+        self.recoveries += 1;
+        self.drop_attempt();
+        self.actions.push_back(Action::KeepSuspect);
+        self.timers.stop(Timer::Attempt);
+        self.timers.stop(Timer::ResumeDeadline);
+        self.phase = Phase::Attached;
+        self.last_answer = now;
+        self.last_progress = now;
+        self.outstanding_since = now;
+        self.settle();
+        self.rearm_liveness();
+    }
+
+    /// The suspect failed for good: release it, keep resuming.
+    fn release_suspect(&mut self, cause: FailureCause) {
+        self.suspect = false;
+        self.actions.push_back(Action::Abandon {
+            cause,
+            notify: false,
+        });
+    }
+
     /// The resume carries the flow for good: the outage is over and the
     /// backoff starts again from zero.
     fn settle(&mut self) {
@@ -829,7 +926,7 @@ impl Lifecycle {
     }
 
     fn on_abort(&mut self) {
-        if self.phase == Phase::Attached {
+        if self.phase == Phase::Attached || std::mem::take(&mut self.suspect) {
             let notify = if self.resilient {
                 Notify::Abort
             } else {
@@ -847,7 +944,7 @@ impl Lifecycle {
             self.on_failed(now, FailureCause::Reset);
             return;
         }
-        if self.phase == Phase::Attached {
+        if self.phase == Phase::Attached || std::mem::take(&mut self.suspect) {
             self.actions.push_back(Action::Abandon {
                 cause: FailureCause::Reset,
                 notify: false,
@@ -858,12 +955,24 @@ impl Lifecycle {
 
     fn on_finished(&mut self) {
         self.drop_attempt();
+        if std::mem::take(&mut self.suspect) {
+            self.actions.push_back(Action::Abandon {
+                cause: FailureCause::Closed,
+                notify: false,
+            });
+        }
         self.end(State::Finished);
     }
 
     /// Releases an attempt in flight and reports the flow lost.
     fn lose(&mut self, cause: LostCause) {
         self.drop_attempt();
+        if std::mem::take(&mut self.suspect) {
+            self.actions.push_back(Action::Abandon {
+                cause: FailureCause::Closed,
+                notify: false,
+            });
+        }
         self.actions.push_back(Action::Lose(cause));
         self.end(State::Lost(cause));
     }
@@ -876,6 +985,7 @@ impl Lifecycle {
     fn end(&mut self, state: State) {
         self.phase = Phase::Done(state);
         self.attempt_in_flight = false;
+        self.suspect = false;
         self.timers.stop_all();
     }
 }
@@ -1305,7 +1415,15 @@ mod tests {
         for (cause, notify) in table {
             for mut lc in [initiator(ms(0)), responder(ms(0))] {
                 let got = feed(&mut lc, ms(1000), Input::Failed(cause));
-                assert_eq!(got[0], Action::Abandon { cause, notify }, "{cause}");
+                // The initiator keeps a connection that may recover while
+                // it resumes (make before break).
+                let kept = lc.role() == Role::Initiator && matches!(cause, Stall | SilentPath);
+                let expected = if kept {
+                    Action::Suspect { cause }
+                } else {
+                    Action::Abandon { cause, notify }
+                };
+                assert_eq!(got[0], expected, "{cause}");
             }
         }
         // Superseded is the driver's own (on `Resumed`), never an input.
@@ -1534,9 +1652,8 @@ mod tests {
             [
                 (
                     ms(3000),
-                    Action::Abandon {
-                        cause: FailureCause::Stall,
-                        notify: true
+                    Action::Suspect {
+                        cause: FailureCause::Stall
                     }
                 ),
                 (ms(3000), Action::OpenAttempt)
@@ -1566,9 +1683,8 @@ mod tests {
             [
                 (
                     ms(600),
-                    Action::Abandon {
-                        cause: FailureCause::Stall,
-                        notify: true
+                    Action::Suspect {
+                        cause: FailureCause::Stall
                     }
                 ),
                 (ms(600), Action::OpenAttempt)
@@ -1665,5 +1781,152 @@ mod tests {
         assert_eq!(FailureCause::Stall.to_string(), "stall");
         assert_eq!(FailureCause::SilentPath.to_string(), "silent path");
         assert_eq!(LegacyEnd::UserTimeout.to_string(), "user timeout");
+    }
+
+    /// An initiator whose connection stalls, suspected and resuming.
+    fn suspecting(now: Timestamp) -> Lifecycle {
+        let mut lc = initiator(ms(0));
+        lc.handle(ms(0), Input::Outstanding(true));
+        let got = feed(&mut lc, now, Input::Failed(FailureCause::Stall));
+        assert_eq!(
+            got,
+            [
+                Action::Suspect {
+                    cause: FailureCause::Stall
+                },
+                Action::OpenAttempt
+            ]
+        );
+        assert!(lc.has_suspect());
+        assert_eq!(lc.state(), State::Resuming { attempts: 1 });
+        lc
+    }
+
+    /// Make before break: the old connection carries data before any
+    /// attempt resumed the flow: it wins, the attempt goes, the outage ends.
+    #[test]
+    fn make_before_break_keeps_the_old_connection_when_it_recovers_first() {
+        let mut lc = suspecting(ms(1000));
+        // An answer that carries nothing new is no win.
+        assert!(feed(&mut lc, ms(1100), Input::PeerAnswered).is_empty());
+        assert!(lc.has_suspect());
+        let got = feed(&mut lc, ms(1200), Input::Progress);
+        assert_eq!(got, [Action::DropAttempt, Action::KeepSuspect]);
+        assert_eq!(lc.state(), State::Attached);
+        assert!(!lc.has_suspect());
+        assert_eq!((lc.recoveries(), lc.resumes(), lc.attempts()), (1, 0, 0));
+        assert_eq!(lc.failed_at(), None, "the outage is over");
+        // No attempt and no resume deadline remain: the next timer is the
+        // stall clock of the kept connection.
+        assert_eq!(lc.poll_timeout(), Some(ms(1200) + Duration::from_secs(3)));
+    }
+
+    /// Make before break: an attempt that resumes the flow first releases
+    /// the suspect before the new connection carries anything.
+    #[test]
+    fn make_before_break_releases_the_suspect_when_the_resume_wins() {
+        let mut lc = suspecting(ms(1000));
+        let got = feed(&mut lc, ms(1050), Input::Resumed);
+        assert_eq!(
+            got,
+            [Action::Abandon {
+                cause: FailureCause::Superseded,
+                notify: false
+            }]
+        );
+        assert_eq!(lc.state(), State::Attached);
+        assert!(!lc.has_suspect());
+        assert_eq!((lc.recoveries(), lc.resumes()), (0, 1));
+        // Progress now belongs to the new connection.
+        assert!(feed(&mut lc, ms(1100), Input::Progress).is_empty());
+    }
+
+    /// A suspect that fails for good is released; the attempts go on.
+    #[test]
+    fn a_suspect_that_fails_is_released_and_resuming_goes_on() {
+        let mut lc = suspecting(ms(1000));
+        let got = feed(&mut lc, ms(1100), Input::Failed(FailureCause::Reset));
+        assert_eq!(
+            got,
+            [Action::Abandon {
+                cause: FailureCause::Reset,
+                notify: false
+            }]
+        );
+        assert!(!lc.has_suspect());
+        assert_eq!(lc.state(), State::Resuming { attempts: 1 });
+        // Progress can no longer come from it.
+        assert!(feed(&mut lc, ms(1200), Input::Progress).is_empty());
+        assert_eq!(
+            run(&mut lc, ms(1250)),
+            [
+                (ms(1250), Action::DropAttempt),
+                (ms(1250), Action::OpenAttempt)
+            ]
+        );
+    }
+
+    /// Every way out of an outage releases the suspect exactly once.
+    #[test]
+    fn the_suspect_is_released_on_loss_abort_and_peer_abort() {
+        let mut lc = suspecting(ms(1000));
+        let deadline = ms(1000) + LifecycleConfig::default().resume_timeout;
+        let got: Vec<Action> = run(&mut lc, deadline)
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| !matches!(a, Action::OpenAttempt | Action::DropAttempt))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Action::Abandon {
+                    cause: FailureCause::Closed,
+                    notify: false
+                },
+                Action::Lose(LostCause::Timeout)
+            ]
+        );
+
+        let mut lc = suspecting(ms(1000));
+        assert_eq!(
+            feed(&mut lc, ms(1100), Input::Abort),
+            [
+                Action::ResetConnection {
+                    notify: Notify::Abort
+                },
+                Action::DropAttempt
+            ]
+        );
+
+        let mut lc = suspecting(ms(1000));
+        assert_eq!(
+            feed(&mut lc, ms(1100), Input::PeerAborted),
+            [
+                Action::Abandon {
+                    cause: FailureCause::Reset,
+                    notify: false
+                },
+                Action::DropAttempt,
+                Action::Lose(LostCause::PeerAborted)
+            ]
+        );
+    }
+
+    /// Causes that say the connection is gone are never kept.
+    #[test]
+    fn only_a_stall_or_a_silent_path_makes_a_suspect() {
+        use FailureCause::*;
+        for cause in [
+            Reset,
+            PeerAbandoned,
+            Closed,
+            Explicit,
+            AddressChanged,
+            OptionDidNotFit,
+        ] {
+            let mut lc = initiator(ms(0));
+            feed(&mut lc, ms(1000), Input::Failed(cause));
+            assert!(!lc.has_suspect(), "{cause}");
+        }
     }
 }

@@ -81,6 +81,8 @@ struct Model {
     resilient: bool,
     min_interval: Duration,
     attached: bool,
+    /// Make before break: the initiator's failed connection, kept.
+    suspect: bool,
     attempt: bool,
     last_open: Option<Timestamp>,
     done: bool,
@@ -92,10 +94,38 @@ impl Model {
         assert!(!self.done, "{action:?} in a final state");
         match action {
             Action::Abandon { cause, notify } => {
-                assert!(self.attached, "abandon without a connection");
+                assert!(
+                    self.attached || self.suspect,
+                    "abandon without a connection"
+                );
                 assert!(self.resilient || !notify, "legacy sent our option");
-                // A superseded connection is replaced, not just dropped.
-                self.attached = cause == FailureCause::Superseded;
+                if self.suspect {
+                    // The suspect goes (the attempt that resumed, if any,
+                    // is already attached: see `resumed`).
+                    self.suspect = false;
+                } else {
+                    // A superseded connection is replaced, not just dropped.
+                    self.attached = cause == FailureCause::Superseded;
+                }
+            }
+            Action::Suspect { cause } => {
+                assert!(self.resilient && self.role == Role::Initiator);
+                assert!(
+                    matches!(cause, FailureCause::Stall | FailureCause::SilentPath),
+                    "{cause} kept"
+                );
+                assert!(
+                    self.attached && !self.suspect,
+                    "suspect without a connection"
+                );
+                self.attached = false;
+                self.suspect = true;
+            }
+            Action::KeepSuspect => {
+                assert!(self.suspect, "kept without a suspect");
+                assert!(!self.attempt, "kept with an attempt open");
+                self.suspect = false;
+                self.attached = true;
             }
             Action::OpenAttempt => {
                 assert!(self.resilient && self.role == Role::Initiator);
@@ -111,8 +141,9 @@ impl Model {
                 self.attempt = false;
             }
             Action::ResetConnection { .. } => {
-                assert!(self.attached, "reset without a connection");
+                assert!(self.attached || self.suspect, "reset without a connection");
                 self.attached = false;
+                self.suspect = false;
             }
             Action::Lose(_) => assert!(self.resilient),
             Action::Fail(_) => assert!(!self.resilient),
@@ -135,6 +166,7 @@ fn drain(lc: &mut Lifecycle, model: &mut Model, now: Timestamp) {
     if lc.state().is_final() {
         model.done = true;
         assert!(!model.attempt, "final with an attempt open");
+        assert!(!model.suspect, "final with a suspect kept");
         assert!(
             !model.attached || lc.state() == State::Finished,
             "final with a connection attached"
@@ -167,6 +199,7 @@ proptest! {
             resilient,
             min_interval: config.min_resume_interval,
             attached: true,
+            suspect: false,
             attempt: false,
             last_open: None,
             done: false,

@@ -85,10 +85,8 @@ impl<D: Device> Stack<D> {
             Some(option) => self.device.attach_option(conn.tuple, option),
             None => self.device.detach_option(&conn.tuple),
         }
-        if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
-            && s.conn == Some(handle)
-        {
-            s.conn = None;
+        if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id)) {
+            s.release(handle);
         }
         self.sockets.get_mut::<tcp::Socket>(handle).abort();
         self.resetting.push_back(Resetting {
@@ -139,10 +137,8 @@ impl<D: Device> Stack<D> {
                 self.half_open.remove(&conn.tuple);
             }
             self.device.detach_option(&conn.tuple);
-            if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id))
-                && s.conn == Some(handle)
-            {
-                s.conn = None;
+            if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id)) {
+                s.release(handle);
             }
         }
     }

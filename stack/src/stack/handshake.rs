@@ -212,6 +212,10 @@ impl<D: Device> Stack<D> {
                 true
             }
             SynAckOutcome::Resumed { peer_rcv_nxt, .. } => {
+                // First the driver: a suspect kept while resuming (make
+                // before break) is released now, after giving up what it
+                // delivered (I1), before the new connection carries a byte.
+                self.life_input(now, id, Input::Resumed);
                 let Some(s) = self.streams.get_mut(&id) else {
                     return true;
                 };
@@ -219,14 +223,21 @@ impl<D: Device> Stack<D> {
                 let Some(flow) = self.table.get_mut(tifid) else {
                     return true;
                 };
+                // The peer resends from what our SYN named; bytes the
+                // suspect delivered after it come again: skip them.
+                let skip_rx = flow
+                    .positions()
+                    .rcv_nxt
+                    .bytes_since(initiator.syn_option().tiack)
+                    .unwrap_or(0);
                 let dropped = flow.resume_from(peer_rcv_nxt).unwrap_or(0);
                 flow.attach();
                 let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);
-                info!(%tifid, ?downtime, resent, local = %tuple.local, "TI-flow resumed (initiator)");
-                self.life_input(now, id, Input::Resumed);
+                info!(%tifid, ?downtime, resent, skip_rx, local = %tuple.local, "TI-flow resumed (initiator)");
                 let confirm = initiator.confirm_option();
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.base = peer_rcv_nxt;
+                    conn.skip_rx = skip_rx;
                     conn.phase = Phase::Confirming(initiator);
                 }
                 if let Some(option) = confirm {

@@ -10,6 +10,7 @@ use tifid::lifecycle::{
     Action, FailureCause, Input, LegacyEnd, Lifecycle, LifecycleConfig, Notify,
 };
 
+use super::pump::PumpMode;
 use super::*;
 
 impl<D: Device> Stack<D> {
@@ -83,15 +84,29 @@ impl<D: Device> Stack<D> {
         };
         let tifid = s.tifid;
         let conn = s.conn;
+        let suspect = s.suspect;
         let phase_of = |h: SocketHandle| self.conns.get(&h).map(|c| &c.phase);
         let attempt = conn.filter(|&h| matches!(phase_of(h), Some(Phase::SynSent(_))));
-        let attached = conn.filter(|_| attempt.is_none());
+        // While a suspect is kept, the driver's "attached connection" is
+        // the suspect (the module contract of `tifid::lifecycle`).
+        let attached = match suspect {
+            Some(suspect) => Some(suspect.handle),
+            None => conn.filter(|_| attempt.is_none()),
+        };
         match action {
             Action::Abandon { cause, notify } => {
-                if let Some(handle) = attached {
+                if let Some(suspect) = suspect {
+                    self.release_suspect(now, id, suspect.handle, cause);
+                } else if let Some(handle) = attached {
                     self.abandon_connection(now, id, handle, cause, notify);
                 }
             }
+            Action::Suspect { cause } => {
+                if let Some(handle) = attached {
+                    self.suspect_connection(now, id, handle, cause);
+                }
+            }
+            Action::KeepSuspect => self.keep_suspect(now, id),
             Action::OpenAttempt => self.open_resume_attempt(now, id),
             Action::DropAttempt => {
                 if let Some(handle) = attempt {
@@ -100,14 +115,14 @@ impl<D: Device> Stack<D> {
                 }
             }
             Action::Lose(cause) => {
-                if let Some(handle) = conn {
+                for handle in [conn, suspect.map(|s| s.handle)].into_iter().flatten() {
                     self.drop_connection(handle);
                 }
                 warn!(?tifid, %cause, "flow lost");
                 self.lose_flow(id, cause);
             }
             Action::ResetConnection { notify } => {
-                if let Some(handle) = conn {
+                if let Some(handle) = suspect.map(|s| s.handle).or(conn) {
                     let option = tifid.filter(|_| notify == Notify::Abort).map(|tifid| {
                         tifid::FlowOptionRepr {
                             tifid,
@@ -147,7 +162,7 @@ impl<D: Device> Stack<D> {
         cause: FailureCause,
         notify: bool,
     ) {
-        self.pump(now, id, handle, true);
+        self.pump(now, id, handle, PumpMode::Drain);
         let synchronized = self
             .conns
             .get(&handle)
@@ -179,6 +194,108 @@ impl<D: Device> Stack<D> {
         match notice {
             Some(option) => self.reset_connection(now, handle, Some(option)),
             None => self.drop_connection(handle),
+        }
+    }
+
+    /// Make before break: keeps the stalled or silent connection while the
+    /// flow resumes. It takes no new bytes and its acknowledgements are not
+    /// applied (`PumpMode::Watch`), so the flow's positions, which the
+    /// resume SYN names, stay put; the flow is detached as for a failure.
+    fn suspect_connection(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        cause: FailureCause,
+    ) {
+        self.pump(now, id, handle, PumpMode::Drain);
+        let ts = self.ts(now);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
+            flow.detach(ts);
+            if s.failed_at.is_none() {
+                s.failed_at = Some(now);
+                s.gap_from.get_or_insert(s.last_progress_at);
+                info!(tifid = %flow.tifid(), %cause, "TI connection failed: resuming, old connection kept until one carries data");
+            }
+        }
+        s.conn = None;
+        s.suspect = Some(Suspect { handle, cause });
+    }
+
+    /// The suspect carried data first: it carries the flow again (the
+    /// driver dropped the attempt just before).
+    fn keep_suspect(&mut self, now: Instant, id: StreamId) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some(suspect) = s.suspect.take() else {
+            return;
+        };
+        if let Some(handle) = s.conn.take() {
+            // Not dropped by the driver (it should have been): never two.
+            self.drop_connection(handle);
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.conn = Some(suspect.handle);
+        s.failed_at = None;
+        s.stats.recoveries += 1;
+        if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
+            flow.attach();
+            info!(tifid = %flow.tifid(), "old connection carried data first: kept, resume attempt dropped");
+        }
+        let _ = now;
+    }
+
+    /// Lets go of the suspect: a resume won (`Superseded`) or it failed for
+    /// good. What it delivered is kept (I1); its acknowledgements are not
+    /// applied (the flow resends from what the peer names). No RST: the
+    /// peer drops it when the resume is confirmed, or already has.
+    fn release_suspect(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        cause: FailureCause,
+    ) {
+        self.pump(now, id, handle, PumpMode::DrainReceived);
+        debug!(%cause, "suspected connection released");
+        self.drop_connection(handle);
+    }
+
+    /// Watches the suspect, once per poll: what it delivers is taken, and
+    /// the first sign that it works again (an acknowledgement after a
+    /// stall; anything new after a silent path) is its win. Its death is
+    /// reported like any connection's.
+    fn service_suspect(&mut self, now: Instant, id: StreamId, suspect: Suspect) {
+        let handle = suspect.handle;
+        let moved = self.pump(now, id, handle, PumpMode::Watch);
+        let Some(conn) = self.conns.get(&handle) else {
+            return;
+        };
+        let reset = conn.reset;
+        let state = self.sockets.get::<tcp::Socket>(handle).state();
+        if state == tcp::State::Closed {
+            let input = match reset {
+                Some(ResetKind::Aborted) => Input::PeerAborted,
+                Some(ResetKind::Abandoned) => Input::Failed(FailureCause::PeerAbandoned),
+                Some(_) => Input::Failed(FailureCause::Reset),
+                None => Input::Failed(FailureCause::Closed),
+            };
+            self.life_input(now, id, input);
+            return;
+        }
+        let won = match suspect.cause {
+            FailureCause::Stall => moved.acked,
+            _ => moved.any(),
+        };
+        if won {
+            self.life_input(now, id, Input::Progress);
+            self.note_progress(now, id);
         }
     }
 
@@ -220,7 +337,7 @@ impl<D: Device> Stack<D> {
         };
         let has_life = self.streams.get(&id).is_some_and(|s| s.life.is_some());
         if !has_life {
-            self.pump(now, id, handle, true);
+            self.pump(now, id, handle, PumpMode::Drain);
             self.drop_connection(handle);
             if let Some(s) = self.streams.get_mut(&id) {
                 if s.error.is_none() {
@@ -315,8 +432,14 @@ impl<D: Device> Stack<D> {
         let Some(s) = self.streams.get(&id) else {
             return;
         };
+        if let Some(suspect) = s.suspect {
+            self.service_suspect(now, id, suspect);
+        }
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
         if let Some(handle) = s.conn {
-            let progress = self.pump(now, id, handle, false);
+            let progress = self.pump(now, id, handle, PumpMode::Normal).any();
             if progress {
                 self.note_progress(now, id);
             }
@@ -427,7 +550,7 @@ impl<D: Device> Stack<D> {
             };
             if input == Input::PeerAborted {
                 // Keep what TCP delivered before the abort (I1).
-                self.pump(now, id, handle, true);
+                self.pump(now, id, handle, PumpMode::Drain);
                 warn!(tifid = ?self.streams.get(&id).and_then(|s| s.tifid), "flow aborted by the peer");
             }
             self.life_input(now, id, input);
@@ -454,7 +577,7 @@ impl<D: Device> Stack<D> {
         let ended = s.error.is_some()
             || (s.eof && s.fin_acked)
             || s.life.as_ref().is_none_or(|l| l.state().is_final());
-        if s.abandoned && s.conn.is_none() && ended {
+        if s.abandoned && s.conn.is_none() && s.suspect.is_none() && ended {
             if let Some(s) = self.streams.remove(&id)
                 && let Some(tifid) = s.tifid
             {
@@ -466,6 +589,7 @@ impl<D: Device> Stack<D> {
                 }
             }
         } else if s.conn.is_none()
+            && s.suspect.is_none()
             && !resuming
             && let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t))
             && flow.is_closed()

@@ -90,6 +90,9 @@ pub struct StreamStats {
     pub resent_bytes: u64,
     /// Resume attempts (SYNs of resume connections) over the stream's life.
     pub resume_attempts: u64,
+    /// Failures the old connection recovered from before a resume did
+    /// (make before break: it carried data first and was kept).
+    pub recoveries: u64,
 }
 
 /// A snapshot of one stream for status displays.
@@ -207,6 +210,16 @@ enum ResetKind {
     Aborted,
 }
 
+/// A connection suspected dead, kept while the flow resumes (make before
+/// break).
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    handle: SocketHandle,
+    /// What made it suspect: a stall is cleared only by an acknowledgement,
+    /// a silent path by anything new.
+    cause: tifid::lifecycle::FailureCause,
+}
+
 #[derive(Debug)]
 struct StreamState {
     mode: StreamMode,
@@ -214,6 +227,9 @@ struct StreamState {
     peer: SocketAddrV4,
     tifid: Option<Tifid>,
     conn: Option<SocketHandle>,
+    /// Initiator, make before break: the connection that stalled or went
+    /// silent, kept while resume attempts run (in `conn`).
+    suspect: Option<Suspect>,
     /// Bytes from `snd_una` on (TI mode) or from the oldest unacknowledged byte.
     send_buf: VecDeque<u8>,
     /// TI position one past the highest byte ever handed to a socket.
@@ -244,6 +260,17 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// The stream no longer uses connection `handle` (attached, attempt or
+    /// suspect).
+    fn release(&mut self, handle: SocketHandle) {
+        if self.conn == Some(handle) {
+            self.conn = None;
+        }
+        if self.suspect.is_some_and(|s| s.handle == handle) {
+            self.suspect = None;
+        }
+    }
+
     /// A resume handshake succeeded on `handle`: the peer holds everything
     /// before `send_from` (`dropped` sequence numbers newly known delivered).
     /// Drops those bytes, attaches the connection, records the resume.
@@ -755,6 +782,7 @@ impl<D: Device> Stack<D> {
             }
             if let Some(s) = self.streams.get_mut(&id)
                 && s.conn.is_none()
+                && s.suspect.is_none()
                 && s.error.is_none()
                 && !(s.eof && s.fin_acked)
             {
@@ -783,6 +811,7 @@ impl<D: Device> Stack<D> {
                 peer,
                 tifid: None,
                 conn: None,
+                suspect: None,
                 send_buf: VecDeque::new(),
                 sent_high: Seq48::ZERO,
                 recv_buf: VecDeque::new(),

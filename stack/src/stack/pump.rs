@@ -3,35 +3,79 @@
 
 use super::*;
 
+/// How [`Stack::pump`] treats a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PumpMode {
+    /// The attached connection: acknowledged bytes leave the send buffer,
+    /// new ones are pushed, received ones taken up to the buffer bound.
+    Normal,
+    /// The connection is going away: take every received byte regardless
+    /// of the bound (I1), apply acknowledgements, push nothing.
+    Drain,
+    /// A suspect (make before break): received bytes are taken as usual,
+    /// acknowledgements are seen but not applied and nothing is pushed, so
+    /// the flow's send position stays what the resume SYN named.
+    Watch,
+    /// A suspect going away because a resume won: take every received byte
+    /// (I1), apply no acknowledgement (the new connection resends from
+    /// what the peer's SYN-ACK named).
+    DrainReceived,
+}
+
+impl PumpMode {
+    fn applies_acks(self) -> bool {
+        matches!(self, PumpMode::Normal | PumpMode::Drain)
+    }
+
+    fn unbounded(self) -> bool {
+        matches!(self, PumpMode::Drain | PumpMode::DrainReceived)
+    }
+}
+
+/// What a pump saw the peer do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Moved {
+    /// New bytes (or our FIN) acknowledged.
+    pub(super) acked: bool,
+    /// New bytes (or the peer's FIN) received.
+    pub(super) received: bool,
+}
+
+impl Moved {
+    /// Either direction moved.
+    pub(super) fn any(self) -> bool {
+        self.acked || self.received
+    }
+}
+
 impl<D: Device> Stack<D> {
     /// Brings a flow's positions up to date with its connection (used
     /// before judging a resume of it).
     pub(super) fn sync_stream(&mut self, now: Instant, id: StreamId) {
         if let Some(handle) = self.streams.get(&id).and_then(|s| s.conn) {
-            self.pump(now, id, handle, true);
+            self.pump(now, id, handle, PumpMode::Drain);
         }
     }
 
-    /// Moves bytes between the stream's TI buffers and its socket.
-    /// `draining`: take every received byte regardless of the receive
-    /// buffer bound, and push nothing new (the connection is going away).
-    /// Returns whether the peer made progress: bytes (or a FIN) newly
+    /// Moves bytes between the stream's TI buffers and its socket (see
+    /// [`PumpMode`]). Returns what the peer did: bytes (or a FIN) newly
     /// acknowledged or received.
     pub(super) fn pump(
         &mut self,
         _now: Instant,
         id: StreamId,
         handle: SocketHandle,
-        draining: bool,
-    ) -> bool {
+        mode: PumpMode,
+    ) -> Moved {
+        let draining = mode.unbounded();
         let mtu = self.device.capabilities().max_transmission_unit;
         let Some(conn) = self.conns.get_mut(&handle) else {
-            return false;
+            return Moved::default();
         };
         let Some(s) = self.streams.get_mut(&id) else {
-            return false;
+            return Moved::default();
         };
-        let mut progress = false;
+        let mut moved = Moved::default();
         // Until the application accepts the stream, the peer's bytes stay in
         // the socket (bounded by its buffer), not in the TI buffer.
         let recv_limit = if s.awaiting_accept {
@@ -47,7 +91,9 @@ impl<D: Device> Stack<D> {
         let in_socket = socket.send_queue() as u64;
         let acked_total = conn.written.saturating_sub(in_socket);
         let newly = acked_total.saturating_sub(conn.acked);
-        if newly > 0 {
+        if newly > 0 && !mode.applies_acks() {
+            moved.acked = true;
+        } else if newly > 0 {
             conn.acked = acked_total;
             let n = (newly as usize).min(s.send_buf.len());
             s.send_buf.drain(..n);
@@ -55,7 +101,7 @@ impl<D: Device> Stack<D> {
                 let una = flow.positions().snd_una + newly;
                 let _ = flow.on_acked(una);
             }
-            progress = true;
+            moved.acked = true;
         }
 
         // Push new bytes (the first flight is one MSS-20 segment while confirming).
@@ -63,7 +109,7 @@ impl<D: Device> Stack<D> {
             socket.state(),
             tcp::State::Established | tcp::State::CloseWait
         );
-        if !draining
+        if mode == PumpMode::Normal
             && established
             && !matches!(conn.phase, Phase::SynSent(_) | Phase::SynReceived(_))
         {
@@ -133,7 +179,7 @@ impl<D: Device> Stack<D> {
             match got {
                 Ok((0, 0)) | Err(_) => break,
                 Ok((skipped, n)) => {
-                    progress = true;
+                    moved.received = true;
                     conn.skip_rx -= skipped as u64;
                     conn.consumed += (skipped + n) as u64;
                     s.stats.bytes_received += n as u64;
@@ -153,7 +199,7 @@ impl<D: Device> Stack<D> {
         );
         if fin_in && socket.recv_queue() == 0 && !s.eof {
             s.eof = true;
-            progress = true;
+            moved.received = true;
             if let Some(flow) = flow.as_deref_mut() {
                 flow.on_fin_received();
             }
@@ -161,14 +207,16 @@ impl<D: Device> Stack<D> {
         let fin_acked = conn.fin_pushed
             && (matches!(state, tcp::State::FinWait2 | tcp::State::TimeWait)
                 || (state == tcp::State::Closed && conn.was_last_ack && conn.reset.is_none()));
-        if fin_acked && !s.fin_acked {
+        if fin_acked && !s.fin_acked && !mode.applies_acks() {
+            moved.acked = true;
+        } else if fin_acked && !s.fin_acked {
             s.fin_acked = true;
-            progress = true;
+            moved.acked = true;
             if let Some(flow) = flow {
                 let end = flow.positions().snd_nxt;
                 let _ = flow.on_acked(end);
             }
         }
-        progress
+        moved
     }
 }

@@ -1,0 +1,161 @@
+//! Simulation: make before break (DESIGN §4, issue 11). The initiator keeps
+//! a connection it suspects (a stall, a silent path) while it resumes;
+//! whichever carries data first wins and the loser goes without touching
+//! the flow.
+
+mod common;
+
+use common::*;
+use smoltcp::time::Duration;
+use ti_stack::StreamStats;
+use ti_stack::device::link::{Direction, LinkConfig};
+use ti_stack::sim::Sim;
+
+fn stats(sim: &Sim, host: usize, id: ti_stack::StreamId) -> StreamStats {
+    sim.hosts[host]
+        .stream_infos()
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.stats)
+        .unwrap_or_default()
+}
+
+/// A client sending 4 MiB at 2 MB/s; `fault` runs once at 1 s.
+/// Returns the simulation, both ends and how long the transfer took.
+fn client_sends_through(
+    seed: u64,
+    fault: impl FnOnce(&mut Sim),
+) -> (Sim, Flowing, Flowing, Duration) {
+    let net = LinkConfig {
+        rate_bytes_per_sec: Some(2_000_000),
+        ..link(5)
+    };
+    let (mut sim, listener) = pair(seed, net);
+    let (c, s) = connect(&mut sim, listener);
+    let mut tx = Flowing::new(0, c, payload(4 << 20, seed));
+    let mut rx = Flowing::new(1, s, Vec::new());
+    let start = sim.now();
+    let mut fault = Some(fault);
+    let done = sim.run_until(Duration::from_secs(60), |sim| {
+        if sim.now() >= start + Duration::from_secs(1)
+            && let Some(fault) = fault.take()
+        {
+            fault(sim);
+        }
+        tx.pump(sim);
+        rx.pump(sim);
+        rx.eof
+    });
+    assert!(
+        done,
+        "transfer incomplete: {} of {} bytes",
+        rx.received.len(),
+        tx.data.len()
+    );
+    assert_eq!(sha(&rx.received), sha(&tx.data), "byte-exact");
+    let took = sim.now() - start;
+    (sim, tx, rx, took)
+}
+
+/// The path drops everything for 300 ms (longer than the client's stall
+/// budget, shorter than the server's silent-path budget) and every resume
+/// SYN for 20 s: only the old connection can carry the flow, and it does
+/// once its TCP retransmits.
+#[test]
+fn the_old_connection_wins_when_it_recovers_first() {
+    for seed in [401, 402, 403] {
+        let (sim, tx, rx, took) = client_sends_through(seed, |sim| {
+            let now = sim.now();
+            sim.net.blackhole(now, Duration::from_millis(300), None);
+            sim.net
+                .drop_matching(Direction::AtoB, 1000, |seg| seg.flags.syn && !seg.flags.ack);
+        });
+        let (client, server) = (stats(&sim, 0, tx.id), stats(&sim, 1, rx.id));
+        assert!(
+            client.resume_attempts >= 1,
+            "seed {seed}: the client suspected its connection and tried to resume"
+        );
+        assert_eq!(
+            (client.recoveries, client.resumes, server.resumes),
+            (1, 0, 0),
+            "seed {seed}: the old connection carried the flow again: {client:?}"
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "seed {seed}: finished before any resume could: {took:?}"
+        );
+    }
+}
+
+/// The same fault with resume SYNs let through: a resume may win instead;
+/// either way exactly one connection carries the flow at the end and no
+/// byte is lost or repeated.
+#[test]
+fn either_winner_keeps_the_stream_exact() {
+    for seed in [411, 412, 413, 414] {
+        let (sim, tx, rx, _) = client_sends_through(seed, |sim| {
+            let now = sim.now();
+            sim.net.blackhole(now, Duration::from_millis(300), None);
+        });
+        let (client, server) = (stats(&sim, 0, tx.id), stats(&sim, 1, rx.id));
+        assert_eq!(
+            client.recoveries + client.resumes,
+            1,
+            "seed {seed}: one winner: {client:?}"
+        );
+        assert_eq!(client.resumes, server.resumes, "seed {seed}");
+    }
+}
+
+/// Races between the suspect and the resume, both directions carrying
+/// data: short outages of varied length, one direction or both, over many
+/// seeds. Whoever wins, both streams arrive byte-exact (a suspect's late
+/// deliveries are skipped on the resumed connection, its late
+/// acknowledgements never move the flow past what the peer named).
+#[test]
+fn races_between_the_suspect_and_the_resume_keep_both_streams_exact() {
+    let mut outcomes = (0, 0);
+    for seed in 0..24u64 {
+        let net = LinkConfig {
+            rate_bytes_per_sec: Some(4_000_000),
+            ..link(2 + seed % 7)
+        };
+        let (mut sim, listener) = pair(500 + seed, net);
+        let (c, s) = connect(&mut sim, listener);
+        let mut a = Flowing::new(0, c, payload(3 << 20, seed));
+        let mut b = Flowing::new(1, s, payload(3 << 20, seed + 1000));
+        let start = sim.now();
+        let outage = Duration::from_millis(150 + 40 * (seed % 12));
+        let direction = match seed % 3 {
+            0 => None,
+            1 => Some(Direction::AtoB),
+            _ => Some(Direction::BtoA),
+        };
+        let mut armed = false;
+        let done = transfer(&mut sim, &mut a, &mut b, Duration::from_secs(120), |sim| {
+            if !armed && sim.now() >= start + Duration::from_millis(400) {
+                armed = true;
+                let now = sim.now();
+                sim.net.blackhole(now, outage, direction);
+                // Some resume SYNs lost too: the suspect gets time to win.
+                let lost_syns = (seed % 6) as usize * 2;
+                sim.net.drop_matching(Direction::AtoB, lost_syns, |seg| {
+                    seg.flags.syn && !seg.flags.ack
+                });
+            }
+        });
+        assert!(done, "seed {seed}: transfer incomplete");
+        assert_integrity(&a, &b);
+        let client = stats(&sim, 0, c);
+        outcomes.0 += client.recoveries;
+        outcomes.1 += client.resumes;
+    }
+    eprintln!(
+        "old connection kept {} times, resumed {} times",
+        outcomes.0, outcomes.1
+    );
+    assert!(
+        outcomes.0 > 0 && outcomes.1 > 0,
+        "both kinds of winner were exercised: {outcomes:?}"
+    );
+}
