@@ -65,6 +65,14 @@ pub struct FlowStatus {
     /// Resume attempts (each a SYN on a new connection), successful or not.
     #[serde(default)]
     pub resume_attempts: u64,
+    /// Failures the old connection recovered from before a resume did
+    /// (make before break: it carried data first and was kept).
+    #[serde(default)]
+    pub recoveries: u64,
+    /// Failures detected at this end (each followed by a resume, a
+    /// recovery or the loss of the flow).
+    #[serde(default)]
+    pub failures: u64,
     /// Time to resume in the last outage (failure noticed to the new
     /// connection carrying the flow), in milliseconds.
     pub last_downtime_ms: Option<f64>,
@@ -105,6 +113,10 @@ pub struct StatusReport {
     /// ended (a storm of resumes shows here even after its flow is gone).
     #[serde(default)]
     pub resume_attempts: u64,
+    /// Failures detected since start, of the flows listed and of those
+    /// that ended.
+    #[serde(default)]
+    pub failures: u64,
     /// What the stack holds and what its bounds turned away.
     #[serde(default)]
     pub resources: ResourceStatus,
@@ -570,7 +582,7 @@ pub fn render_status(report: &StatusReport) -> String {
             f.via.clone(),
             human_bytes(f.sent),
             human_bytes(f.received),
-            f.resumes.to_string(),
+            resumes_text(f),
             outage_text(f),
             if f.attached { "attached" } else { "resuming" }.to_owned(),
         ]);
@@ -580,6 +592,15 @@ pub fn render_status(report: &StatusReport) -> String {
     out.push('\n');
     out.push_str(&resources);
     out
+}
+
+/// `2`, or `2 (+1 kept)` when the old connection carried data again before
+/// a resume did (make before break).
+fn resumes_text(f: &FlowStatus) -> String {
+    match f.recoveries {
+        0 => f.resumes.to_string(),
+        kept => format!("{} (+{kept} kept)", f.resumes),
+    }
 }
 
 /// `1.20 s (0.40 s + 12 ms)`: the program's gap, then the time to detect
@@ -615,6 +636,8 @@ mod tests {
                     received: 2048,
                     resumes: 2,
                     resume_attempts: 3,
+                    recoveries: 1,
+                    failures: 3,
                     last_downtime_ms: Some(312.4),
                     last_detect_ms: Some(400.0),
                     last_gap_ms: Some(720.0),
@@ -631,6 +654,8 @@ mod tests {
                     received: 0,
                     resumes: 0,
                     resume_attempts: 0,
+                    recoveries: 0,
+                    failures: 0,
                     last_downtime_ms: None,
                     last_detect_ms: None,
                     last_gap_ms: None,
@@ -640,6 +665,7 @@ mod tests {
                 },
             ],
             resume_attempts: 4,
+            failures: 3,
             resources: ResourceStatus {
                 sockets: 3,
                 streams: 2,
@@ -675,6 +701,7 @@ mod tests {
         assert!(lines[2].starts_with("TIFID "), "{text}");
         assert!(lines[3].starts_with("0a4530be79bf  resilient"), "{text}");
         assert!(lines[3].contains("3.0 MiB"), "{text}");
+        assert!(lines[3].contains("2 (+1 kept)"), "{text}");
         assert!(lines[3].contains("312 ms"), "{text}");
         assert!(lines[4].starts_with("-             legacy"), "{text}");
         assert!(lines[4].ends_with("resuming"), "{text}");

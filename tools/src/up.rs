@@ -515,6 +515,24 @@ struct Registry {
     conns: BTreeMap<u64, ConnRecord>,
     /// Resume attempts of the streams whose relay ended.
     ended_attempts: u64,
+    /// Failures detected on the streams whose relay ended.
+    ended_failures: u64,
+}
+
+impl Registry {
+    /// Sums a counter over the streams in `infos` that a relay still
+    /// carries.
+    fn live_sum(
+        &self,
+        infos: &[StreamInfo],
+        counter: impl Fn(&ti_stack::StreamStats) -> u64,
+    ) -> u64 {
+        infos
+            .iter()
+            .filter(|i| self.conns.values().any(|r| r.stream == Some(i.id)))
+            .map(|i| counter(&i.stats))
+            .sum()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -560,18 +578,20 @@ impl Conns {
         let mut reg = self.lock();
         reg.conns.remove(&n);
         reg.ended_attempts += last.map_or(0, |i| i.stats.resume_attempts);
+        reg.ended_failures += last.map_or(0, |i| i.stats.failures);
     }
 
     /// Resume attempts since start: the ended relays' and those of the
     /// streams in `infos` that a relay still carries.
     fn resume_attempts(&self, infos: &[StreamInfo]) -> u64 {
         let reg = self.lock();
-        let live = infos
-            .iter()
-            .filter(|i| reg.conns.values().any(|r| r.stream == Some(i.id)))
-            .map(|i| i.stats.resume_attempts)
-            .sum::<u64>();
-        reg.ended_attempts + live
+        reg.ended_attempts + reg.live_sum(infos, |s| s.resume_attempts)
+    }
+
+    /// Failures detected since start, as [`Self::resume_attempts`] counts.
+    fn failures(&self, infos: &[StreamInfo]) -> u64 {
+        let reg = self.lock();
+        reg.ended_failures + reg.live_sum(infos, |s| s.failures)
     }
 
     fn is_empty(&self) -> bool {
@@ -953,6 +973,7 @@ fn handle<D: Device + Wait + Send + 'static>(
             uptime_s: started.elapsed().as_secs_f64(),
             flows: infos.iter().map(|i| flow_status(i, conns)).collect(),
             resume_attempts: conns.resume_attempts(&infos),
+            failures: conns.failures(&infos),
             resources: resource_status(runtime.resources()),
         }),
         Request::Fail { tifid } => {
@@ -1018,6 +1039,8 @@ fn flow_status(info: &StreamInfo, conns: &Conns) -> FlowStatus {
         received: info.stats.bytes_received,
         resumes: info.stats.resumes,
         resume_attempts: info.stats.resume_attempts,
+        recoveries: info.stats.recoveries,
+        failures: info.stats.failures,
         last_downtime_ms: info.stats.last_downtime.map(|d| d.as_secs_f64() * 1000.0),
         last_detect_ms: info.stats.last_detect.map(|d| d.as_secs_f64() * 1000.0),
         last_gap_ms: info.stats.last_gap.map(|d| d.as_secs_f64() * 1000.0),
@@ -1192,6 +1215,7 @@ fn relay<D: Device + Wait + Send + 'static>(
             flow = %relay.flow,
             resumes = info.stats.resumes,
             resume_attempts = info.stats.resume_attempts,
+            recoveries = info.stats.recoveries,
             "relay ended"
         );
     }

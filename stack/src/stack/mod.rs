@@ -93,6 +93,10 @@ pub struct StreamStats {
     /// Failures the old connection recovered from before a resume did
     /// (make before break: it carried data first and was kept).
     pub recoveries: u64,
+    /// Failures of the connection carrying the flow detected at this end
+    /// (stalls, silent paths, resets, ...), each followed by a resume, a
+    /// recovery or the loss of the flow.
+    pub failures: u64,
 }
 
 /// A snapshot of one stream for status displays.
@@ -660,7 +664,10 @@ impl<D: Device> Stack<D> {
                 id: *id,
                 mode: s.mode,
                 peer: s.peer,
-                stats: s.stats,
+                stats: StreamStats {
+                    failures: s.life.as_ref().map_or(0, |l| l.failures()),
+                    ..s.stats
+                },
                 attached: s.conn.is_some() && s.failed_at.is_none(),
             })
             .collect();
