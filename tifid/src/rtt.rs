@@ -1,15 +1,18 @@
 //! Round-trip time estimation (RFC 6298), for the liveness budgets.
 //!
 //! Owns [`RttEstimator`]: the smoothed RTT and its variation from samples
-//! the caller measures (handshakes, answered probes), and the
+//! the caller measures (handshakes, answered probes, timestamp echoes of
+//! acknowledgements of new data), and the
 //! retransmission timeout derived from them. It never reads a clock and
 //! never fails: samples are durations passed in.
 
 use std::time::Duration;
 
 /// The smallest RTO it reports (Linux's `TCP_RTO_MIN` is 200 ms; ours is
-/// lower because it only sizes failure detection, never a retransmission).
-pub const MIN_RTO: Duration = Duration::from_millis(100);
+/// lower because it only sizes failure detection, never a retransmission,
+/// and a suspected connection is kept until a resume carries data: see
+/// `tifid::lifecycle`, make before break).
+pub const MIN_RTO: Duration = Duration::from_millis(40);
 /// The largest RTO it reports.
 pub const MAX_RTO: Duration = Duration::from_secs(60);
 

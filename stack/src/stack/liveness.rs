@@ -10,8 +10,12 @@ use tifid::lifecycle::{Input, Liveness};
 
 use super::*;
 
-/// No stall budget below this, whatever the RTT.
-const STALL_FLOOR: Duration = Duration::from_millis(200);
+/// No stall budget below this, whatever the RTT: on a LAN, 80 ms without
+/// an acceptable segment while data is outstanding (and probes, sent every
+/// RTO, go unanswered) is far outside what queueing explains, and a false
+/// suspicion costs little (the connection is kept until a resume carries
+/// data, and wins if it answers first).
+const STALL_FLOOR: Duration = Duration::from_millis(80);
 /// No probe sooner than this after the peer's last answer.
 const PROBE_FLOOR: Duration = Duration::from_millis(200);
 /// Smoothed RTTs of quiet before a receiving flow probes its peer.

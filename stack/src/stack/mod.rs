@@ -374,10 +374,21 @@ struct Resetting {
     until: Instant,
 }
 
+thread_local! {
+    /// The polling stack's clock in milliseconds, for smoltcp's TCP
+    /// timestamps (its generator is a plain `fn`): set before every smoltcp
+    /// poll, so a simulation's captures are the same run to run and the
+    /// peer's echoes measure RTT on our clock.
+    static TS_CLOCK_MS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Our TCP timestamp clock: milliseconds of the stack's `now`.
+fn ts_clock_ms(now: Instant) -> u32 {
+    now.total_millis() as u32
+}
+
 fn tsval() -> u32 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    start.elapsed().as_millis() as u32
+    TS_CLOCK_MS.with(std::cell::Cell::get)
 }
 
 fn smol(d: Duration) -> SmolDuration {
@@ -758,6 +769,7 @@ impl<D: Device> Stack<D> {
     /// Runs the stack at time `now`: takes in packets, runs smoltcp, moves
     /// bytes, detects failures, resumes. Returns true if anything happened.
     pub fn poll(&mut self, now: Instant) -> bool {
+        TS_CLOCK_MS.with(|c| c.set(ts_clock_ms(now)));
         let mut activity = self.take_ingress(now);
         activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
             != smoltcp::iface::PollResult::None;

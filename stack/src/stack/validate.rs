@@ -95,6 +95,8 @@ impl<D: Device> Stack<D> {
             probe_answer && is_bare_old_ack(seg, &window) && !window_was_zero && seg.window != 0;
         if probe_answer && let Some(sent) = conn.last_probe {
             conn.rtt.sample(std_dur(now - sent));
+        } else if let Some(rtt) = echoed_rtt(now, seg, &window) {
+            conn.rtt.sample(rtt);
         }
         let stream = conn.stream;
         if let Phase::Confirming(initiator) = &mut conn.phase
@@ -168,4 +170,26 @@ fn is_bare_old_ack(seg: &Segment, window: &SeqWindow) -> bool {
         && !seg.rst
         && seg.payload_len == 0
         && seg.ack_number == window.snd_una
+}
+
+/// Longest round trip a timestamp echo may measure: an older echo is not
+/// ours (or our clock wrapped).
+const MAX_ECHOED_RTT_MS: u32 = 60_000;
+
+/// The round trip a segment's timestamp echo measures (RFC 7323 §4.1, on
+/// our own clock: see `tsval`), taken only from segments that acknowledge
+/// new data, so a delayed or repeated ACK never measures the wrong send.
+fn echoed_rtt(now: Instant, seg: &Segment, window: &SeqWindow) -> Option<Duration> {
+    let (_, ecr) = seg.timestamp?;
+    let acks_new = seg.ack && seq_after(seg.ack_number, window.snd_una);
+    if ecr == 0 || !acks_new {
+        return None;
+    }
+    let ms = ts_clock_ms(now).wrapping_sub(ecr);
+    (ms <= MAX_ECHOED_RTT_MS).then(|| Duration::from_millis(u64::from(ms)))
+}
+
+/// `a` is after `b` in sequence space (modulo 2^32).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
