@@ -76,7 +76,8 @@ fn client_sends_through(
 /// once its TCP retransmits.
 #[test]
 fn the_old_connection_wins_when_it_recovers_first() {
-    for seed in [401] {
+    let seed = 401;
+    {
         let (sim, tx, rx, took) = client_sends_through(seed, |sim| {
             let now = sim.now();
             sim.net.blackhole(now, Duration::from_millis(200), None);
@@ -106,7 +107,8 @@ fn the_old_connection_wins_when_it_recovers_first() {
 /// byte is lost or repeated.
 #[test]
 fn either_winner_keeps_the_stream_exact() {
-    for seed in [411] {
+    let seed = 411;
+    {
         let (sim, tx, rx, took) = client_sends_through(seed, |sim| {
             let now = sim.now();
             sim.net.blackhole(now, Duration::from_millis(200), None);
