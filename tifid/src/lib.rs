@@ -37,6 +37,6 @@ pub use handshake::{Initiator, Mode, Responder, SynDecision};
 // `lifecycle::Lifecycle`.
 pub use lifecycle::{FailureCause, LegacyEnd, LifecycleConfig};
 pub use option::{DEFAULT_KIND, FlowOption, FlowOptionRepr, Half, Tifid};
-pub use seq::{Seq48, SeqMapping};
+pub use seq::Seq48;
 pub use table::{FlowTable, TableConfig};
 pub use time::Timestamp;

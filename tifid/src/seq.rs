@@ -1,9 +1,9 @@
 //! 48-bit transport-independent sequence numbers.
 //!
 //! Owns [`Seq48`]: arithmetic modulo 2^48 and serial-number comparison
-//! (RFC 1982 style), and [`SeqMapping`], the bijection between a TI sequence
-//! space and one TCP connection's 32-bit sequence space. Never reads a clock,
-//! never allocates.
+//! (RFC 1982 style). Never reads a clock, never allocates. (A connection's
+//! TCP sequence numbers are never mapped to TI positions: the stack counts
+//! bytes taken from and given to each socket instead.)
 
 use core::cmp::Ordering;
 use core::fmt;
@@ -121,48 +121,6 @@ impl fmt::Display for Seq48 {
     }
 }
 
-/// Maps one TCP connection's sequence space onto the TI sequence space.
-///
-/// Built from a mapping point: the TI position `ti_base` is carried by the TCP
-/// sequence number `tcp_base` (for a new flow, the first data byte: ISN+1 on
-/// the TCP side, the initial TISeq on the TI side; the SYN itself belongs to
-/// TCP and has no TI number).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SeqMapping {
-    /// TI position of the mapping point.
-    pub ti_base: Seq48,
-    /// TCP sequence number of the mapping point.
-    pub tcp_base: u32,
-}
-
-impl SeqMapping {
-    /// A mapping with `ti_base` carried by `tcp_base`.
-    pub fn new(ti_base: Seq48, tcp_base: u32) -> SeqMapping {
-        SeqMapping { ti_base, tcp_base }
-    }
-
-    /// The TCP sequence number that carries TI position `ti`.
-    pub fn ti_to_tcp(&self, ti: Seq48) -> u32 {
-        let offset = ti.value().wrapping_sub(self.ti_base.value()) & SEQ48_MASK;
-        self.tcp_base.wrapping_add(offset as u32)
-    }
-
-    /// The TI position carried by TCP sequence number `tcp`.
-    ///
-    /// TCP's space wraps every 4 GiB while TI's wraps every 256 TiB, so the
-    /// answer is the candidate closest to `near` (a recent TI position on the
-    /// same connection, such as `snd_una` or `rcv_nxt`).
-    pub fn tcp_to_ti(&self, tcp: u32, near: Seq48) -> Seq48 {
-        let near_tcp = self.ti_to_tcp(near);
-        let delta = tcp.wrapping_sub(near_tcp) as i32;
-        if delta >= 0 {
-            near + delta as u64
-        } else {
-            near - u64::from(delta.unsigned_abs())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,25 +176,5 @@ mod tests {
         let s = Seq48::new(0x0a45_30be_79bf);
         assert_eq!(s.to_be_bytes(), [0x0a, 0x45, 0x30, 0xbe, 0x79, 0xbf]);
         assert_eq!(Seq48::from_be_bytes(s.to_be_bytes()), s);
-    }
-
-    #[test]
-    fn mapping_round_trips_and_wraps_both_spaces() {
-        let m = SeqMapping::new(Seq48::new(SEQ48_MASK - 3), u32::MAX - 1);
-        let ti = m.ti_base + 10;
-        let tcp = m.ti_to_tcp(ti);
-        assert_eq!(tcp, 8);
-        assert_eq!(m.tcp_to_ti(tcp, m.ti_base), ti);
-    }
-
-    #[test]
-    fn mapping_picks_candidate_nearest_reference_after_4gib() {
-        let m = SeqMapping::new(Seq48::new(1000), 5000);
-        let far = Seq48::new(1000 + (1u64 << 32) + 7);
-        let tcp = m.ti_to_tcp(far);
-        assert_eq!(tcp, 5007);
-        assert_eq!(m.tcp_to_ti(tcp, far - 3), far);
-        assert_eq!(m.tcp_to_ti(tcp, Seq48::new(1000)), Seq48::new(1007));
-        assert_eq!(m.tcp_to_ti(4990, Seq48::new(1000)), Seq48::new(990));
     }
 }
