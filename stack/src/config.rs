@@ -57,6 +57,12 @@ pub struct StackConfig {
     /// Seed for ports, TIFID halves and TI ISNs; `None` seeds from the OS
     /// (use a seed only for deterministic simulation).
     pub seed: Option<u64>,
+    /// Latency tuning of [`crate::Runtime`]'s driver thread: 1 ns timer
+    /// slack (the kernel's default 50 us delays every timed wake-up by up
+    /// to that much) and polling instead of sleeping through the last
+    /// 100 us before a deadline. Costs CPU while timers are near; off by
+    /// default (`tiflow bench` measures both).
+    pub low_latency: bool,
 }
 
 impl StackConfig {
@@ -83,6 +89,7 @@ impl StackConfig {
             user_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),
             seed: None,
+            low_latency: false,
         }
     }
 }

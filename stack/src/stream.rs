@@ -29,8 +29,9 @@ use tifid::handshake::Mode;
 /// never missed by more than this.
 const MAX_SLEEP: Duration = Duration::from_millis(5);
 
-/// Deadlines closer than this are met by polling instead of sleeping (a
-/// wake-up from sleep is late by about this much on a loaded machine).
+/// With [`StackConfig::low_latency`], deadlines closer than this are met by
+/// polling instead of sleeping (a wake-up from sleep is late by about this
+/// much on a loaded machine).
 const SPIN_BELOW: Duration = Duration::from_micros(100);
 
 /// A monotonic clock in smoltcp's units.
@@ -122,6 +123,11 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let clock = Clock {
             start: std::time::Instant::now(),
         };
+        let spin_below = if config.low_latency {
+            SPIN_BELOW
+        } else {
+            Duration::ZERO
+        };
         let stack = Stack::new(config, device, clock.now());
         let shared = Arc::new(Shared {
             stack: Mutex::new(stack),
@@ -133,7 +139,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let driver_shared = shared.clone();
         let driver = std::thread::Builder::new()
             .name("tiflow-driver".into())
-            .spawn(move || drive(&driver_shared))?;
+            .spawn(move || drive(&driver_shared, spin_below))?;
         Ok(Runtime {
             shared,
             driver: Some(driver),
@@ -207,9 +213,13 @@ impl<D: Device + Wait + Send + 'static> Drop for Runtime<D> {
     }
 }
 
-/// The driver loop: poll, wake waiters, sleep until a packet or a deadline.
-fn drive<D: Device + Wait>(shared: &Shared<D>) {
-    precise_timers();
+/// The driver loop: poll, wake waiters, sleep until a packet or a deadline
+/// (polling instead through the last `spin_below`, with precise timers,
+/// when it is not zero: [`StackConfig::low_latency`]).
+fn drive<D: Device + Wait>(shared: &Shared<D>, spin_below: Duration) {
+    if !spin_below.is_zero() {
+        precise_timers();
+    }
     while !shared.stopping.load(Ordering::Acquire) {
         let sleep = {
             let mut stack = shared.lock();
@@ -222,11 +232,11 @@ fn drive<D: Device + Wait>(shared: &Shared<D>) {
             Duration::from_micros((next - now).total_micros()).min(MAX_SLEEP)
         };
         shared.changed.notify_all();
-        if sleep < SPIN_BELOW {
+        if sleep.is_zero() || sleep < spin_below {
             // Waking from a sleep takes tens of microseconds; a deadline this
             // close is met by polling again.
             std::thread::yield_now();
-        } else if let Err(e) = shared.waiter.wait(Some(sleep - SPIN_BELOW)) {
+        } else if let Err(e) = shared.waiter.wait(Some(sleep - spin_below)) {
             warn!(error = %e, "device wait failed");
             std::thread::sleep(MAX_SLEEP);
         }

@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// Samples per mode and RTT [default: 200].
     #[arg(long)]
     pub samples: Option<usize>,
+    /// connect, reconnect, bulk: run the stacks with latency tuning (1 ns
+    /// timer slack, polling through the last 100 us before a timer), as
+    /// `tiflow up --low-latency` does [default: off, as for users].
+    #[arg(long)]
+    pub low_latency: bool,
     /// Directory for the CSV files, plots, report and captures.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
@@ -242,6 +247,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     if args.what == What::Recovery {
         return recovery::run(args);
     }
+    net::set_low_latency(args.low_latency);
     let out = &args.out;
     let pcap_dir = out.join("pcap");
     std::fs::create_dir_all(&pcap_dir)
@@ -277,7 +283,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     drop(bed);
     let _ = writeln!(
         report,
-        "\n{} samples per point, RTTs {:?} ms, bulk {} MiB x {}; took {:.0} s.",
+        "\n{} samples per point, RTTs {:?} ms, bulk {} MiB x {}, latency tuning {}; took {:.0} s.",
         settings.samples,
         settings
             .rtts
@@ -286,6 +292,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
             .collect::<Vec<_>>(),
         settings.bulk_bytes >> 20,
         settings.reps,
+        if args.low_latency { "on" } else { "off" },
         started.elapsed().as_secs_f64()
     );
     let name = match what {

@@ -73,13 +73,24 @@ pub struct Site {
     pub address: Ipv4Addr,
 }
 
+/// `tiflow bench --low-latency`: the run's stacks use latency tuning (set
+/// once, before any stack starts).
+static LOW_LATENCY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets whether the stacks of this run use [`StackConfig::low_latency`].
+pub fn set_low_latency(on: bool) {
+    LOW_LATENCY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Site {
-    /// A stack config for this site: /24, the kernel as gateway, TI on or off.
+    /// A stack config for this site: /24, the kernel as gateway, TI on or
+    /// off, latency tuning as the run asks ([`set_low_latency`]).
     pub fn config(&self, ti: bool) -> StackConfig {
         let mut config = StackConfig::new(self.address);
         config.prefix_len = 24;
         config.gateway = Some(self.gateway);
         config.ti_enabled = ti;
+        config.low_latency = LOW_LATENCY.load(std::sync::atomic::Ordering::Relaxed);
         config
     }
 }
