@@ -9,9 +9,6 @@
 //! data: nothing panics and both directions stay byte-exact. Part three
 //! checks the handshake decisions on malformed SYN options, the rewriting of
 //! a real smoltcp SYN and the refusal RST.
-//!
-//! Tests named `bug_*` are ignored: each reproduces a defect of the stack
-//! found here (see its doc comment); run them with `--ignored`.
 
 mod common;
 
@@ -1667,8 +1664,7 @@ fn regression_rst_with_bad_checksum_spoils_a_clean_close() {
 /// check it). A packet with version 0, 5, 6 or 15 and IHL 5 is read as
 /// IPv4 (an IPv6 packet escapes only because its traffic class usually
 /// makes the IHL nibble 0). smoltcp drops such packets, so the stack takes
-/// handshake decisions on packets smoltcp never sees (see
-/// `bug_syn_discarded_by_smoltcp_decides_the_next_handshake`).
+/// handshake decisions on packets smoltcp never sees.
 #[test]
 fn regression_segment_parse_rejects_non_ipv4_versions_was_accepts_non_ipv4_versions() {
     let syn = smoltcp_syn(from(), to(), 1, true);
@@ -1679,28 +1675,18 @@ fn regression_segment_parse_rejects_non_ipv4_versions_was_accepts_non_ipv4_versi
     }
 }
 
-/// Virtual memory of this process, from /proc (Linux).
-fn vm_size_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Sends 16 SYNs (with a good or a bad TCP checksum) from a third host to a
 /// server with a 64 MiB `socket_buffer`, never completes them, waits 30 s
-/// (beyond `connect_timeout`) and returns how much the process's address
-/// space grew.
-fn address_space_after_16_syns(bad_checksum: bool) -> u64 {
-    // The two tests that measure the address space must not overlap.
-    static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+/// (beyond the half-open and connect timeouts) and returns the server's
+/// sockets before, right after the SYNs, and at the end (the stack's own
+/// counters: other tests running in this process do not disturb them).
+fn sockets_around_16_syns(bad_checksum: bool) -> (usize, usize, usize) {
     let mut server = config(SERVER, 75);
     server.socket_buffer = 64 << 20;
     let (mut sim, _listener) = pair_with(74, link(2), config(CLIENT, 74), server);
     let third = sim.net.endpoint(Side::A, &[THIRD_A]);
     sim.run_for(Duration::from_millis(10));
-    let before = vm_size_bytes().expect("/proc/self/status");
+    let before = sim.hosts[1].resources().sockets;
     for port in 0..16u16 {
         let mut syn = smoltcp_syn(sock(THIRD_A, 33_000 + port), sock(SERVER, PORT), 1, true);
         if bad_checksum {
@@ -1708,30 +1694,35 @@ fn address_space_after_16_syns(bad_checksum: bool) -> u64 {
         }
         third.send_raw(sim.now(), &syn);
     }
+    sim.run_for(Duration::from_millis(20));
+    let during = sim.hosts[1].resources().sockets;
     sim.run_until(Duration::from_secs(30), |sim| {
         drain(&third, sim.now());
         false
     });
-    let after = vm_size_bytes().expect("/proc/self/status");
-    after.saturating_sub(before)
+    let after = sim.hosts[1].resources();
+    assert_eq!(after.half_open, 0, "{after:?}");
+    (before, during, after.sockets)
 }
 
 #[test]
 fn half_open_connections_are_freed_at_connect_timeout() {
-    // The control for the next test.
-    let grown = address_space_after_16_syns(false);
-    assert!(grown < 1 << 30, "address space grew by {} MiB", grown >> 20);
+    // The control for the next test: 16 good SYNs make 16 half-open
+    // connections (the measure sees them), all freed in the end.
+    let (before, during, after) = sockets_around_16_syns(false);
+    assert_eq!(during, before + 16, "one socket per half-open connection");
+    assert_eq!(after, before, "every half-open connection freed");
 }
 
-/// Regression (was a bug: stack.rs `on_new_syn` + `bind_fresh_listeners`), the resource side
-/// of `bug_syn_discarded_by_smoltcp_decides_the_next_handshake`: every SYN
+/// Regression (was a bug: stack.rs `on_new_syn` + `bind_fresh_listeners`),
+/// the resource side of a SYN that smoltcp discards: every SYN
 /// that smoltcp discards leaves a `pending` entry and a listening socket
 /// with two `socket_buffer`s, kept for as long as the entry (forever); and
 /// `bind_fresh_listeners` scans `pending` once per kept listener on every
-/// poll. Here 16 bad-checksum SYNs with a 64 MiB `socket_buffer` keep 2 GiB
-/// of address space.
+/// poll. Here 16 bad-checksum SYNs with a 64 MiB `socket_buffer` kept 2 GiB
+/// of address space; now they leave no socket behind.
 #[test]
 fn regression_discarded_syns_leak_listener_sockets() {
-    let grown = address_space_after_16_syns(true);
-    assert!(grown < 1 << 30, "address space grew by {} MiB", grown >> 20);
+    let (before, _, after) = sockets_around_16_syns(true);
+    assert_eq!(after, before, "a socket per discarded SYN was kept");
 }
