@@ -68,8 +68,9 @@ What it does:
   removed on exit and on Ctrl-C. Needs root, iproute2, iptables and conntrack.
 
 Exit codes:
-  0  the TI-flow survived byte-exact
-  1  it did not, or the demo could not run (not root, missing command,
+  0  the TI-flow resumed and survived byte-exact, and plain TCP did not
+  1  it did not (or the run showed nothing: no resume, or plain TCP
+     survived too), or the demo could not run (not root, missing command,
      interrupted)
   2  usage error (bad arguments)";
 
@@ -899,28 +900,42 @@ impl Outcome {
             self.rate,
             self.broke_at,
             table(&rows),
-            match (self.verdict().is_ok(), Self::exact(ps, pr)) {
-                (true, false) => {
+            match (self.verdict().is_ok(), Self::exact(ts, tr)) {
+                (true, _) => {
                     "The TI-flow survived the middlebox's state loss byte-exact; plain TCP did not."
                 }
-                (true, true) => "The TI-flow survived the middlebox's state loss byte-exact.",
-                (false, _) => "The TI-flow did NOT survive byte-exact.",
+                (false, true) => "The TI-flow was byte-exact, but the run showed nothing (see above).",
+                (false, false) => "The TI-flow did NOT survive byte-exact.",
             }
         )
     }
 
+    /// The demonstration holds only if the middlebox's state loss broke
+    /// plain TCP, and the TI-flow resumed at least once and delivered every
+    /// byte: a TI-flow that never resumed, or a plain connection that
+    /// survived, shows nothing.
     fn verdict(&self) -> Result<(), DemoError> {
         let (ts, tr) = &self.ti;
+        let (ps, pr) = &self.plain;
         if self.seen.mode.as_deref() == Some("legacy") {
             return Err(DemoError::NotSurvived(
                 "the connection was plain TCP, not a TI-flow".into(),
             ));
         }
-        if Self::exact(ts, tr) {
-            Ok(())
-        } else {
-            Err(DemoError::NotSurvived(self.ti_outcome()))
+        if !Self::exact(ts, tr) {
+            return Err(DemoError::NotSurvived(self.ti_outcome()));
         }
+        if self.seen.resumes == 0 {
+            return Err(DemoError::NotSurvived(
+                "the TI-flow never resumed: the state loss did not reach it".into(),
+            ));
+        }
+        if Self::exact(ps, pr) {
+            return Err(DemoError::NotSurvived(
+                "plain TCP survived too: the middlebox kept its mapping, nothing was shown".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1014,5 +1029,15 @@ mod tests {
         o.ti.1.eof = true;
         o.seen.mode = Some("legacy".into());
         assert!(o.verdict().is_err());
+        o.seen.mode = Some("resilient".into());
+        assert!(o.verdict().is_ok());
+        // A TI-flow that never resumed shows nothing.
+        o.seen.resumes = 0;
+        assert!(o.verdict().is_err());
+        o.seen.resumes = 1;
+        // Nor does a run where plain TCP survived.
+        o.plain = (end(10, "a", false, None), end(10, "a", true, None));
+        assert!(o.verdict().is_err());
+        assert!(o.render().contains("showed nothing"), "{}", o.render());
     }
 }
