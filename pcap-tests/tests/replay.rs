@@ -31,6 +31,18 @@ fn legacy() -> Option<StreamMode> {
     Some(StreamMode::Known(Mode::Legacy))
 }
 
+/// The stream was a TI-flow (before it closed: the app keeps the last mode
+/// the stack reported). A clean-close test that passed with a legacy
+/// stream would prove nothing about flow entries.
+fn assert_was_resilient(app: &App, replay: &Replay) {
+    assert!(
+        matches!(app.mode(), Some(StreamMode::Known(Mode::Resilient { .. }))),
+        "the stream was not a TI-flow: {:?}\n{}",
+        app.mode(),
+        replay.transcript()
+    );
+}
+
 /// A replay of `scenario` as captured at `side`, our stack playing that
 /// side's script; the script must finish and read exactly what the peer
 /// sent.
@@ -407,7 +419,8 @@ fn paper_trace1_as_initiator_falls_back() {
 /// ACK was lost can still be answered by one resume); it goes with it.
 #[test]
 fn c_clean_close_removes_the_initiators_flow_entry() {
-    let (mut replay, _) = replay_scenario(scenarios::TI_SETUP, Side::Initiator, 25);
+    let (mut replay, app) = replay_scenario(scenarios::TI_SETUP, Side::Initiator, 25);
+    assert_was_resilient(&app, &replay);
     let t = replay.transcript();
     assert_eq!(replay.stack().flows().len(), 1, "kept in TIME-WAIT\n{t}");
     let later = replay.now() + smoltcp::time::Duration::from_secs(11);
@@ -428,7 +441,8 @@ fn c_clean_close_removes_the_initiators_flow_entry() {
 /// detached until `resume_timeout`).
 #[test]
 fn c_clean_close_removes_the_responders_flow_entry() {
-    let (replay, _) = replay_scenario(scenarios::TI_SETUP, Side::Responder, 26);
+    let (replay, app) = replay_scenario(scenarios::TI_SETUP, Side::Responder, 26);
+    assert_was_resilient(&app, &replay);
     let flows: Vec<_> = replay.stack().flows().iter().collect();
     assert!(flows.is_empty(), "{flows:?}\n{}", replay.transcript());
 }
