@@ -1,7 +1,7 @@
-//! `tiflow bench connect --quick`, `reconnect --quick` and `recovery
-//! --quick` as a user runs them: the built binary, real namespaces and TUN
-//! devices (root needed: without it the test fails with the reason). Checks
-//! the files and their shape, never the timings.
+//! `tiflow bench connect --quick`, `reconnect --quick`, `recovery --quick`
+//! and its no-fault check as a user runs them: the built binary, real
+//! namespaces and TUN devices (root needed: without it the test fails with
+//! the reason). Checks the files and their shape, never the timings.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -215,13 +215,8 @@ fn bench_reconnect_quick_writes_csv_summary_and_svg() {
     assert_no_namespaces_left(pid);
 }
 
-/// `tiflow bench recovery --quick` on two scenarios: the four files, a row
-/// per scenario, direction, transport and repetition, and every TI run
-/// byte-exact to its end of stream (the times are reported, never
-/// asserted).
-#[test]
-fn bench_recovery_quick_writes_csv_report_and_svg_and_ti_is_byte_exact() {
-    require_privileges();
+/// The commands the recovery bench needs besides iproute2.
+fn require_middlebox_tools() {
     for (command, package) in [
         ("nft", "nftables"),
         ("conntrack", "conntrack"),
@@ -232,6 +227,76 @@ fn bench_recovery_quick_writes_csv_report_and_svg_and_ti_is_byte_exact() {
             "this test needs `{command}`: apt-get install {package}"
         );
     }
+}
+
+/// `tiflow bench recovery --quick --scenarios no-fault`: 10 parallel
+/// unpaced TI streams for 5 s through the healthy middlebox. One row in
+/// `recovery-nofault.csv`, every stream byte-exact to its end of stream, and
+/// the `== no fault` section and its target in the report. The failures
+/// detected are a measurement: reported, never asserted.
+#[test]
+fn bench_recovery_no_fault_quick_streams_are_byte_exact() {
+    require_privileges();
+    require_middlebox_tools();
+    let out = out_dir("bench-recovery-no-fault");
+    let (stdout, stderr, pid) = run_bench_full("recovery", &["--scenarios", "no-fault"], &out);
+    assert!(stdout.contains("== no fault"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("recovery-nofault.csv"));
+    assert_eq!(
+        header[..8],
+        [
+            "flows",
+            "secs",
+            "bytes",
+            "mbit_s",
+            "byte_exact_streams",
+            "client_failures",
+            "server_failures",
+            "client_resume_attempts"
+        ]
+    );
+    assert_eq!(rows.len(), 1, "one run: {rows:?}");
+    let flows = column(&header, &rows, "flows")[0];
+    assert_eq!(flows, "10", "--quick: 10 streams");
+    assert_eq!(column(&header, &rows, "secs")[0], "5", "--quick: 5 s");
+    assert_eq!(
+        column(&header, &rows, "byte_exact_streams")[0],
+        flows,
+        "a stream was not byte-exact to its end:\n{stderr}"
+    );
+    let bytes = column(&header, &rows, "bytes")[0];
+    assert!(bytes.parse::<u64>().is_ok_and(|b| b > 0), "bytes {bytes:?}");
+    for name in [
+        "client_failures",
+        "server_failures",
+        "client_resume_attempts",
+    ] {
+        let v = column(&header, &rows, name)[0];
+        assert!(v.parse::<u64>().is_ok(), "{name} {v:?}: status not read");
+    }
+
+    let report = std::fs::read_to_string(out.join("recovery-report.txt")).expect("report");
+    assert!(report.contains("\n== no fault"), "{report}");
+    assert!(
+        report.contains("no fault, 10 parallel bulk flows for 5 s: zero failures detected"),
+        "{report}"
+    );
+    assert!(report.contains("every TI run byte-exact"), "{report}");
+    // Only no-fault ran: no fault-scenario rows.
+    let (_, rows) = csv(&out.join("recovery.csv"));
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_no_namespaces_left(pid);
+}
+
+/// `tiflow bench recovery --quick` on two scenarios: the four files, a row
+/// per scenario, direction, transport and repetition, and every TI run
+/// byte-exact to its end of stream (the times are reported, never
+/// asserted).
+#[test]
+fn bench_recovery_quick_writes_csv_report_and_svg_and_ti_is_byte_exact() {
+    require_privileges();
+    require_middlebox_tools();
     let out = out_dir("bench-recovery");
     let (stdout, stderr, pid) =
         run_bench_full("recovery", &["--scenarios", "nat-flush,blackhole-1s"], &out);

@@ -81,7 +81,8 @@ pub struct BenchArgs {
     pub out: PathBuf,
     /// Quick run for CI: 10 samples, RTTs 0 and 10 ms, one 16 MiB bulk
     /// transfer per mode; recovery: 2 repetitions, no blackhole-30s, plain
-    /// TCP waited for 2 s (explicit options still win).
+    /// TCP waited for 2 s, no-fault 10 streams for 5 s (explicit options
+    /// still win).
     #[arg(long)]
     pub quick: bool,
     /// Bytes per bulk transfer, in MiB [default: 256].
@@ -93,8 +94,10 @@ pub struct BenchArgs {
     pub reps: Option<usize>,
     /// recovery: the scenarios, comma-separated, each NAME or NAME:REPS
     /// (its own repetitions): nat-flush, firewall-flush, rebuilt-1s,
-    /// blackhole-1s, blackhole-30s, client-address-change [default: all;
-    /// --quick: all but blackhole-30s].
+    /// blackhole-1s, blackhole-30s, client-address-change, and no-fault
+    /// (parallel bulk streams and no fault; NAME:RUNS, 1 run unless given)
+    /// [default: all but no-fault; --quick: all but no-fault and
+    /// blackhole-30s].
     #[arg(long, value_delimiter = ',', value_name = "NAME[:REPS],...", value_parser = recovery::parse_scenario)]
     pub scenarios: Option<Vec<recovery::ScenarioSpec>>,
     /// recovery: rate of each paced stream, in MiB/s [default: 8].
@@ -105,6 +108,14 @@ pub struct BenchArgs {
     /// seconds [default: 10; --quick: 2].
     #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_wait)]
     pub plain_wait: Option<f64>,
+    /// recovery, no-fault: parallel TI streams, half each way [default:
+    /// 100; --quick: 10].
+    #[arg(long, value_name = "N", value_parser = recovery::parse_flows)]
+    pub no_fault_flows: Option<usize>,
+    /// recovery, no-fault: how long the streams write, unpaced, in seconds
+    /// [default: 60; --quick: 5].
+    #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_secs)]
+    pub no_fault_secs: Option<f64>,
     /// recovery: keep the logs of the two `tiflow up` (their directory is
     /// printed) even when the run succeeds.
     #[arg(long)]

@@ -27,6 +27,12 @@
 //! the fault (the end of its commands) to the first byte of the first chunk
 //! written at or after it; `restore_to_data` from the path coming back (the
 //! end of the restoring commands) to the first byte read after it.
+//!
+//! The `no-fault` check (only when named in `--scenarios`) injects nothing:
+//! it opens many TI streams through the same pair at once, half each way,
+//! lets them write unpaced for a while, checks each byte-exact to its end,
+//! and reads from both `tiflow up` how many failures they detected
+//! meanwhile (there should be none on a healthy path).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -61,6 +67,13 @@ pub const DEFAULT_REPS: usize = 10;
 pub const DEFAULT_RATE_MIB: f64 = 8.0;
 /// Default wait for plain TCP after the fault (or restore), seconds.
 pub const DEFAULT_PLAIN_WAIT: f64 = 10.0;
+/// Default parallel streams of the no-fault check.
+pub const DEFAULT_NO_FAULT_FLOWS: usize = 100;
+/// Default length of the no-fault check, seconds.
+pub const DEFAULT_NO_FAULT_SECS: f64 = 60.0;
+/// Most parallel streams of the no-fault check (each holds four sockets
+/// here and a carried connection in each `tiflow up`).
+pub const MAX_NO_FAULT_FLOWS: usize = 200;
 
 /// The nftables table of the middlebox.
 const TABLE: &str = "tiflow_bench";
@@ -138,6 +151,12 @@ blackhole-1s, blackhole-30s, client-address-change. Writes recovery.csv,
 recovery-summary.csv, recovery-report.txt and recovery.svg. Needs root,
 iproute2, nftables, conntrack and iptables.
 
+no-fault (only when named in --scenarios): --no-fault-flows streams (100) at
+once through the same pair, half each way, write unpaced for --no-fault-secs
+(60 s) through the healthy middlebox; every stream must be byte-exact to its
+end, and both `tiflow up` must detect zero failures. Adds
+recovery-nofault.csv and a `== no fault` section to the report.
+
 Exit codes:
   0  success
   1  runtime error (not root, missing command, a stream failed to start,
@@ -161,10 +180,14 @@ pub enum Scenario {
     /// The client host's outside address changes (its masquerade gives the
     /// new source; the stack's own address stays).
     ClientAddressChange,
+    /// No fault at all: many parallel bulk TI streams for a while, to show
+    /// that failure detection never fires on a healthy path under load. Not
+    /// in the default set ([`Scenario::ALL`]); asked for by name.
+    NoFault,
 }
 
 impl Scenario {
-    /// Every scenario, in run order.
+    /// Every fault scenario, in run order: the default set.
     pub const ALL: [Scenario; 6] = [
         Scenario::NatFlush,
         Scenario::FirewallFlush,
@@ -172,6 +195,18 @@ impl Scenario {
         Scenario::Blackhole1s,
         Scenario::Blackhole30s,
         Scenario::ClientAddressChange,
+    ];
+
+    /// Every scenario `--scenarios` accepts: the fault scenarios, then
+    /// [`Scenario::NoFault`].
+    pub const NAMED: [Scenario; 7] = [
+        Scenario::NatFlush,
+        Scenario::FirewallFlush,
+        Scenario::Rebuilt1s,
+        Scenario::Blackhole1s,
+        Scenario::Blackhole30s,
+        Scenario::ClientAddressChange,
+        Scenario::NoFault,
     ];
 
     /// Its name on the command line and in the files.
@@ -183,7 +218,13 @@ impl Scenario {
             Scenario::Blackhole1s => "blackhole-1s",
             Scenario::Blackhole30s => "blackhole-30s",
             Scenario::ClientAddressChange => "client-address-change",
+            Scenario::NoFault => "no-fault",
         }
+    }
+
+    /// Whether it injects a fault (every scenario but [`Scenario::NoFault`]).
+    pub fn is_fault(self) -> bool {
+        self != Scenario::NoFault
     }
 
     /// How long the path is gone (outage scenarios).
@@ -209,6 +250,9 @@ impl Scenario {
             Scenario::ClientAddressChange => {
                 "the client's outside address moves (10.10.1.2 <-> 10.10.1.3)"
             }
+            Scenario::NoFault => {
+                "no fault: parallel unpaced TI streams, half each way, then both `tiflow up` asked for their failures"
+            }
         }
     }
 }
@@ -217,25 +261,26 @@ impl FromStr for Scenario {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scenario::ALL
+        Scenario::NAMED
             .into_iter()
             .find(|sc| sc.name() == s)
             .ok_or_else(|| {
                 format!(
                     "unknown scenario {s:?} (one of {})",
-                    Scenario::ALL.map(Scenario::name).join(", ")
+                    Scenario::NAMED.map(Scenario::name).join(", ")
                 )
             })
     }
 }
 
 /// A scenario on the command line, with its own repetitions if given
-/// (`blackhole-30s:3`).
+/// (`blackhole-30s:3`; for `no-fault`, its number of runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScenarioSpec {
     /// The scenario.
     pub scenario: Scenario,
-    /// Its repetitions per direction, overriding `--reps`.
+    /// Its repetitions per direction, overriding `--reps` (`no-fault`: its
+    /// runs, 1 if not given; `--reps` does not apply to it).
     pub reps: Option<usize>,
 }
 
@@ -263,6 +308,24 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.1..=200.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a rate in MiB/s (0.1-200)")),
+    }
+}
+
+/// Parses the number of parallel streams of the no-fault check (for clap).
+pub fn parse_flows(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_NO_FAULT_FLOWS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of streams (1-{MAX_NO_FAULT_FLOWS})"
+        )),
+    }
+}
+
+/// Parses the length of the no-fault check in seconds (for clap).
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('s').parse::<f64>() {
+        Ok(v) if (1.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a length in seconds (1-3600)")),
     }
 }
 
@@ -329,11 +392,17 @@ pub struct Settings {
     pub warmup: Duration,
     /// Streaming after the TI-flow carried data again.
     pub tail: Duration,
+    /// No-fault check: parallel streams per run.
+    pub no_fault_flows: usize,
+    /// No-fault check: how long the streams write.
+    pub no_fault_secs: Duration,
 }
 
 impl Settings {
     /// Resolves defaults: explicit options, then `--quick` (2 repetitions, no
-    /// blackhole-30s, plain TCP waited for 2 s), then the defaults.
+    /// blackhole-30s, plain TCP waited for 2 s, no-fault 10 streams for 5 s),
+    /// then the defaults. `no-fault` runs once unless `no-fault:N` says
+    /// otherwise (`--reps` counts per direction, which it has not).
     pub fn from_args(args: &BenchArgs) -> Settings {
         let reps = args
             .reps
@@ -345,7 +414,10 @@ impl Settings {
                 specs
                     .iter()
                     .filter(|s| seen.insert(s.scenario))
-                    .map(|s| (s.scenario, s.reps.unwrap_or(reps)))
+                    .map(|s| {
+                        let default = if s.scenario.is_fault() { reps } else { 1 };
+                        (s.scenario, s.reps.unwrap_or(default))
+                    })
                     .collect()
             }
             None => Scenario::ALL
@@ -363,7 +435,31 @@ impl Settings {
             plain_wait: Duration::from_secs_f64(plain_wait),
             warmup: Duration::from_millis(if args.quick { 500 } else { 1000 }),
             tail: Duration::from_millis(300),
+            no_fault_flows: args.no_fault_flows.unwrap_or(if args.quick {
+                10
+            } else {
+                DEFAULT_NO_FAULT_FLOWS
+            }),
+            no_fault_secs: Duration::from_secs_f64(args.no_fault_secs.unwrap_or(if args.quick {
+                5.0
+            } else {
+                DEFAULT_NO_FAULT_SECS
+            })),
         }
+    }
+
+    /// The fault scenarios to run and their repetitions per direction.
+    fn fault_runs(&self) -> impl Iterator<Item = (Scenario, usize)> + '_ {
+        self.runs.iter().copied().filter(|(s, _)| s.is_fault())
+    }
+
+    /// Runs of the no-fault check (0: not asked for).
+    fn no_fault_runs(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|(s, _)| !s.is_fault())
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -501,6 +597,7 @@ impl Net {
                 c.ip(&["route", "replace", "default", "via", MIDDLEBOX_INSIDE])?;
                 Ok(())
             }
+            Scenario::NoFault => Ok(()),
         }
     }
 
@@ -748,23 +845,27 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
-/// The paced writing program: a chunk every `CHUNK / rate` seconds.
-fn writer(mut s: TcpStream, epoch: Instant, rate: f64, shared: Arc<Shared>) -> WriterEnd {
+/// The writing program: paced, a chunk every `CHUNK / rate` seconds
+/// (`rate` in bytes per second), or, with no rate, chunks back to back as
+/// fast as the connection takes them (bulk).
+fn writer(mut s: TcpStream, epoch: Instant, rate: Option<f64>, shared: Arc<Shared>) -> WriterEnd {
     let _ = s.set_write_timeout(Some(IO_TICK));
     let _ = s.set_nodelay(true);
-    let interval = Duration::from_secs_f64(CHUNK as f64 / rate);
+    let interval = rate.map(|rate| Duration::from_secs_f64(CHUNK as f64 / rate));
     let mut end = WriterEnd::default();
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut next = Instant::now();
     'chunks: while !shared.abort.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(IO_TICK));
-            continue;
-        }
-        if now.duration_since(next) > MAX_CATCH_UP {
-            next = now.checked_sub(MAX_CATCH_UP).unwrap_or(now);
+        if interval.is_some() {
+            if now < next {
+                std::thread::sleep((next - now).min(IO_TICK));
+                continue;
+            }
+            if now.duration_since(next) > MAX_CATCH_UP {
+                next = now.checked_sub(MAX_CATCH_UP).unwrap_or(now);
+            }
         }
         make_chunk(&mut buf, end.chunks, ns_since(epoch, now));
         let mut off = 0;
@@ -790,7 +891,9 @@ fn writer(mut s: TcpStream, epoch: Instant, rate: f64, shared: Arc<Shared>) -> W
             }
         }
         end.chunks += 1;
-        next += interval;
+        if let Some(interval) = interval {
+            next += interval;
+        }
     }
     if end.error.is_some() {
         shared.failed.store(true, Ordering::Release);
@@ -900,11 +1003,13 @@ struct Stream {
 }
 
 impl Stream {
+    /// Starts the writer on `tx` (paced at `rate` bytes per second, or bulk
+    /// with `None`) and the reader on `rx`.
     fn start(
         tx: TcpStream,
         rx: TcpStream,
         epoch: Instant,
-        rate: f64,
+        rate: Option<f64>,
     ) -> Result<Stream, BenchError> {
         let shared = Arc::new(Shared::default());
         let clone = |s: &TcpStream| {
@@ -954,33 +1059,48 @@ impl Stream {
         }
     }
 
-    /// Ends it: gracefully (the writer finishes its chunk and sends FIN, the
-    /// reader reads to the end, both bounded) or by [`Stream::abort`].
-    /// `stuck` runs when a graceful end does not complete in time, before
-    /// the abort (to record what the two `tiflow up` say).
-    fn finish(mut self, graceful: bool, stuck: impl FnOnce()) -> (WriterEnd, ReaderEnd) {
-        if graceful {
-            self.shared.stop.store(true, Ordering::Release);
-            let deadline = Instant::now() + DRAIN_TIMEOUT;
-            while Instant::now() < deadline
-                && !(self.writer.as_ref().is_none_or(JoinHandle::is_finished)
-                    && self.reader.as_ref().is_none_or(JoinHandle::is_finished))
-                && check_interrupted().is_ok()
-            {
-                std::thread::sleep(TICK);
-            }
-        }
-        let finished = self.writer.as_ref().is_none_or(JoinHandle::is_finished)
-            && self.reader.as_ref().is_none_or(JoinHandle::is_finished);
-        if graceful && !finished {
-            stuck();
-        }
-        if !graceful || !finished {
+    /// Asks the writer to finish its chunk and end the stream (FIN); the
+    /// reader then reads to the end.
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    /// Both threads have ended.
+    fn is_finished(&self) -> bool {
+        self.writer.as_ref().is_none_or(JoinHandle::is_finished)
+            && self.reader.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Joins both threads, aborting them first unless they have ended.
+    fn join(mut self) -> (WriterEnd, ReaderEnd) {
+        if !self.is_finished() {
             self.abort();
         }
         let w = self.writer.take().and_then(|h| h.join().ok());
         let r = self.reader.take().and_then(|h| h.join().ok());
         (w.unwrap_or_default(), r.unwrap_or_default())
+    }
+
+    /// Ends it: gracefully (the writer finishes its chunk and sends FIN, the
+    /// reader reads to the end, both bounded) or by [`Stream::abort`].
+    /// `stuck` runs when a graceful end does not complete in time, before
+    /// the abort (to record what the two `tiflow up` say).
+    fn finish(self, graceful: bool, stuck: impl FnOnce()) -> (WriterEnd, ReaderEnd) {
+        if graceful {
+            self.stop();
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            while Instant::now() < deadline && !self.is_finished() && check_interrupted().is_ok() {
+                std::thread::sleep(TICK);
+            }
+        }
+        let finished = self.is_finished();
+        if graceful && !finished {
+            stuck();
+        }
+        if !graceful {
+            self.abort();
+        }
+        self.join()
     }
 }
 
@@ -1090,8 +1210,8 @@ impl Bench<'_> {
             Dir::ClientToServer => (ti_client, ti_server, plain_client, plain_server),
             Dir::ServerToClient => (ti_server, ti_client, plain_server, plain_client),
         };
-        let ti = Stream::start(ti_tx, ti_rx, epoch, rate)?;
-        let plain = Stream::start(plain_tx, plain_rx, epoch, rate)?;
+        let ti = Stream::start(ti_tx, ti_rx, epoch, Some(rate))?;
+        let plain = Stream::start(plain_tx, plain_rx, epoch, Some(rate))?;
 
         // Warm up: both streams deliver.
         let started = Instant::now();
@@ -1296,6 +1416,288 @@ impl Bench<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The no-fault check.
+
+/// After the writers of the no-fault check stop, longest the readers may
+/// take to read every stream to its end (the buffers of every carried
+/// connection drain through the pair).
+const NO_FAULT_DRAIN: Duration = Duration::from_secs(120);
+/// Longest the flows of the no-fault check may take to leave both `tiflow
+/// up` after their streams ended.
+const NO_FAULT_SETTLE: Duration = Duration::from_secs(10);
+/// How often the no-fault check shows its progress.
+const NO_FAULT_PROGRESS: Duration = Duration::from_secs(10);
+/// Streams not byte-exact described on stderr, per run.
+const NO_FAULT_DESCRIBED: usize = 5;
+
+/// One run of the no-fault check: parallel unpaced TI streams, half each
+/// way, through a healthy middlebox; then what both `tiflow up` detected.
+/// The counts of the two `tiflow up` are `None` when their status could not
+/// be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoFaultRun {
+    /// Run, from 1.
+    pub run: usize,
+    /// Parallel streams (the even ones client-to-server, the odd ones
+    /// server-to-client).
+    pub flows: usize,
+    /// How long the writers wrote, s.
+    pub secs: f64,
+    /// From the start of the writers to the last byte read (the drain
+    /// after they stopped included), s.
+    pub elapsed: f64,
+    /// Bytes read by the receiving programs, all streams.
+    pub bytes: u64,
+    /// Streams byte-exact to their end of stream.
+    pub byte_exact: usize,
+    /// Streams the client's `tiflow up` carried as TI-flows (`resilient`)
+    /// just before the writers stopped.
+    pub resilient: Option<usize>,
+    /// Failures the client's `tiflow up` detected during the run (the
+    /// difference of its totals, ended flows included).
+    pub client_failures: Option<u64>,
+    /// Failures the server's `tiflow up` detected during the run.
+    pub server_failures: Option<u64>,
+    /// Resume attempts of the client's `tiflow up` during the run.
+    pub client_resume_attempts: Option<u64>,
+    /// Resume attempts of the server's `tiflow up` during the run.
+    pub server_resume_attempts: Option<u64>,
+}
+
+impl NoFaultRun {
+    /// Aggregate throughput of all streams, Mbit/s.
+    pub fn mbit_s(&self) -> f64 {
+        if self.elapsed > 0.0 {
+            self.bytes as f64 * 8.0 / self.elapsed / 1e6
+        } else {
+            0.0
+        }
+    }
+
+    /// Zero failures detected at both ends, every stream carried by a
+    /// TI-flow (so that detection was armed).
+    pub fn no_failures(&self) -> bool {
+        self.client_failures == Some(0)
+            && self.server_failures == Some(0)
+            && self.resilient == Some(self.flows)
+    }
+}
+
+/// The failures and resume attempts `tiflow up` counted since it started.
+fn totals(up: &UpProcess) -> Option<(u64, u64)> {
+    control::status(&up.control)
+        .ok()
+        .map(|r| (r.failures, r.resume_attempts))
+}
+
+/// `after - before` of one of [`totals`]' counts.
+fn delta(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+    count: fn((u64, u64)) -> u64,
+) -> Option<u64> {
+    Some(count(after?).saturating_sub(count(before?)))
+}
+
+impl Bench<'_> {
+    /// The client's flows of the local ports `ports`.
+    fn client_flows(&self, ports: &BTreeSet<u16>) -> Option<Vec<control::FlowStatus>> {
+        let report = control::status(&self.client_up.control).ok()?;
+        Some(
+            report
+                .flows
+                .into_iter()
+                .filter(|f| {
+                    f.via
+                        .rsplit_once("<- 127.0.0.1:")
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_some_and(|p| ports.contains(&p))
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits (bounded) until neither `tiflow up` lists a flow of `ports`
+    /// (the server's by their TIFIDs `tifids`), so that the totals read
+    /// next include them.
+    fn wait_flows_gone(
+        &self,
+        ports: &BTreeSet<u16>,
+        tifids: &BTreeSet<String>,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + NO_FAULT_SETTLE;
+        while Instant::now() < deadline {
+            check_interrupted()?;
+            let client_gone = self.client_flows(ports).is_some_and(|f| f.is_empty());
+            let server_gone = control::status(&self.server_up.control).is_ok_and(|r| {
+                !r.flows
+                    .iter()
+                    .any(|f| f.tifid.as_ref().is_some_and(|t| tifids.contains(t)))
+            });
+            if client_gone && server_gone {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// One run of the no-fault check: opens the streams through the
+    /// `tiflow up` pair, lets them write as fast as they can for the set
+    /// time, ends them, checks each byte-exact to its end, and reads what
+    /// both `tiflow up` detected meanwhile.
+    fn no_fault(&mut self, run: usize) -> Result<NoFaultRun, BenchError> {
+        let n = self.settings.no_fault_flows;
+        let secs = self.settings.no_fault_secs;
+        let client_before = totals(self.client_up);
+        let server_before = totals(self.server_up);
+
+        // One at a time: the connection the server program accepts is the
+        // one the client program just made (a TI-flow that ends in the
+        // server's `tiflow up` connecting to it).
+        let forward = SocketAddr::from(([127, 0, 0, 1], FORWARD_PORT));
+        let mut pairs = Vec::with_capacity(n);
+        let mut ports = BTreeSet::new();
+        for i in 0..n {
+            check_interrupted()?;
+            let client = connect_in(&self.net.client, forward)?;
+            let port = client
+                .local_addr()
+                .map_err(|e| BenchError::io("local address", e))?
+                .port();
+            ports.insert(port);
+            let server = accept_bounded(self.ti_listener, "TI-flow (from the server's tiflow up)")?;
+            pairs.push(if i % 2 == 0 {
+                (client, server)
+            } else {
+                (server, client)
+            });
+        }
+        let started = Instant::now();
+        let mut streams = Vec::with_capacity(n);
+        for (tx, rx) in pairs {
+            streams.push(Stream::start(tx, rx, self.epoch, None)?);
+        }
+
+        let until = started + secs;
+        let mut shown = started;
+        loop {
+            check_interrupted()?;
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            if now.duration_since(shown) >= NO_FAULT_PROGRESS {
+                shown = now;
+                let chunks: u64 = streams
+                    .iter()
+                    .map(|s| s.shared.chunks.load(Ordering::Acquire))
+                    .sum();
+                eprintln!(
+                    "  no-fault run {run}: {:.0}/{:.0} s, {} MiB read, {} stream(s) failed",
+                    now.duration_since(started).as_secs_f64(),
+                    secs.as_secs_f64(),
+                    (chunks * CHUNK as u64) >> 20,
+                    streams.iter().filter(|s| s.failed()).count()
+                );
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        }
+
+        // What the client's `tiflow up` carries, while it still does.
+        let flows = self.client_flows(&ports);
+        let resilient = flows
+            .as_ref()
+            .map(|f| f.iter().filter(|f| f.mode == "resilient").count());
+        let tifids: BTreeSet<String> = flows
+            .iter()
+            .flatten()
+            .filter_map(|f| f.tifid.clone())
+            .collect();
+
+        for s in &streams {
+            s.stop();
+        }
+        let deadline = Instant::now() + NO_FAULT_DRAIN;
+        while Instant::now() < deadline && streams.iter().any(|s| !s.is_finished()) {
+            check_interrupted()?;
+            std::thread::sleep(TICK);
+        }
+        let stuck = streams.iter().filter(|s| !s.is_finished()).count();
+        if stuck > 0 {
+            eprintln!(
+                "tiflow bench recovery: no-fault run {run}: {stuck} stream(s) not ended {NO_FAULT_DRAIN:?} \
+                 after the writers stopped (aborted)"
+            );
+        }
+        let ends: Vec<(WriterEnd, ReaderEnd)> = streams.into_iter().map(Stream::join).collect();
+        check_interrupted()?;
+
+        let started_ns = ns_since(self.epoch, started);
+        let last_read = ends
+            .iter()
+            .filter_map(|(_, r)| r.reads.last().map(|r| r.0))
+            .max()
+            .unwrap_or(started_ns);
+        let mut exact = 0;
+        let mut described = 0;
+        for (i, (w, r)) in ends.iter().enumerate() {
+            if byte_exact(w, r) {
+                exact += 1;
+            } else if described < NO_FAULT_DESCRIBED {
+                described += 1;
+                eprintln!(
+                    "tiflow bench recovery: no-fault run {run}, stream {i} ({}): not byte-exact: \
+                     wrote {} chunks ({} B{}), read {} chunks ({} B), {}{}{}",
+                    if i % 2 == 0 {
+                        Dir::ClientToServer.name()
+                    } else {
+                        Dir::ServerToClient.name()
+                    },
+                    w.chunks,
+                    w.bytes,
+                    w.error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(", error {e}")),
+                    r.stamps.len(),
+                    r.bytes,
+                    if r.eof {
+                        "end of stream"
+                    } else {
+                        "no end of stream"
+                    },
+                    r.error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(", error {e}")),
+                    r.corrupt
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(", {e}")),
+                );
+            }
+        }
+
+        // Let the flows end at both `tiflow up`, so that their totals
+        // include every one of them.
+        self.wait_flows_gone(&ports, &tifids)?;
+        let client_after = totals(self.client_up);
+        let server_after = totals(self.server_up);
+        Ok(NoFaultRun {
+            run,
+            flows: n,
+            secs: secs.as_secs_f64(),
+            elapsed: ms_between(started_ns, last_read) / 1e3,
+            bytes: ends.iter().map(|(_, r)| r.bytes).sum(),
+            byte_exact: exact,
+            resilient,
+            client_failures: delta(client_before, client_after, |t| t.0),
+            server_failures: delta(server_before, server_after, |t| t.0),
+            client_resume_attempts: delta(client_before, client_after, |t| t.1),
+            server_resume_attempts: delta(server_before, server_after, |t| t.1),
+        })
+    }
+}
+
 fn fmt_ms(v: f64) -> String {
     if v.is_infinite() {
         "failed".into()
@@ -1385,11 +1787,21 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
 
 fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError> {
     let started = Instant::now();
-    let total: usize = settings.runs.iter().map(|(_, r)| r * Dir::ALL.len()).sum();
+    let total: usize = settings.fault_runs().map(|(_, r)| r * Dir::ALL.len()).sum();
+    let no_fault_runs = settings.no_fault_runs();
     eprintln!(
-        "tiflow bench recovery: {} scenario(s), {total} repetitions, {:.1} MiB/s per stream; building namespaces",
-        settings.runs.len(),
-        settings.rate / (1024.0 * 1024.0)
+        "tiflow bench recovery: {} scenario(s), {total} repetitions, {:.1} MiB/s per stream{}; building namespaces",
+        settings.fault_runs().count(),
+        settings.rate / (1024.0 * 1024.0),
+        if no_fault_runs > 0 {
+            format!(
+                "; no fault: {no_fault_runs} run(s) of {} unpaced streams for {:.0} s",
+                settings.no_fault_flows,
+                settings.no_fault_secs.as_secs_f64()
+            )
+        } else {
+            String::new()
+        }
     );
     let mut net = Net::build()?;
     let plain_listener = listen_in(&net.server, &format!("0.0.0.0:{PLAIN_PORT}"))?;
@@ -1426,6 +1838,7 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
     client_up.wait_ready(super::interrupt_flag())?;
 
     let mut samples = Vec::new();
+    let mut no_fault = Vec::new();
     let mut done = 0;
     {
         let mut bench = Bench {
@@ -1438,6 +1851,29 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
             epoch: started,
         };
         for &(scenario, reps) in &settings.runs {
+            if !scenario.is_fault() {
+                for run in 1..=reps {
+                    let r = bench.no_fault(run)?;
+                    eprintln!(
+                        "[{:>5.0} s] no-fault run {run}/{reps}: {} streams for {:.0} s, {:.0} MiB in {:.1} s \
+                         ({:.0} Mbit/s), {}/{} byte-exact; failures: client {}, server {}; \
+                         client resume attempts {}",
+                        started.elapsed().as_secs_f64(),
+                        r.flows,
+                        r.secs,
+                        r.bytes as f64 / (1024.0 * 1024.0),
+                        r.elapsed,
+                        r.mbit_s(),
+                        r.byte_exact,
+                        r.flows,
+                        opt_count(r.client_failures),
+                        opt_count(r.server_failures),
+                        opt_count(r.client_resume_attempts),
+                    );
+                    no_fault.push(r);
+                }
+                continue;
+            }
             for rep in 1..=reps {
                 for dir in Dir::ALL {
                     let [ti, plain] = bench.rep(scenario, dir, rep)?;
@@ -1460,7 +1896,7 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
     drop(server_up);
     drop(net);
     let took = started.elapsed();
-    let report = write_outputs(out, settings, &samples, took)?;
+    let report = write_outputs(out, settings, &samples, &no_fault, took)?;
     print!("{report}");
     println!("Results in {}", out.display());
     Ok(())
@@ -1559,6 +1995,31 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// A count of a `tiflow up`, or `unknown` when its status could not be read.
+fn opt_count<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "unknown".into(), |v| v.to_string())
+}
+
+/// A count for a CSV cell (empty when unknown).
+fn csv_count<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
+}
+
+/// Seconds, whole when they are.
+fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.1}")
+    }
+}
+
+/// The sum of `count` over the runs, `None` if any run lacks it.
+fn sum_of(runs: &[NoFaultRun], count: impl Fn(&NoFaultRun) -> Option<u64>) -> Option<u64> {
+    runs.iter().map(count).sum()
+}
+
 /// One line of the targets: what, the value, met or not (None: not run).
 struct Target {
     what: String,
@@ -1566,7 +2027,8 @@ struct Target {
     met: Option<bool>,
 }
 
-fn targets(samples: &[Sample], runs: &[(Scenario, usize)]) -> Vec<Target> {
+fn targets(samples: &[Sample], settings: &Settings, no_fault: &[NoFaultRun]) -> Vec<Target> {
+    let runs = &settings.runs;
     let ran = |sc: Scenario| runs.iter().any(|(s, _)| *s == sc);
     let median =
         |sc, dir, tr, restore| stat(&values(samples, sc, dir, tr, restore)).map(|s| s.median);
@@ -1642,24 +2104,60 @@ fn targets(samples: &[Sample], runs: &[(Scenario, usize)]) -> Vec<Target> {
             _ => not_run(what),
         });
     }
+    let what = format!(
+        "no fault, {} parallel bulk flows for {} s: zero failures detected",
+        settings.no_fault_flows,
+        fmt_secs(settings.no_fault_secs)
+    );
+    out.push(if no_fault.is_empty() {
+        not_run(what)
+    } else {
+        let resilient: Option<usize> = no_fault.iter().map(|r| r.resilient).sum();
+        let flows: usize = no_fault.iter().map(|r| r.flows).sum();
+        Target {
+            what,
+            value: format!(
+                "failures: client {}, server {}; client resume attempts {}; TI-flows {}/{flows}{}",
+                opt_count(sum_of(no_fault, |r| r.client_failures)),
+                opt_count(sum_of(no_fault, |r| r.server_failures)),
+                opt_count(sum_of(no_fault, |r| r.client_resume_attempts)),
+                opt_count(resilient),
+                if no_fault.len() > 1 {
+                    format!(" ({} runs)", no_fault.len())
+                } else {
+                    String::new()
+                }
+            ),
+            met: Some(no_fault.iter().all(NoFaultRun::no_failures)),
+        }
+    });
     let ti: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.transport == Transport::Ti)
         .collect();
     let exact = ti.iter().filter(|s| s.byte_exact).count();
+    let streams: usize = no_fault.iter().map(|r| r.flows).sum();
+    let streams_exact: usize = no_fault.iter().map(|r| r.byte_exact).sum();
+    let mut value = format!("{exact}/{} runs", ti.len());
+    if !no_fault.is_empty() {
+        let _ = write!(value, "; no fault {streams_exact}/{streams} streams");
+    }
+    let all = ti.len() + streams;
     out.push(Target {
         what: "every TI run byte-exact".into(),
-        value: format!("{exact}/{} runs", ti.len()),
-        met: Some(!ti.is_empty() && exact == ti.len()),
+        value,
+        met: Some(all > 0 && exact + streams_exact == all),
     });
     out
 }
 
-/// Writes the four files; returns the report.
+/// Writes the four files, and `recovery-nofault.csv` when the no-fault
+/// check ran; returns the report.
 fn write_outputs(
     out: &Path,
     settings: &Settings,
     samples: &[Sample],
+    no_fault: &[NoFaultRun],
     took: Duration,
 ) -> Result<String, BenchError> {
     let write = |name: &str, text: &str| {
@@ -1693,7 +2191,7 @@ fn write_outputs(
         "scenario,direction,transport,metric,n,failed,median_ms,low_ms,high_ms,interval,min_ms,max_ms,survived,byte_exact\n",
     );
     let mut rows = Vec::new();
-    for &(sc, _) in &settings.runs {
+    for (sc, _) in settings.fault_runs() {
         for dir in Dir::ALL {
             let metrics: &[bool] = if sc.outage().is_some() {
                 &[false, true]
@@ -1757,16 +2255,26 @@ fn write_outputs(
         TI_WAIT.as_secs_f64(),
         took.as_secs_f64()
     );
-    let _ = writeln!(
-        r,
-        "repetitions per direction: {}",
-        settings
-            .runs
-            .iter()
-            .map(|(s, n)| format!("{} {n}", s.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    if settings.fault_runs().next().is_some() {
+        let _ = writeln!(
+            r,
+            "repetitions per direction: {}",
+            settings
+                .fault_runs()
+                .map(|(s, n)| format!("{} {n}", s.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !no_fault.is_empty() {
+        let _ = writeln!(
+            r,
+            "no fault: {} run(s) of {} parallel unpaced streams for {} s",
+            no_fault.len(),
+            settings.no_fault_flows,
+            fmt_secs(settings.no_fault_secs)
+        );
+    }
     let _ = writeln!(
         r,
         "\nfail->data: from the fault (its commands done) to the first byte, read by the receiving\n\
@@ -1785,11 +2293,13 @@ fn write_outputs(
     for &(sc, _) in &settings.runs {
         let _ = writeln!(r, "  {:<22} {}", sc.name(), sc.describe());
     }
-    let _ = writeln!(
-        r,
-        "\n== recovery, ms\n{:<22} {:<17} {:<14} {:<34} {:<34} {:>9} {:>9} {:>9}",
-        "scenario", "direction", "metric", "TI", "plain TCP", "TI ok", "TI exact", "plain ok"
-    );
+    if !rows.is_empty() {
+        let _ = writeln!(
+            r,
+            "\n== recovery, ms\n{:<22} {:<17} {:<14} {:<34} {:<34} {:>9} {:>9} {:>9}",
+            "scenario", "direction", "metric", "TI", "plain TCP", "TI ok", "TI exact", "plain ok"
+        );
+    }
     for (sc, dir, restore, cells) in &rows {
         let (ti, ti_ok, ti_exact, ti_n) = cells[0];
         let (plain, plain_ok, _, plain_n) = cells[1];
@@ -1810,8 +2320,12 @@ fn write_outputs(
             format!("{plain_ok}/{plain_n}"),
         );
     }
+    if !no_fault.is_empty() {
+        write("recovery-nofault.csv", &no_fault_csv(no_fault))?;
+        r += &no_fault_section(no_fault);
+    }
     let _ = writeln!(r, "\n== targets (medians of the TI runs)");
-    for t in targets(samples, &settings.runs) {
+    for t in targets(samples, settings, no_fault) {
         let tag = match t.met {
             Some(true) => "met",
             Some(false) => "MISSED",
@@ -1822,6 +2336,80 @@ fn write_outputs(
     write("recovery-report.txt", &r)?;
     write("recovery.svg", &svg(settings, samples))?;
     Ok(r)
+}
+
+/// `recovery-nofault.csv`: one row per run of the no-fault check.
+fn no_fault_csv(runs: &[NoFaultRun]) -> String {
+    let mut csv = String::from(
+        "flows,secs,bytes,mbit_s,byte_exact_streams,client_failures,server_failures,client_resume_attempts,\
+         server_resume_attempts,ti_flows,elapsed_s\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{:.1},{},{},{},{},{},{},{:.3}",
+            r.flows,
+            r.secs,
+            r.bytes,
+            r.mbit_s(),
+            r.byte_exact,
+            csv_count(r.client_failures),
+            csv_count(r.server_failures),
+            csv_count(r.client_resume_attempts),
+            csv_count(r.server_resume_attempts),
+            csv_count(r.resilient),
+            r.elapsed
+        );
+    }
+    csv
+}
+
+/// The report's `== no fault` section.
+fn no_fault_section(runs: &[NoFaultRun]) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "\n== no fault: parallel unpaced TI streams (the even ones client-to-server, the odd ones\n\
+         server-to-client), no fault injected. Failures and resume attempts: what each `tiflow up`\n\
+         counted during the run (its totals, ended flows included). TI-flows: streams the client's\n\
+         `tiflow up` carried as TI-flows just before the writers stopped. Mbit/s: every byte read,\n\
+         over the writers' start to the last byte read.\n\
+         {:>3} {:>5} {:>5} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9} {:>11} {:>11}",
+        "run",
+        "flows",
+        "secs",
+        "MiB",
+        "Mbit/s",
+        "byte-exact",
+        "TI-flows",
+        "client",
+        "server",
+        "client",
+        "server"
+    );
+    let _ = writeln!(
+        r,
+        "{:>3} {:>5} {:>5} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9} {:>11} {:>11}",
+        "", "", "", "", "", "", "", "failures", "failures", "resume att.", "resume att."
+    );
+    for n in runs {
+        let _ = writeln!(
+            r,
+            "{:>3} {:>5} {:>5} {:>10.1} {:>8.1} {:>10} {:>8} {:>9} {:>9} {:>11} {:>11}",
+            n.run,
+            n.flows,
+            fmt_secs(Duration::from_secs_f64(n.secs)),
+            n.bytes as f64 / (1024.0 * 1024.0),
+            n.mbit_s(),
+            format!("{}/{}", n.byte_exact, n.flows),
+            format!("{}/{}", opt_count(n.resilient), n.flows),
+            opt_count(n.client_failures),
+            opt_count(n.server_failures),
+            opt_count(n.client_resume_attempts),
+            opt_count(n.server_resume_attempts),
+        );
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------
@@ -1854,9 +2442,8 @@ fn svg(settings: &Settings, samples: &[Sample]) -> String {
     const TI_COLOR: &str = "#1f77b4";
     const PLAIN_COLOR: &str = "#d62728";
     let rows: Vec<(Scenario, Dir)> = settings
-        .runs
-        .iter()
-        .flat_map(|&(sc, _)| Dir::ALL.map(|d| (sc, d)))
+        .fault_runs()
+        .flat_map(|(sc, _)| Dir::ALL.map(|d| (sc, d)))
         .collect();
     let h = TOP + ROW * rows.len() as f64 + 60.0;
     // The axis: decades spanning every finite value.
@@ -2084,7 +2671,7 @@ mod tests {
         );
         assert!(parse_scenario("nat").is_err());
         assert!(parse_scenario("nat-flush:0").is_err());
-        for s in Scenario::ALL {
+        for s in Scenario::NAMED {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
         }
     }
@@ -2227,7 +2814,16 @@ mod tests {
                 true,
             ),
         ];
-        let t = targets(&samples, &runs);
+        let settings = Settings {
+            runs,
+            rate: 1.0,
+            plain_wait: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            tail: Duration::ZERO,
+            no_fault_flows: 100,
+            no_fault_secs: Duration::from_secs(60),
+        };
+        let t = targets(&samples, &settings, &[]);
         let find = |what: &str| {
             t.iter()
                 .find(|t| t.what.starts_with(what))
@@ -2238,17 +2834,116 @@ mod tests {
         assert_eq!(find("nat-flush client-to-server"), Some(true));
         assert_eq!(find("blackhole-1s client-to-server"), Some(true));
         assert_eq!(find("rebuilt-1s"), None);
-        assert_eq!(find("every TI run byte-exact"), Some(true));
-        let svg = svg(
-            &Settings {
-                runs,
-                rate: 1.0,
-                plain_wait: Duration::from_secs(1),
-                warmup: Duration::ZERO,
-                tail: Duration::ZERO,
-            },
-            &samples,
+        assert_eq!(
+            find("no fault, 100 parallel bulk flows for 60 s: zero failures detected"),
+            None
         );
+        assert_eq!(find("every TI run byte-exact"), Some(true));
+        let svg = svg(&settings, &samples);
         assert!(svg.starts_with("<svg") && svg.contains("nat-flush") && svg.contains("failed"));
+    }
+
+    fn no_fault_run(exact: usize, client_failures: u64, resilient: usize) -> NoFaultRun {
+        NoFaultRun {
+            run: 1,
+            flows: 10,
+            secs: 5.0,
+            elapsed: 5.5,
+            bytes: 11 << 20,
+            byte_exact: exact,
+            resilient: Some(resilient),
+            client_failures: Some(client_failures),
+            server_failures: Some(0),
+            client_resume_attempts: Some(client_failures),
+            server_resume_attempts: Some(0),
+        }
+    }
+
+    #[test]
+    fn no_fault_counts_in_its_target_and_in_byte_exactness() {
+        let settings = Settings {
+            runs: vec![(Scenario::NoFault, 1)],
+            rate: 1.0,
+            plain_wait: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            tail: Duration::ZERO,
+            no_fault_flows: 10,
+            no_fault_secs: Duration::from_secs(5),
+        };
+        let met = |runs: &[NoFaultRun], what: &str| {
+            targets(&[], &settings, runs)
+                .into_iter()
+                .find(|t| t.what.starts_with(what))
+                .unwrap_or_else(|| panic!("no target {what}"))
+                .met
+        };
+        let zero = "no fault, 10 parallel bulk flows for 5 s: zero failures detected";
+        let exact = "every TI run byte-exact";
+        assert_eq!(met(&[no_fault_run(10, 0, 10)], zero), Some(true));
+        assert_eq!(met(&[no_fault_run(10, 0, 10)], exact), Some(true));
+        assert_eq!(met(&[no_fault_run(10, 1, 10)], zero), Some(false));
+        assert_eq!(
+            met(&[no_fault_run(10, 0, 9)], zero),
+            Some(false),
+            "a legacy flow"
+        );
+        assert_eq!(met(&[no_fault_run(9, 0, 10)], exact), Some(false));
+        let mut unknown = no_fault_run(10, 0, 10);
+        unknown.server_failures = None;
+        assert_eq!(met(&[unknown], zero), Some(false));
+
+        let run = no_fault_run(10, 0, 10);
+        assert!((run.mbit_s() - 11.0 * 1_048_576.0 * 8.0 / 5.5 / 1e6).abs() < 1e-9);
+        let csv = no_fault_csv(std::slice::from_ref(&run));
+        let mut lines = csv.lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|h| h.starts_with("flows,secs,bytes,mbit_s,byte_exact_streams,client_failures,server_failures,client_resume_attempts"))
+        );
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with("10,5,11534336,"))
+        );
+        assert!(no_fault_section(&[run]).contains("== no fault"));
+        // No fault row in the SVG.
+        assert!(!svg(&settings, &[]).contains("no-fault"));
+    }
+
+    #[test]
+    fn no_fault_is_named_not_default_and_runs_once() {
+        assert!(!Scenario::ALL.contains(&Scenario::NoFault));
+        assert_eq!(
+            parse_scenario("no-fault:2"),
+            Ok(ScenarioSpec {
+                scenario: Scenario::NoFault,
+                reps: Some(2)
+            })
+        );
+        let d = settings(&["--scenarios", "no-fault,nat-flush"]);
+        assert_eq!(
+            d.runs,
+            vec![(Scenario::NoFault, 1), (Scenario::NatFlush, DEFAULT_REPS)]
+        );
+        assert_eq!(
+            (d.no_fault_flows, d.no_fault_secs),
+            (100, Duration::from_secs(60))
+        );
+        assert_eq!(d.no_fault_runs(), 1);
+        assert_eq!(d.fault_runs().count(), 1);
+        let q = settings(&["--quick", "--scenarios", "no-fault"]);
+        assert_eq!(
+            (q.no_fault_flows, q.no_fault_secs),
+            (10, Duration::from_secs(5))
+        );
+        let e = settings(&["--quick", "--no-fault-flows", "4", "--no-fault-secs", "2.5"]);
+        assert_eq!(
+            (e.no_fault_flows, e.no_fault_secs),
+            (4, Duration::from_millis(2500))
+        );
+        assert_eq!(e.no_fault_runs(), 0, "not in the default set");
+        assert!(parse_flows("0").is_err() && parse_flows("201").is_err());
+        assert!(parse_secs("0.5").is_err() && parse_secs("60s") == Ok(60.0));
     }
 }
