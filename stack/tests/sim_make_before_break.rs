@@ -176,3 +176,42 @@ fn races_between_the_suspect_and_the_resume_keep_both_streams_exact() {
         "both kinds of winner were exercised: {outcomes:?}"
     );
 }
+
+/// The receiving-only initiator (server-to-client data): its suspect
+/// (silent path) must never take data that the resume SYN did not count,
+/// or the server resends from past the SYN's TIAck and bytes are lost.
+/// Outages and lost resume SYNs of many lengths, so that the server's
+/// retransmissions reach the suspect before, with and after the resume.
+#[test]
+fn a_receiving_suspect_never_takes_data_the_resume_did_not_count() {
+    let mut outcomes = (0, 0);
+    for seed in 0..40u64 {
+        let (mut sim, listener) = pair(700 + seed, link(1 + seed % 5));
+        let (c, s) = connect(&mut sim, listener);
+        let mut a = Flowing::new(0, c, Vec::new());
+        let mut b = Flowing::new(1, s, payload(2 << 20, seed));
+        let start = sim.now();
+        let outage = Duration::from_millis(250 + 37 * (seed % 20));
+        let mut armed = false;
+        let done = transfer(&mut sim, &mut a, &mut b, Duration::from_secs(120), |sim| {
+            if !armed && sim.now() >= start + Duration::from_millis(100) {
+                armed = true;
+                let now = sim.now();
+                sim.net.blackhole(now, outage, None);
+                let lost_syns = (seed % 4) as usize;
+                sim.net.drop_matching(Direction::AtoB, lost_syns, |seg| {
+                    seg.flags.syn && !seg.flags.ack
+                });
+            }
+        });
+        assert!(done, "seed {seed}: transfer incomplete");
+        assert_integrity(&a, &b);
+        let client = stats(&sim, 0, c);
+        outcomes.0 += client.recoveries;
+        outcomes.1 += client.resumes;
+    }
+    eprintln!(
+        "receiving suspect: kept {} times, resumed {} times",
+        outcomes.0, outcomes.1
+    );
+}

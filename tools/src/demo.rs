@@ -904,7 +904,8 @@ impl Outcome {
                 (true, _) => {
                     "The TI-flow survived the middlebox's state loss byte-exact; plain TCP did not."
                 }
-                (false, true) => "The TI-flow was byte-exact, but the run showed nothing (see above).",
+                (false, true) =>
+                    "The TI-flow was byte-exact, but the run showed nothing (see above).",
                 (false, false) => "The TI-flow did NOT survive byte-exact.",
             }
         )

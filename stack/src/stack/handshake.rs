@@ -223,13 +223,19 @@ impl<D: Device> Stack<D> {
                 let Some(flow) = self.table.get_mut(tifid) else {
                     return true;
                 };
-                // The peer resends from what our SYN named; bytes the
-                // suspect delivered after it come again: skip them.
+                // The peer resends from what our SYN named. A suspect never
+                // takes data past it (validate: data on a suspect either
+                // wins at once or is dropped before its TCP acknowledges
+                // it), so there is nothing to skip; should bytes have come
+                // after all, they come again: skip them.
                 let skip_rx = flow
                     .positions()
                     .rcv_nxt
                     .bytes_since(initiator.syn_option().tiack)
                     .unwrap_or(0);
+                if skip_rx > 0 {
+                    warn!(%tifid, skip_rx, "resume: the old connection delivered past the SYN's TIAck");
+                }
                 let dropped = flow.resume_from(peer_rcv_nxt).unwrap_or(0);
                 flow.attach();
                 let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);

@@ -33,7 +33,15 @@ struct Budget {
 impl<D: Device> Stack<D> {
     /// The connection's budgets now. Without an RTT sample: the configured
     /// stall timeout and keepalive.
-    fn budget(&self, handle: SocketHandle) -> Option<Budget> {
+    ///
+    /// The fast budgets (two RTOs) hold while the peer is silent on every
+    /// connection: a path that died (a NAT or firewall flush, a blackhole,
+    /// an address change) silences them all at once. While the same peer
+    /// address answers on another connection within the fast budget, the
+    /// path works and this connection is only congested (its losses wait
+    /// for TCP's retransmission timer, 1 s in smoltcp, and its probes can
+    /// drop in a full queue): it gets `stall_timeout` instead.
+    fn budget(&self, now: Instant, handle: SocketHandle) -> Option<Budget> {
         let conn = self.conns.get(&handle)?;
         let s = conn.stream.and_then(|id| self.streams.get(&id))?;
         let socket = self.sockets.get::<tcp::Socket>(handle);
@@ -62,6 +70,15 @@ impl<D: Device> Stack<D> {
                 },
             ),
         };
+        let path_answers = self
+            .peers_heard
+            .get(conn.tuple.remote.ip())
+            .is_some_and(|&heard| now < heard + smol(stall));
+        let stall = if path_answers {
+            stall.max(stall_max)
+        } else {
+            stall
+        };
         Some(Budget {
             outstanding,
             liveness: Liveness {
@@ -70,6 +87,17 @@ impl<D: Device> Stack<D> {
             },
             probe_every,
         })
+    }
+
+    /// A peer address sent an acceptable segment: its path works.
+    pub(super) fn note_peer_heard(&mut self, now: Instant, peer: Ipv4Addr) {
+        self.peers_heard.insert(peer, now);
+        // Forget peers long silent, so the map stays the size of the live
+        // peers (amortized: only when it grew well past the connections).
+        if self.peers_heard.len() > 2 * self.conns.len() + 64 {
+            let keep = smol(self.config.keepalive + self.config.stall_timeout);
+            self.peers_heard.retain(|_, heard| now < *heard + keep);
+        }
     }
 
     /// Tells the driver what the peer owes and the budgets, and probes a
@@ -84,7 +112,7 @@ impl<D: Device> Stack<D> {
         if progress && let Some(conn) = self.conns.get_mut(&handle) {
             conn.probe_backoff = 0;
         }
-        let Some(budget) = self.budget(handle) else {
+        let Some(budget) = self.budget(now, handle) else {
             return;
         };
         if let Some(life) = self.streams.get_mut(&id).and_then(|s| s.life.as_mut()) {
@@ -124,9 +152,9 @@ impl<D: Device> Stack<D> {
     }
 
     /// When the stream's connection is next due a probe.
-    pub(super) fn probe_deadline(&self, id: StreamId) -> Option<Instant> {
+    pub(super) fn probe_deadline(&self, now: Instant, id: StreamId) -> Option<Instant> {
         let handle = self.streams.get(&id)?.conn?;
-        let budget = self.budget(handle)?;
+        let budget = self.budget(now, handle)?;
         self.streams.get(&id)?.tifid?;
         self.probe_due(handle, &budget)
     }

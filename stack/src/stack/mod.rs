@@ -353,6 +353,10 @@ pub struct Stack<D: Device> {
     admission: AdmissionStats,
     /// This poll left segments of known connections unread in the device.
     ingress_backlogged: bool,
+    /// When each peer address last sent an acceptable segment on any
+    /// connection (see `liveness`: a path that answers on other
+    /// connections is not dead).
+    peers_heard: HashMap<Ipv4Addr, Instant>,
     next_stream: u64,
     epoch: Instant,
 }
@@ -457,6 +461,7 @@ impl<D: Device> Stack<D> {
             retry_filter,
             admission: AdmissionStats::default(),
             ingress_backlogged: false,
+            peers_heard: HashMap::new(),
             next_stream: 1,
             epoch: now,
         }
@@ -749,7 +754,7 @@ impl<D: Device> Stack<D> {
             if let Some(deadline) = self.life_deadline(id) {
                 at = at.min(deadline.max(now + SmolDuration::from_micros(1)));
             }
-            if let Some(probe) = self.probe_deadline(id)
+            if let Some(probe) = self.probe_deadline(now, id)
                 && probe > now
             {
                 at = at.min(probe);

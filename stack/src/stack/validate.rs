@@ -79,6 +79,7 @@ impl<D: Device> Stack<D> {
             return true;
         };
         conn.last_rx = now;
+        let peer = *seg.src.ip();
         let window_was_zero = conn.peer_window_zero;
         conn.peer_window_zero = seg.window == 0;
         tracing::trace!(%now, remote = %seg.src, window = seg.window, len, "sign of life");
@@ -99,6 +100,10 @@ impl<D: Device> Stack<D> {
             conn.rtt.sample(rtt);
         }
         let stream = conn.stream;
+        self.note_peer_heard(now, peer);
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return true;
+        };
         if let Phase::Confirming(initiator) = &mut conn.phase
             && initiator.on_peer_segment(seg.syn)
         {
@@ -109,11 +114,53 @@ impl<D: Device> Stack<D> {
         }
         if let Some(id) = stream {
             self.life_input(now, id, tifid::lifecycle::Input::PeerAnswered);
+            if let Some(verdict) = self.judge_for_suspect(now, id, handle, seg, len, &window) {
+                return verdict;
+            }
         }
         if swallow {
             tracing::trace!(%now, remote = %seg.src, "probe answered: kept from smoltcp");
         }
         !swallow
+    }
+
+    /// Make before break: a segment on the suspect the flow keeps while it
+    /// resumes. Decided before smoltcp sees it, so that the suspect's TCP
+    /// never acknowledges data the resume SYN did not count (the peer then
+    /// resends exactly from the SYN's TIAck). Whatever shows the suspect
+    /// works again wins at once (a new acknowledgement; after a silent
+    /// path, new data too): the suspect is the attached connection before
+    /// smoltcp takes the segment. New data on a suspect that has not won
+    /// (a stall: our side is stuck, this one-way data proves nothing) is
+    /// dropped: the peer resends it on whichever connection carries the
+    /// flow. `None`: not a suspect, the caller goes on.
+    fn judge_for_suspect(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        handle: SocketHandle,
+        seg: &Segment,
+        len: u32,
+        window: &SeqWindow,
+    ) -> Option<bool> {
+        let suspect = self
+            .streams
+            .get(&id)?
+            .suspect
+            .filter(|s| s.handle == handle)?;
+        let new_ack = seg.ack && seq_after(seg.ack_number, window.snd_una);
+        let new_data = len > 0 && seq_after(seg.seq.wrapping_add(len), window.rcv_nxt);
+        let stalled = suspect.cause == tifid::lifecycle::FailureCause::Stall;
+        let wins = new_ack || (new_data && !stalled);
+        if wins {
+            self.life_input(now, id, tifid::lifecycle::Input::Progress);
+            return Some(true);
+        }
+        if new_data {
+            tracing::trace!(%now, remote = %seg.src, "data on a stalled suspect: dropped, resent by the winner");
+            return Some(false);
+        }
+        None
     }
 
     /// What an acceptable RST says: our option with this flow's TIFID and

@@ -417,7 +417,6 @@ impl Topology {
             .expect("rp_filter");
         mb.sysctl("net.ipv4.conf.default.rp_filter", "0")
             .expect("rp_filter");
-        mb.enable_forwarding().expect("enable forwarding");
         let (cif, sif) = (self.client_if(), self.server_if());
         NetNs::veth_pair(self.client.ns(), &cif, &mb, "m0").expect("veth client-middlebox");
         NetNs::veth_pair(&mb, "m1", self.server.ns(), &sif).expect("veth middlebox-server");
@@ -528,6 +527,9 @@ impl Topology {
         if self.attacker.is_some() {
             self.link_attacker(&mb);
         }
+        // Forwarding last: a rebuilt middlebox never passes a packet before
+        // its NAT and filter rules are in place.
+        mb.enable_forwarding().expect("enable forwarding");
         self.middlebox = Some(mb);
     }
 
