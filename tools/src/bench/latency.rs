@@ -15,6 +15,9 @@
 //!   `fail_transport()`, then write one byte and block until its echo: the
 //!   time from the failure to the first byte on the new connection. Also the
 //!   stack's `Resumed { downtime }` and SYN to ACK of the resume handshake.
+//!   Consecutive TI samples start at least the storm guard's
+//!   `min_resume_interval` apart (a flow resumes at most four times a
+//!   second): the bench measures one reconnect, not the guard.
 //! - reconnect, legacy: what a legacy application must do instead: drop the
 //!   stream, connect anew, write one byte, wait for its echo.
 //!
@@ -385,6 +388,9 @@ impl Point {
         echo_byte(&mut ti, 0)?;
         let mut legacy = Some(self.legacy_connect(legacy_remote, timeout)?);
         let mut out = Vec::with_capacity(samples * 2);
+        let spacing = tifid::lifecycle::LifecycleConfig::default().min_resume_interval
+            + Duration::from_millis(10);
+        let mut last_resume: Option<Instant> = None;
         for round in 0..samples {
             super::check_interrupted()?;
             let byte = (round % 251) as u8 + 1;
@@ -393,7 +399,12 @@ impl Point {
                 let sample = match mode {
                     Peer::Ti => {
                         let _ = ti.events();
+                        if let Some(wait) = last_resume.map(|t| spacing.saturating_sub(t.elapsed()))
+                        {
+                            std::thread::sleep(wait);
+                        }
                         let start = Instant::now();
+                        last_resume = Some(start);
                         ti.fail_transport()
                             .map_err(BenchError::stream("fail_transport"))?;
                         echo_byte(&mut ti, byte)?;

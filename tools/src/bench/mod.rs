@@ -313,6 +313,8 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::All => "all",
         What::Recovery => "recovery",
     };
+    let command: Vec<String> = std::env::args().collect();
+    let report = format!("tiflow bench {name}\ncommand: {}\n{report}", command.join(" "));
     write_file(&out.join(format!("{name}-report.txt")), &report)?;
     print!("{report}");
     println!("Results in {}", out.display());
