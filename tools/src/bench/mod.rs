@@ -314,7 +314,10 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::Recovery => "recovery",
     };
     let command: Vec<String> = std::env::args().collect();
-    let report = format!("tiflow bench {name}\ncommand: {}\n{report}", command.join(" "));
+    let report = format!(
+        "tiflow bench {name}\ncommand: {}\n{report}",
+        command.join(" ")
+    );
     write_file(&out.join(format!("{name}-report.txt")), &report)?;
     print!("{report}");
     println!("Results in {}", out.display());
