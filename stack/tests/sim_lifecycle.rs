@@ -11,21 +11,12 @@ use common::*;
 use smoltcp::time::{Duration, Instant};
 use ti_stack::device::link::{Direction, Side};
 use ti_stack::sim::Sim;
-use ti_stack::{StreamError, StreamEvent, StreamId, StreamStats};
+use ti_stack::{StreamError, StreamEvent, StreamId};
 use tifid::DEFAULT_KIND;
 use tifid::handshake::LostCause;
 
 fn events(sim: &mut Sim, host: usize, id: StreamId) -> Vec<StreamEvent> {
     std::iter::from_fn(|| sim.hosts[host].poll_event(id)).collect()
-}
-
-fn stats(sim: &Sim, host: usize, id: StreamId) -> StreamStats {
-    sim.hosts[host]
-        .stream_infos()
-        .into_iter()
-        .find(|i| i.id == id)
-        .map(|i| i.stats)
-        .unwrap_or_default()
 }
 
 /// Reads what is there; `Err` once the stream failed, `Ok(true)` at EOF.

@@ -7,18 +7,8 @@ mod common;
 
 use common::*;
 use smoltcp::time::Duration;
-use ti_stack::StreamStats;
 use ti_stack::device::link::{Direction, LinkConfig};
 use ti_stack::sim::Sim;
-
-fn stats(sim: &Sim, host: usize, id: ti_stack::StreamId) -> StreamStats {
-    sim.hosts[host]
-        .stream_infos()
-        .into_iter()
-        .find(|i| i.id == id)
-        .map(|i| i.stats)
-        .unwrap_or_default()
-}
 
 /// A client program writing 4 MiB at 2 MB/s (application-limited: no
 /// queue builds, the RTT stays at 10 ms, so the liveness budgets are

@@ -17,15 +17,6 @@ use ti_stack::device::link::Direction;
 use ti_stack::sim::Sim;
 use ti_stack::{StreamId, StreamStats};
 
-fn stats(sim: &Sim, host: usize, id: StreamId) -> StreamStats {
-    sim.hosts[host]
-        .stream_infos()
-        .into_iter()
-        .find(|i| i.id == id)
-        .map(|i| i.stats)
-        .unwrap_or_default()
-}
-
 /// Drops, both ways, every packet of the connection whose client port is
 /// `port` while `on` is set.
 fn cut_connection(sim: &Sim, port: u16, on: &Rc<Cell<bool>>) {

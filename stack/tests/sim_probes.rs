@@ -9,17 +9,7 @@ mod common;
 
 use common::*;
 use smoltcp::time::Duration;
-use ti_stack::StreamStats;
 use ti_stack::device::link::Direction;
-
-fn stats(sim: &ti_stack::sim::Sim, host: usize, id: ti_stack::StreamId) -> StreamStats {
-    sim.hosts[host]
-        .stream_infos()
-        .into_iter()
-        .find(|i| i.id == id)
-        .map(|i| i.stats)
-        .unwrap_or_default()
-}
 
 /// Sends `total` bytes one way; at 1 s the middlebox drops the next `burst`
 /// data segments in a row. Returns the simulated time the transfer took,

@@ -87,15 +87,7 @@ fn soak_200_failures_64_mib_each_way_exact() {
             .count() as u64
     };
     let (resumes, server_resumes) = (resumed(&client_events), resumed(&server_events));
-    let stats = |host: usize, id| {
-        sim.hosts[host]
-            .stream_infos()
-            .into_iter()
-            .find(|i| i.id == id)
-            .map(|i| i.stats)
-            .unwrap_or_default()
-    };
-    let (client_stats, server_stats) = (stats(0, c), stats(1, s));
+    let (client_stats, server_stats) = (stats(&sim, 0, c), stats(&sim, 1, s));
     println!(
         "soak: {next} failures injected (explicit {}, rst->client {}, rst->server {}, nat loss {}, blackhole {}), \
          {hard_while_attached} of them explicit or RST on an attached flow; \

@@ -197,3 +197,13 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The counters of stream `id` on host `host` (default if it is gone).
+pub fn stats(sim: &Sim, host: usize, id: StreamId) -> ti_stack::StreamStats {
+    sim.hosts[host]
+        .stream_infos()
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.stats)
+        .unwrap_or_default()
+}
