@@ -1119,6 +1119,32 @@ impl Drop for Stream {
     }
 }
 
+/// What a stream that is not byte-exact delivered: `wrote N chunks (B),
+/// read M chunks (B), end of stream, <error or corruption>`.
+fn shortfall(w: &WriterEnd, r: &ReaderEnd) -> String {
+    let error = |e: &Option<String>| {
+        e.as_ref()
+            .map_or_else(String::new, |e| format!(", error {e}"))
+    };
+    format!(
+        "wrote {} chunks ({} B{}), read {} chunks ({} B), {}{}{}",
+        w.chunks,
+        w.bytes,
+        error(&w.error),
+        r.stamps.len(),
+        r.bytes,
+        if r.eof {
+            "end of stream"
+        } else {
+            "no end of stream"
+        },
+        error(&r.error),
+        r.corrupt
+            .as_ref()
+            .map_or_else(String::new, |e| format!(", {e}")),
+    )
+}
+
 fn byte_exact(w: &WriterEnd, r: &ReaderEnd) -> bool {
     w.error.is_none()
         && r.error.is_none()
@@ -1283,91 +1309,70 @@ impl Bench<'_> {
         let (plain_w, plain_r) = plain.finish(plain_ok, || {});
         check_interrupted()?;
 
-        let sample = |transport: Transport,
-                      w: &WriterEnd,
-                      r: &ReaderEnd,
-                      ok: bool,
-                      deadline: u64| {
-            let exact = ok && byte_exact(w, r);
-            let in_time = |t: u64| (t <= deadline).then_some(t);
-            let fail_to_data = r
-                .first_chunk_after(fault_ns)
-                .and_then(in_time)
-                .map(|t| ms_between(fault_ns, t));
-            let restore_to_data = restore_ns.and_then(|rs| {
-                r.first_read_after(rs)
+        let sample =
+            |transport: Transport, w: &WriterEnd, r: &ReaderEnd, ok: bool, deadline: u64| {
+                let exact = ok && byte_exact(w, r);
+                let in_time = |t: u64| (t <= deadline).then_some(t);
+                let fail_to_data = r
+                    .first_chunk_after(fault_ns)
                     .and_then(in_time)
-                    .map(|t| ms_between(rs, t))
-            });
-            let survived = ok
-                && match restore_ns {
-                    Some(_) => restore_to_data.is_some(),
-                    None => fail_to_data.is_some(),
-                };
-            let outcome = if let Some(e) = w.error.as_ref().or(r.error.as_ref()) {
-                e.clone()
-            } else if r.corrupt.is_some() {
-                "corrupt".to_owned()
-            } else if !survived {
-                "no-data".to_owned()
-            } else if transport == Transport::Ti && mode.as_deref() == Some("legacy") {
-                "legacy".to_owned()
-            } else if !exact && !r.eof {
-                "stalled".to_owned()
-            } else if !exact {
-                "incomplete".to_owned()
-            } else {
-                "recovered".to_owned()
-            };
-            if ok && !exact {
-                eprintln!(
-                    "tiflow bench recovery: {} {} rep {rep}, {}: not byte-exact: wrote {} chunks ({} B{}), \
-                     read {} chunks ({} B), {}{}{}",
-                    scenario.name(),
-                    dir.name(),
-                    transport.name(),
-                    w.chunks,
-                    w.bytes,
-                    w.error
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", error {e}")),
-                    r.stamps.len(),
-                    r.bytes,
-                    if r.eof {
-                        "end of stream"
-                    } else {
-                        "no end of stream"
-                    },
-                    r.error
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", error {e}")),
-                    r.corrupt
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", {e}")),
-                );
-                if let (Transport::Ti, Some(states)) = (transport, &stuck) {
-                    eprintln!("  after {DRAIN_TIMEOUT:?} without the end of stream: {states}");
-                }
-            }
-            Sample {
-                scenario,
-                dir,
-                transport,
-                rep,
-                fail_to_data,
-                restore_to_data,
-                survived: survived
-                    && (transport == Transport::Plain || mode.as_deref() != Some("legacy")),
-                byte_exact: exact,
-                resumes: if transport == Transport::Ti {
-                    resumes
+                    .map(|t| ms_between(fault_ns, t));
+                let restore_to_data = restore_ns.and_then(|rs| {
+                    r.first_read_after(rs)
+                        .and_then(in_time)
+                        .map(|t| ms_between(rs, t))
+                });
+                let survived = ok
+                    && match restore_ns {
+                        Some(_) => restore_to_data.is_some(),
+                        None => fail_to_data.is_some(),
+                    };
+                let outcome = if let Some(e) = w.error.as_ref().or(r.error.as_ref()) {
+                    e.clone()
+                } else if r.corrupt.is_some() {
+                    "corrupt".to_owned()
+                } else if !survived {
+                    "no-data".to_owned()
+                } else if transport == Transport::Ti && mode.as_deref() == Some("legacy") {
+                    "legacy".to_owned()
+                } else if !exact && !r.eof {
+                    "stalled".to_owned()
+                } else if !exact {
+                    "incomplete".to_owned()
                 } else {
-                    None
-                },
-                fault_cmd_ms,
-                outcome,
-            }
-        };
+                    "recovered".to_owned()
+                };
+                if ok && !exact {
+                    eprintln!(
+                        "tiflow bench recovery: {} {} rep {rep}, {}: not byte-exact: {}",
+                        scenario.name(),
+                        dir.name(),
+                        transport.name(),
+                        shortfall(&w, &r),
+                    );
+                    if let (Transport::Ti, Some(states)) = (transport, &stuck) {
+                        eprintln!("  after {DRAIN_TIMEOUT:?} without the end of stream: {states}");
+                    }
+                }
+                Sample {
+                    scenario,
+                    dir,
+                    transport,
+                    rep,
+                    fail_to_data,
+                    restore_to_data,
+                    survived: survived
+                        && (transport == Transport::Plain || mode.as_deref() != Some("legacy")),
+                    byte_exact: exact,
+                    resumes: if transport == Transport::Ti {
+                        resumes
+                    } else {
+                        None
+                    },
+                    fault_cmd_ms,
+                    outcome,
+                }
+            };
         let ti_sample = sample(Transport::Ti, &ti_w, &ti_r, ti_ok, ti_deadline);
         let plain_sample = sample(
             Transport::Plain,
@@ -1648,31 +1653,13 @@ impl Bench<'_> {
             } else if described < NO_FAULT_DESCRIBED {
                 described += 1;
                 eprintln!(
-                    "tiflow bench recovery: no-fault run {run}, stream {i} ({}): not byte-exact: \
-                     wrote {} chunks ({} B{}), read {} chunks ({} B), {}{}{}",
+                    "tiflow bench recovery: no-fault run {run}, stream {i} ({}): not byte-exact: {}",
                     if i % 2 == 0 {
                         Dir::ClientToServer.name()
                     } else {
                         Dir::ServerToClient.name()
                     },
-                    w.chunks,
-                    w.bytes,
-                    w.error
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", error {e}")),
-                    r.stamps.len(),
-                    r.bytes,
-                    if r.eof {
-                        "end of stream"
-                    } else {
-                        "no end of stream"
-                    },
-                    r.error
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", error {e}")),
-                    r.corrupt
-                        .as_ref()
-                        .map_or_else(String::new, |e| format!(", {e}")),
+                    shortfall(w, r),
                 );
             }
         }
