@@ -1348,7 +1348,7 @@ impl Bench<'_> {
                         scenario.name(),
                         dir.name(),
                         transport.name(),
-                        shortfall(&w, &r),
+                        shortfall(w, r),
                     );
                     if let (Transport::Ti, Some(states)) = (transport, &stuck) {
                         eprintln!("  after {DRAIN_TIMEOUT:?} without the end of stream: {states}");
