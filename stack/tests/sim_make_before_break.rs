@@ -114,6 +114,42 @@ fn either_winner_keeps_the_stream_exact() {
     }
 }
 
+/// One race: a transfer (`a` from the client, `b` from the server) in
+/// which, `arm_at` after the start, the path drops everything for
+/// `outage` (or one `direction` only) and the next `lost_syns` resume SYNs
+/// are lost. Both streams must arrive byte-exact; returns the client's
+/// stream counters.
+#[allow(clippy::too_many_arguments)]
+fn race(
+    sim: &mut Sim,
+    listener: ti_stack::ListenerId,
+    a_data: Vec<u8>,
+    b_data: Vec<u8>,
+    arm_at: Duration,
+    outage: Duration,
+    direction: Option<Direction>,
+    lost_syns: usize,
+) -> ti_stack::StreamStats {
+    let (c, s) = connect(sim, listener);
+    let mut a = Flowing::new(0, c, a_data);
+    let mut b = Flowing::new(1, s, b_data);
+    let start = sim.now();
+    let mut armed = false;
+    let done = transfer(sim, &mut a, &mut b, Duration::from_secs(120), |sim| {
+        if !armed && sim.now() >= start + arm_at {
+            armed = true;
+            let now = sim.now();
+            sim.net.blackhole(now, outage, direction);
+            sim.net.drop_matching(Direction::AtoB, lost_syns, |seg| {
+                seg.flags.syn && !seg.flags.ack
+            });
+        }
+    });
+    assert!(done, "transfer incomplete");
+    assert_integrity(&a, &b);
+    stats(sim, 0, c)
+}
+
 /// Races between the suspect and the resume, both directions carrying
 /// data: short outages of varied length, one direction or both, over many
 /// seeds. Whoever wins, both streams arrive byte-exact (a suspect's late
@@ -128,32 +164,22 @@ fn races_between_the_suspect_and_the_resume_keep_both_streams_exact() {
             ..link(2 + seed % 7)
         };
         let (mut sim, listener) = pair(500 + seed, net);
-        let (c, s) = connect(&mut sim, listener);
-        let mut a = Flowing::new(0, c, payload(3 << 20, seed));
-        let mut b = Flowing::new(1, s, payload(3 << 20, seed + 1000));
-        let start = sim.now();
-        let outage = Duration::from_millis(150 + 40 * (seed % 12));
         let direction = match seed % 3 {
             0 => None,
             1 => Some(Direction::AtoB),
             _ => Some(Direction::BtoA),
         };
-        let mut armed = false;
-        let done = transfer(&mut sim, &mut a, &mut b, Duration::from_secs(120), |sim| {
-            if !armed && sim.now() >= start + Duration::from_millis(400) {
-                armed = true;
-                let now = sim.now();
-                sim.net.blackhole(now, outage, direction);
-                // Some resume SYNs lost too: the suspect gets time to win.
-                let lost_syns = (seed % 6) as usize * 2;
-                sim.net.drop_matching(Direction::AtoB, lost_syns, |seg| {
-                    seg.flags.syn && !seg.flags.ack
-                });
-            }
-        });
-        assert!(done, "seed {seed}: transfer incomplete");
-        assert_integrity(&a, &b);
-        let client = stats(&sim, 0, c);
+        // Some resume SYNs lost too: the suspect gets time to win.
+        let client = race(
+            &mut sim,
+            listener,
+            payload(3 << 20, seed),
+            payload(3 << 20, seed + 1000),
+            Duration::from_millis(400),
+            Duration::from_millis(150 + 40 * (seed % 12)),
+            direction,
+            (seed % 6) as usize * 2,
+        );
         outcomes.0 += client.recoveries;
         outcomes.1 += client.resumes;
     }
@@ -177,26 +203,16 @@ fn a_receiving_suspect_never_takes_data_the_resume_did_not_count() {
     let mut outcomes = (0, 0);
     for seed in 0..40u64 {
         let (mut sim, listener) = pair(700 + seed, link(1 + seed % 5));
-        let (c, s) = connect(&mut sim, listener);
-        let mut a = Flowing::new(0, c, Vec::new());
-        let mut b = Flowing::new(1, s, payload(2 << 20, seed));
-        let start = sim.now();
-        let outage = Duration::from_millis(250 + 37 * (seed % 20));
-        let mut armed = false;
-        let done = transfer(&mut sim, &mut a, &mut b, Duration::from_secs(120), |sim| {
-            if !armed && sim.now() >= start + Duration::from_millis(100) {
-                armed = true;
-                let now = sim.now();
-                sim.net.blackhole(now, outage, None);
-                let lost_syns = (seed % 4) as usize;
-                sim.net.drop_matching(Direction::AtoB, lost_syns, |seg| {
-                    seg.flags.syn && !seg.flags.ack
-                });
-            }
-        });
-        assert!(done, "seed {seed}: transfer incomplete");
-        assert_integrity(&a, &b);
-        let client = stats(&sim, 0, c);
+        let client = race(
+            &mut sim,
+            listener,
+            Vec::new(),
+            payload(2 << 20, seed),
+            Duration::from_millis(100),
+            Duration::from_millis(250 + 37 * (seed % 20)),
+            None,
+            (seed % 4) as usize,
+        );
         outcomes.0 += client.recoveries;
         outcomes.1 += client.resumes;
     }

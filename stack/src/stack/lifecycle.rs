@@ -106,7 +106,7 @@ impl<D: Device> Stack<D> {
                     self.suspect_connection(now, id, handle, cause);
                 }
             }
-            Action::KeepSuspect => self.keep_suspect(now, id),
+            Action::KeepSuspect => self.keep_suspect(id),
             Action::OpenAttempt => self.open_resume_attempt(now, id),
             Action::DropAttempt => {
                 if let Some(handle) = attempt {
@@ -227,7 +227,7 @@ impl<D: Device> Stack<D> {
 
     /// The suspect carried data first: it carries the flow again (the
     /// driver dropped the attempt just before).
-    fn keep_suspect(&mut self, now: Instant, id: StreamId) {
+    fn keep_suspect(&mut self, id: StreamId) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -248,7 +248,6 @@ impl<D: Device> Stack<D> {
             flow.attach();
             info!(tifid = %flow.tifid(), "old connection carried data first: kept, resume attempt dropped");
         }
-        let _ = now;
     }
 
     /// Lets go of the suspect: a resume won (`Superseded`) or it failed for
