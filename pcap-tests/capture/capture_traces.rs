@@ -45,8 +45,8 @@ use sha2::{Digest, Sha256};
 use smoltcp::time::Instant;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
-use ti_stack::netns::{self, NetNs};
 use ti_stack::{Mode, Stack, StackConfig, StreamEvent, StreamMode};
+use ti_testnet::netns::{self, NetNs};
 
 /// No scenario's network phase runs longer.
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -17,7 +17,6 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod memory;
-pub mod netns;
 pub mod segment;
 pub mod sim;
 pub mod stack;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use sha2::{Digest, Sha256};
-use ti_stack::netns::{self, NetNs, NetnsError};
+use ti_testnet::netns::{self, NetNs, NetnsError};
 
 use crate::control::{self, human_bytes, human_ms, table};
 use crate::host::{self, MissingTools};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 fn require_privileges() {
-    if let Err(e) = ti_stack::netns::check_privileges() {
+    if let Err(e) = ti_testnet::netns::check_privileges() {
         panic!("this test needs root, iproute2 and /dev/net/tun: {e}");
     }
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use common::*;
-use ti_stack::netns::NetNs;
+use ti_testnet::netns::NetNs;
 
 fn code_and_stderr(out: &std::process::Output) -> (Option<i32>, String) {
     (out.status.code(), text(&out.stderr))

@@ -3,7 +3,7 @@
 //! Owns one TUN file descriptor (opened with `tun-tap`, TUN mode, no packet-info
 //! header, non-blocking) and two reused packet buffers. It never configures the
 //! kernel side of the interface (addresses, link state, MTU): that is the caller's
-//! job (see [`crate::netns::NetNs::open_tun`]). It must never block in `receive` or
+//! job (see `ti_testnet::NetNs::open_tun`). It must never block in `receive` or
 //! `transmit`, and never panic on an I/O error: a failed write is a dropped packet,
 //! counted in [`TunStats`].
 

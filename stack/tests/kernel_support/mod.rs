@@ -26,9 +26,9 @@ use sha2::{Digest, Sha256};
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
-use ti_stack::netns::{self, NetNs};
 use ti_stack::segment::Segment;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
+use ti_testnet::netns::{self, NetNs};
 
 /// The device under every stack here: a TUN, captured.
 pub type Dev = PcapTap<TunDevice>;

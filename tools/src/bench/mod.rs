@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use ti_stack::StreamError;
-use ti_stack::netns::NetnsError;
+use ti_testnet::netns::NetnsError;
 
 use self::bulk::{BulkMode, BulkRun, Direction};
 use self::latency::{CONNECT_MODES, Kind, Peer, RECONNECT_MODES, Sample};

@@ -22,7 +22,7 @@ use ti_stack::StackConfig;
 use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
-use ti_stack::netns::{self, NetNs};
+use ti_testnet::netns::{self, NetNs};
 
 use super::BenchError;
 

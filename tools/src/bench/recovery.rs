@@ -47,7 +47,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ti_stack::netns::{self, NetNs};
+use ti_testnet::netns::{self, NetNs};
 
 use super::stats::summarize;
 use super::{BenchArgs, BenchError, check_interrupted};

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ti_stack::netns::{self, NetNs};
+use ti_testnet::netns::{self, NetNs};
 use ti_tools::control::{self, StatusReport};
 
 /// The built `tiflow` binary.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::device::tun::TunDevice;
+use ti_stack::device::tun::TunDevice;
 
 /// Where iproute2 keeps the named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
