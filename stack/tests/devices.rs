@@ -75,11 +75,10 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 fn tun_namespace(prefix: &str) -> (NetNs, TunDevice) {
     let ns = NetNs::create(prefix).expect("create namespace");
     ns.disable_ipv6().expect("disable IPv6");
-    let tun = ns.open_tun("ti0", 1500).expect("open TUN in namespace");
+    let tun = topology::open_tun(&ns, &TunSpec::new("ti0", KERNEL_ADDR.into()))
+        .expect("open TUN in namespace");
     assert_eq!(tun.name(), "ti0");
     assert_eq!(tun.mtu(), 1500);
-    ns.add_addr("ti0", "10.7.0.1/24").expect("address on TUN");
-    ns.up("ti0").expect("TUN up");
     (ns, tun)
 }
 
@@ -287,159 +286,12 @@ impl Drop for TempFile {
 }
 
 #[test]
-fn check_privileges_ok_as_root() {
-    netns::check_privileges().expect("this machine runs the tests as root");
-}
-
-#[test]
-fn netns_create_and_drop_removes_namespace() {
-    require_privileges();
-    let ns = NetNs::create("tidev").expect("create");
-    let (name, path) = (ns.name().to_owned(), ns.path());
-    assert!(
-        name.starts_with("tidev") && name.len() <= netns::IFNAME_MAX,
-        "{name}"
-    );
-    assert!(path.exists(), "{path:?} exists while the NetNs lives");
-    let listed = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip");
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(&name));
-    // Names are unique.
-    let other = NetNs::create("tidev").expect("create second");
-    assert_ne!(other.name(), name);
-    drop(ns);
-    assert!(!path.exists(), "{path:?} removed on drop");
-}
-
-#[test]
-fn netns_drop_tolerates_namespace_already_gone() {
-    require_privileges();
-    let ns = NetNs::create("tigone").expect("create");
-    let status = std::process::Command::new("ip")
-        .args(["netns", "del", ns.name()])
-        .status()
-        .expect("ip");
-    assert!(status.success());
-    drop(ns);
-}
-
-#[test]
-fn netns_removed_when_test_panics() {
-    require_privileges();
-    let path = std::sync::Mutex::new(None);
-    let result = std::panic::catch_unwind(|| {
-        let ns = NetNs::create("tipanic").expect("create");
-        *path.lock().expect("lock") = Some(ns.path());
-        panic!("simulated test failure");
-    });
-    assert!(result.is_err());
-    let path = path
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("namespace was created");
-    assert!(!path.exists(), "{path:?} removed during unwinding");
-}
-
-#[test]
-fn netns_run_error_includes_stderr() {
-    require_privileges();
-    let ns = NetNs::create("tirun").expect("create");
-    let out = ns
-        .run(&["ip", "-o", "link", "show", "lo"])
-        .expect("run in namespace");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("UP"),
-        "lo is up"
-    );
-    match ns.run(&["ip", "link", "show", "nosuchif"]) {
-        Err(NetnsError::Failed { stderr, .. }) => assert!(stderr.contains("nosuchif"), "{stderr}"),
-        other => panic!("expected a Failed error, got {other:?}"),
-    }
-}
-
-#[test]
-fn netns_sysctl_applies_inside_only() {
-    require_privileges();
-    let ns = NetNs::create("tisysctl").expect("create");
-    let root_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read");
-    ns.enable_forwarding().expect("forwarding");
-    let inside = ns
-        .run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
-        .expect("run");
-    assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), "1");
-    let root_after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read");
-    assert_eq!(root_before, root_after, "the root namespace is untouched");
-}
-
-#[test]
 fn devices_are_send() {
     fn assert_send<T: Send>() {}
     assert_send::<TunDevice>();
     assert_send::<Delay<TunDevice>>();
     assert_send::<PcapTap<Delay<TunDevice>>>();
     assert_send::<NetNs>();
-}
-
-#[test]
-fn netns_enter_propagates_panic() {
-    require_privileges();
-    let ns = NetNs::create("tienter").expect("create");
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ns.enter(|| panic!("inside the namespace"))
-    }));
-    assert!(result.is_err());
-    assert_eq!(ns.enter(|| 7).expect("enter"), 7);
-}
-
-#[test]
-fn netns_veth_between_namespaces_carries_tcp() {
-    require_privileges();
-    let a = NetNs::create("tiva").expect("create a");
-    let b = NetNs::create("tivb").expect("create b");
-    NetNs::veth_pair(&a, "va", &b, "vb").expect("veth pair");
-    a.add_addr("va", "10.8.0.1/24").expect("addr a");
-    b.add_addr("vb", "10.8.0.2/24").expect("addr b");
-    a.up("va").expect("up a");
-    b.up("vb").expect("up b");
-    // Nothing of this is in the root namespace.
-    for ifname in ["va", "vb"] {
-        let root = std::process::Command::new("ip")
-            .args(["link", "show", ifname])
-            .output()
-            .expect("ip");
-        assert!(
-            !root.status.success(),
-            "{ifname} must not exist in the root namespace"
-        );
-    }
-
-    let listener = b
-        .enter(|| TcpListener::bind("10.8.0.2:7000"))
-        .expect("enter b")
-        .expect("bind in b");
-    let server = std::thread::spawn(move || {
-        let mut s = accept_bounded(&listener);
-        let peer = s.peer_addr().expect("peer address");
-        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        let mut buf = [0; 5];
-        s.read_exact(&mut buf).expect("read");
-        s.write_all(&buf).expect("echo");
-        peer
-    });
-    let mut client = a
-        .enter(|| TcpStream::connect_timeout(&"10.8.0.2:7000".parse().expect("addr"), DEADLINE))
-        .expect("enter a")
-        .expect("connect from a to b");
-    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    client.write_all(b"hello").expect("write");
-    let mut echo = [0; 5];
-    client.read_exact(&mut echo).expect("read echo");
-    assert_eq!(&echo, b"hello");
-    let peer = server.join().expect("server");
-    assert_eq!(peer.ip().to_string(), "10.8.0.1");
 }
 
 #[test]

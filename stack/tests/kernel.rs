@@ -352,20 +352,7 @@ fn firewall_conntrack_flush_mid_transfer_flow_resumes() {
 /// legacy connection on both ends.
 fn optstrip(prefix: &str, port: u16, in_if: &str, what: &str) -> (Vec<Captured>, Vec<Captured>) {
     let topology = Topology::new(prefix, Middlebox::Router);
-    topology.iptables(&[
-        "-t",
-        "mangle",
-        "-A",
-        "FORWARD",
-        "-i",
-        in_if,
-        "-p",
-        "tcp",
-        "-j",
-        "TCPOPTSTRIP",
-        "--strip-options",
-        "253",
-    ]);
+    topology.strip_option(in_if);
     let flow = RunningFlow::start(&topology, port, FLOW_BYTES, Pace::FULL);
     assert_eq!(flow.client.mode(), Mode::Legacy, "{what}: client legacy");
     let outcome = flow.finish();

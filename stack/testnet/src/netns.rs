@@ -10,11 +10,11 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ti_stack::device::tun::TunDevice;
@@ -276,6 +276,39 @@ impl NetNs {
                 .args(["netns", "exec", &self.name])
                 .args(argv),
         )
+    }
+
+    /// Runs `argv` inside the namespace with `input` on its standard input
+    /// (e.g. `nft -f -` and a ruleset). A non-zero exit is an error that
+    /// includes the command's stderr.
+    pub fn run_with_input(&self, argv: &[&str], input: &str) -> Result<Output, NetnsError> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        let command = format!("{cmd:?}").replace('"', "");
+        let spawn_err = |source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A command that exits without reading all of it fails below.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(NetnsError::Failed {
+                command,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
     }
 
     /// Runs `ip -n NAME args...`.

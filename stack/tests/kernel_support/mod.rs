@@ -28,7 +28,10 @@ use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_stack::segment::Segment;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
+pub use ti_testnet::Middlebox;
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::topology::{self, INSIDE_IF, OUTSIDE_IF};
+use ti_testnet::{Cidr, LinkEnd, TunSpec, middlebox};
 
 /// The device under every stack here: a TUN, captured.
 pub type Dev = PcapTap<TunDevice>;
@@ -248,10 +251,8 @@ impl Host {
         let ns = NetNs::create(prefix).expect("create host namespace");
         ns.disable_ipv6().expect("disable IPv6");
         ns.enable_forwarding().expect("enable forwarding");
-        let tun = ns.open_tun("ti0", 1500).expect("open TUN in namespace");
-        ns.add_addr("ti0", &format!("{tun_addr}/24"))
-            .expect("kernel address on TUN");
-        ns.up("ti0").expect("TUN up");
+        let tun = topology::open_tun(&ns, &TunSpec::new("ti0", tun_addr))
+            .expect("open TUN in namespace, kernel side as gateway");
         let capture = CaptureFile::new(prefix);
         let device = if capture_to_file {
             PcapTap::create(tun, capture.path()).expect("create capture file")
@@ -302,25 +303,6 @@ impl Drop for Host {
 }
 
 // ------------------------------------------------------------- middlebox
-
-/// What the middlebox namespace runs (iptables-nft, real conntrack).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Middlebox {
-    /// A plain router: forwarding, no rules.
-    Router,
-    /// Masquerading NAT towards the server with strict tracking
-    /// (`nf_conntrack_tcp_loose=0`, INVALID dropped): once its state is
-    /// lost, the old connection's packets are dropped both ways.
-    StrictNat,
-    /// Masquerading NAT with random source ports (`--random`, as
-    /// carrier-grade NATs do) and the kernel's default loose pickup: once its
-    /// state is lost, the old connection's next packet gets a new mapping,
-    /// on a new port.
-    RandomPortNat,
-    /// A stateful firewall: new SYNs and ESTABLISHED,RELATED pass, the rest
-    /// is dropped (no NAT).
-    Firewall,
-}
 
 /// Client host <-> middlebox namespace <-> server host, optionally with an
 /// attacker namespace on a third leg of the middlebox.
@@ -418,21 +400,18 @@ impl Topology {
         mb.sysctl("net.ipv4.conf.default.rp_filter", "0")
             .expect("rp_filter");
         let (cif, sif) = (self.client_if(), self.server_if());
-        NetNs::veth_pair(self.client.ns(), &cif, &mb, "m0").expect("veth client-middlebox");
-        NetNs::veth_pair(&mb, "m1", self.server.ns(), &sif).expect("veth middlebox-server");
         let cns = self.client.ns();
         let sns = self.server.ns();
-        cns.add_addr(&cif, &format!("{CLIENT_LINK}/24"))
-            .expect("addr");
-        mb.add_addr("m0", &format!("{MB_CLIENT_SIDE}/24"))
-            .expect("addr");
-        mb.add_addr("m1", &format!("{MB_SERVER_SIDE}/24"))
-            .expect("addr");
-        sns.add_addr(&sif, &format!("{SERVER_LINK}/24"))
-            .expect("addr");
-        for (ns, ifname) in [(cns, cif.as_str()), (&mb, "m0"), (&mb, "m1"), (sns, &sif)] {
-            ns.up(ifname).expect("link up");
-        }
+        topology::link(
+            LinkEnd::new(cns, &cif, Cidr::slash24(CLIENT_LINK)),
+            LinkEnd::new(&mb, INSIDE_IF, Cidr::slash24(MB_CLIENT_SIDE)),
+        )
+        .expect("link client-middlebox");
+        topology::link(
+            LinkEnd::new(&mb, OUTSIDE_IF, Cidr::slash24(MB_SERVER_SIDE)),
+            LinkEnd::new(sns, &sif, Cidr::slash24(SERVER_LINK)),
+        )
+        .expect("link middlebox-server");
         cns.ip(&[
             "route",
             "replace",
@@ -453,77 +432,9 @@ impl Topology {
             .expect("route to client host");
         mb.add_route("10.4.0.0/16", &SERVER_LINK.to_string())
             .expect("route to server host");
-        let rules: &[&[&str]] = match self.kind {
-            Middlebox::Router => &[],
-            Middlebox::StrictNat => &[
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-o",
-                    "m1",
-                    "-j",
-                    "MASQUERADE",
-                ],
-                &[
-                    "-t",
-                    "mangle",
-                    "-A",
-                    "PREROUTING",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "INVALID",
-                    "-j",
-                    "DROP",
-                ],
-            ],
-            Middlebox::RandomPortNat => &[&[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "m1",
-                "-j",
-                "MASQUERADE",
-                "--random",
-            ]],
-            Middlebox::Firewall => &[
-                &["-P", "FORWARD", "DROP"],
-                &[
-                    "-A",
-                    "FORWARD",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "ESTABLISHED,RELATED",
-                    "-j",
-                    "ACCEPT",
-                ],
-                &[
-                    "-A",
-                    "FORWARD",
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW",
-                    "-j",
-                    "ACCEPT",
-                ],
-            ],
-        };
-        for rule in rules {
-            iptables_in(&mb, rule);
-        }
-        if self.kind == Middlebox::StrictNat {
-            mb.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
-                .expect("strict conntrack");
-        }
+        self.kind
+            .install(&mb)
+            .unwrap_or_else(|e| panic!("middlebox rules {:?}: {e}", self.kind));
         if self.attacker.is_some() {
             self.link_attacker(&mb);
         }
@@ -536,14 +447,11 @@ impl Topology {
     fn link_attacker(&self, mb: &NetNs) {
         let attacker = self.attacker.as_ref().expect("attacker namespace");
         let xif = format!("x{}", self.generation);
-        NetNs::veth_pair(mb, "m2", attacker, &xif).expect("veth middlebox-attacker");
-        mb.add_addr("m2", &format!("{MB_ATTACKER_SIDE}/24"))
-            .expect("addr");
-        attacker
-            .add_addr(&xif, &format!("{ATTACKER}/24"))
-            .expect("addr");
-        mb.up("m2").expect("up");
-        attacker.up(&xif).expect("up");
+        topology::link(
+            LinkEnd::new(mb, "m2", Cidr::slash24(MB_ATTACKER_SIDE)),
+            LinkEnd::new(attacker, &xif, Cidr::slash24(ATTACKER)),
+        )
+        .expect("link middlebox-attacker");
         attacker
             .ip(&[
                 "route",
@@ -573,22 +481,24 @@ impl Topology {
 
     /// Runs `iptables -w ARGS` in the middlebox.
     pub fn iptables(&self, args: &[&str]) {
-        iptables_in(self.middlebox(), args);
+        middlebox::iptables(self.middlebox(), args)
+            .unwrap_or_else(|e| panic!("iptables {}: {e}", args.join(" ")));
+    }
+
+    /// Strips our option from TCP segments the middlebox forwards that came
+    /// in on `inbound_if` (TCPOPTSTRIP).
+    pub fn strip_option(&self, inbound_if: &str) {
+        middlebox::strip_option(self.middlebox(), inbound_if, KIND).expect("TCPOPTSTRIP rule");
     }
 
     /// Empties the middlebox's conntrack table (`conntrack -F`).
     pub fn conntrack_flush(&self) {
-        self.middlebox()
-            .run(&["conntrack", "-F"])
-            .expect("conntrack -F");
+        middlebox::conntrack_flush(self.middlebox()).expect("conntrack -F");
     }
 
     /// Entries in the middlebox's conntrack table.
     pub fn conntrack_list(&self) -> String {
-        self.middlebox()
-            .run(&["conntrack", "-L"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        middlebox::conntrack_list(self.middlebox()).unwrap_or_default()
     }
 
     /// The middlebox loses all its state: its namespace (with its veths,
@@ -615,13 +525,6 @@ impl Topology {
     }
 }
 
-fn iptables_in(ns: &NetNs, args: &[&str]) {
-    let mut argv = vec!["iptables", "-w"];
-    argv.extend_from_slice(args);
-    ns.run(&argv)
-        .unwrap_or_else(|e| panic!("{}: {e}", argv.join(" ")));
-}
-
 /// One of our hosts and a Linux namespace next to it:
 /// `stack 10.1.0.2 | ti0 10.1.0.1 [host ns] 10.2.0.1 -- 10.2.0.2 [linux ns]`.
 pub struct LinuxPeer {
@@ -638,13 +541,11 @@ impl LinuxPeer {
         let host = Host::new(&format!("{prefix}h"), CLIENT_TUN, CLIENT_STACK, tweak);
         let linux = NetNs::create(&format!("{prefix}l")).expect("create Linux namespace");
         linux.disable_ipv6().expect("disable IPv6");
-        NetNs::veth_pair(host.ns(), "l0", &linux, "l1").expect("veth");
-        host.ns()
-            .add_addr("l0", &format!("{CLIENT_LINK}/24"))
-            .expect("addr");
-        linux.add_addr("l1", &format!("{LINUX}/24")).expect("addr");
-        host.ns().up("l0").expect("up");
-        linux.up("l1").expect("up");
+        topology::link(
+            LinkEnd::new(host.ns(), "l0", Cidr::slash24(CLIENT_LINK)),
+            LinkEnd::new(&linux, "l1", Cidr::slash24(LINUX)),
+        )
+        .expect("link host-Linux");
         linux
             .add_route("10.1.0.0/16", &CLIENT_LINK.to_string())
             .expect("route to our stack");

@@ -1,0 +1,202 @@
+//! The rules a middlebox namespace runs: real netfilter (iptables-nft or
+//! nftables) and its real conntrack table.
+//!
+//! Owns the rule sets every test network uses ([`Middlebox`]) and the
+//! commands that change a middlebox's state during a test: flushing its
+//! conntrack table, stripping an option (TCPOPTSTRIP), loading and editing
+//! nftables tables. Every command runs inside the given namespace.
+
+use crate::netns::{NetNs, NetnsError};
+use crate::topology::OUTSIDE_IF;
+
+/// The commands, and the Debian packages that bring them, that the rules
+/// and state changes here run (besides iproute2's `ip`).
+pub const COMMANDS: [(&str, &str); 3] = [
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+];
+
+/// What a middlebox namespace runs between its inside and its outside
+/// interface ([`crate::topology::INSIDE_IF`], [`OUTSIDE_IF`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Middlebox {
+    /// A plain router: forwarding, no rules.
+    Router,
+    /// Masquerading NAT out of the outside interface with strict tracking
+    /// (`nf_conntrack_tcp_loose=0`, INVALID dropped): once its state is
+    /// lost, the old connection's packets are dropped both ways.
+    StrictNat,
+    /// Masquerading NAT with random source ports (`--random`, as
+    /// carrier-grade NATs do) and the kernel's default loose pickup: once its
+    /// state is lost, the old connection's next packet gets a new mapping,
+    /// on a new port.
+    RandomPortNat,
+    /// A stateful firewall, no NAT: new SYNs and ESTABLISHED,RELATED pass,
+    /// the rest is dropped.
+    Firewall,
+    /// A home router: masquerading NAT out of the outside interface; from
+    /// outside, only replies get in.
+    HomeRouter,
+    /// An nftables ruleset (`nft -f -`), e.g. NAT and firewall in one table.
+    Nftables(String),
+}
+
+impl Middlebox {
+    /// Installs the rules in `ns` (call before forwarding is turned on).
+    pub fn install(&self, ns: &NetNs) -> Result<(), NetnsError> {
+        let out = OUTSIDE_IF;
+        let rules: &[&[&str]] = match self {
+            Middlebox::Router => &[],
+            Middlebox::StrictNat => &[
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    out,
+                    "-j",
+                    "MASQUERADE",
+                ],
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "PREROUTING",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "INVALID",
+                    "-j",
+                    "DROP",
+                ],
+            ],
+            Middlebox::RandomPortNat => &[&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                out,
+                "-j",
+                "MASQUERADE",
+                "--random",
+            ]],
+            Middlebox::Firewall => &[
+                &["-P", "FORWARD", "DROP"],
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-p",
+                    "tcp",
+                    "--syn",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "ACCEPT",
+                ],
+            ],
+            Middlebox::HomeRouter => &[
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    out,
+                    "-j",
+                    "MASQUERADE",
+                ],
+                &[
+                    "-A",
+                    "FORWARD",
+                    "-i",
+                    out,
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
+                &["-A", "FORWARD", "-i", out, "-j", "DROP"],
+            ],
+            Middlebox::Nftables(ruleset) => return nft_load(ns, ruleset),
+        };
+        for rule in rules {
+            iptables(ns, rule)?;
+        }
+        if *self == Middlebox::StrictNat {
+            ns.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `iptables -w ARGS` in `ns`.
+pub fn iptables(ns: &NetNs, args: &[&str]) -> Result<(), NetnsError> {
+    let mut argv = vec!["iptables", "-w"];
+    argv.extend_from_slice(args);
+    ns.run(&argv).map(drop)
+}
+
+/// Runs `nft ARGS` in `ns`.
+pub fn nft(ns: &NetNs, args: &[&str]) -> Result<(), NetnsError> {
+    let mut argv = vec!["nft"];
+    argv.extend_from_slice(args);
+    ns.run(&argv).map(drop)
+}
+
+/// Loads an nftables ruleset (`nft -f -`) in `ns`.
+pub fn nft_load(ns: &NetNs, ruleset: &str) -> Result<(), NetnsError> {
+    ns.run_with_input(&["nft", "-f", "-"], ruleset).map(drop)
+}
+
+/// Empties the conntrack table of `ns` (`conntrack -F`): the middlebox
+/// forgets every connection.
+pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
+    ns.run(&["conntrack", "-F"]).map(drop)
+}
+
+/// The entries of the conntrack table of `ns` (`conntrack -L`), one a line.
+pub fn conntrack_list(ns: &NetNs) -> Result<String, NetnsError> {
+    ns.run(&["conntrack", "-L"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Strips TCP option `kind` from every TCP segment `ns` forwards that came
+/// in on `inbound_if` (iptables' TCPOPTSTRIP: the option's bytes become
+/// NOPs, the checksum is fixed).
+pub fn strip_option(ns: &NetNs, inbound_if: &str, kind: u8) -> Result<(), NetnsError> {
+    let kind = kind.to_string();
+    iptables(
+        ns,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "FORWARD",
+            "-i",
+            inbound_if,
+            "-p",
+            "tcp",
+            "-j",
+            "TCPOPTSTRIP",
+            "--strip-options",
+            &kind,
+        ],
+    )
+}
