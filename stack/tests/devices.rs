@@ -24,7 +24,8 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
-use ti_testnet::netns::{self, NetNs, NetnsError};
+use ti_testnet::netns::{self, NetNs};
+use ti_testnet::topology::{self, TunSpec};
 
 /// Upper bound on any test's network phase; no loop runs longer.
 const DEADLINE: StdDuration = StdDuration::from_secs(30);
