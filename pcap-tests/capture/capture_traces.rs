@@ -46,7 +46,9 @@ use smoltcp::time::Instant;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_stack::{Mode, Stack, StackConfig, StreamEvent, StreamMode};
+use ti_testnet::middlebox;
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::topology::{self, TunSpec};
 
 /// No scenario's network phase runs longer.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -57,8 +59,6 @@ const MAX_WAIT: Duration = Duration::from_millis(10);
 /// How long a host keeps polling after its script is done, so the TCP
 /// close completes on the wire.
 const LINGER: Duration = Duration::from_millis(300);
-/// The TUN MTU.
-const MTU: usize = 1500;
 
 /// smoltcp time: the wall clock when the program started plus a monotonic
 /// clock since, so capture timestamps are real dates and never go back.
@@ -298,10 +298,8 @@ fn join_kernel(handle: JoinHandle<KernelResult>) -> KernelResult {
 fn kernel_namespace() -> Result<(NetNs, TunDevice), String> {
     let ns = NetNs::create("ticap").map_err(|e| e.to_string())?;
     ns.disable_ipv6().map_err(|e| e.to_string())?;
-    let tun = ns.open_tun("ti0", MTU).map_err(|e| e.to_string())?;
-    ns.add_addr("ti0", &format!("{}/24", scenarios::KERNEL))
+    let tun = topology::open_tun(&ns, &TunSpec::new("ti0", scenarios::KERNEL))
         .map_err(|e| e.to_string())?;
-    ns.up("ti0").map_err(|e| e.to_string())?;
     Ok((ns, tun))
 }
 
@@ -312,34 +310,16 @@ fn router_namespace(strip: Option<Strip>) -> Result<(NetNs, TunDevice, TunDevice
     ns.disable_ipv6().map_err(|e| e.to_string())?;
     ns.sysctl("net.ipv4.ip_forward", "1")
         .map_err(|e| e.to_string())?;
-    let a = ns.open_tun("tia", MTU).map_err(|e| e.to_string())?;
-    let b = ns.open_tun("tib", MTU).map_err(|e| e.to_string())?;
-    for (ifname, addr) in [("tia", scenarios::GATEWAY_A), ("tib", scenarios::GATEWAY_B)] {
-        ns.add_addr(ifname, &format!("{addr}/24"))
-            .map_err(|e| e.to_string())?;
-        ns.up(ifname).map_err(|e| e.to_string())?;
-    }
+    let a = topology::open_tun(&ns, &TunSpec::new("tia", scenarios::GATEWAY_A))
+        .map_err(|e| e.to_string())?;
+    let b = topology::open_tun(&ns, &TunSpec::new("tib", scenarios::GATEWAY_B))
+        .map_err(|e| e.to_string())?;
     if let Some(strip) = strip {
         let inbound = match strip {
             Strip::Forward => "tia",
             Strip::Return => "tib",
         };
-        ns.run(&[
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "FORWARD",
-            "-i",
-            inbound,
-            "-p",
-            "tcp",
-            "-j",
-            "TCPOPTSTRIP",
-            "--strip-options",
-            "253",
-        ])
-        .map_err(|e| e.to_string())?;
+        middlebox::strip_option(&ns, inbound, tifid::DEFAULT_KIND).map_err(|e| e.to_string())?;
     }
     Ok((ns, a, b))
 }

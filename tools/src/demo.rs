@@ -26,7 +26,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use sha2::{Digest, Sha256};
+use ti_testnet::middlebox::{self, Middlebox};
 use ti_testnet::netns::{self, NetNs, NetnsError};
+use ti_testnet::topology::{Cidr, Line, LinePlan, OUTSIDE_IF};
 
 use crate::control::{self, human_bytes, human_ms, table};
 use crate::host::{self, MissingTools};
@@ -45,8 +47,8 @@ use crate::host::{self, MissingTools};
 const PLAIN_SINK: &str = "10.10.2.2:5001";
 const TI_SINK: &str = "127.0.0.1:5002";
 const TI_SOURCE: &str = "127.0.0.1:6000";
-const NAT_ADDRESS_BEFORE: &str = "10.10.2.1";
-const NAT_ADDRESS_AFTER: &str = "10.10.2.3";
+const NAT_ADDRESS_BEFORE: Ipv4Addr = Ipv4Addr::new(10, 10, 2, 1);
+const NAT_ADDRESS_AFTER: Ipv4Addr = Ipv4Addr::new(10, 10, 2, 3);
 
 /// Longest the demo waits for a `tiflow up` to answer on its control socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -148,109 +150,62 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
     move |source| DemoError::Io { what, source }
 }
 
-/// The demo's network: client (c0 10.10.1.2) -- middlebox (m0 10.10.1.1 |
-/// m1 10.10.2.1, masquerading NAT, only replies get in) -- server (s0
-/// 10.10.2.2). Dropped (deleted) in field order. Also used by the tests.
-pub struct NatTopology {
-    /// The client host.
-    pub client: NetNs,
-    /// The NAT middlebox.
-    pub middlebox: NetNs,
-    /// The server host.
-    pub server: NetNs,
+/// The demo's network, a [`Line`]: client (c0 10.10.1.2) -- middlebox (m0
+/// 10.10.1.1 | m1 10.10.2.1, a home router: masquerading NAT, only replies
+/// get in) -- server (s0 10.10.2.2). Its namespaces are the line's fields
+/// (`client`, `middlebox`, `server`). Also used by the tests.
+pub struct NatTopology(Line);
+
+impl std::ops::Deref for NatTopology {
+    type Target = Line;
+
+    fn deref(&self) -> &Line {
+        &self.0
+    }
 }
 
 impl NatTopology {
     /// Builds the three namespaces, named from `prefix`.
     pub fn build(prefix: &str) -> Result<NatTopology, DemoError> {
-        build_topology(prefix)
+        let after = [Cidr::slash24(NAT_ADDRESS_AFTER)];
+        let plan = LinePlan {
+            client: Cidr::slash24(Ipv4Addr::new(10, 10, 1, 2)),
+            inside: Cidr::slash24(Ipv4Addr::new(10, 10, 1, 1)),
+            outside: Cidr::slash24(NAT_ADDRESS_BEFORE),
+            outside_secondary: &after,
+            server: Cidr::slash24(Ipv4Addr::new(10, 10, 2, 2)),
+            server_gateway: Some(NAT_ADDRESS_BEFORE),
+        };
+        Ok(NatTopology(Line::build(
+            prefix,
+            &plan,
+            &Middlebox::HomeRouter,
+        )?))
     }
 
     /// The middlebox "reboots": its NAT maps to a new address and it
     /// forgets every connection.
     pub fn lose_state(&self) -> Result<(), DemoError> {
-        break_middlebox(&self.middlebox)
+        let after = NAT_ADDRESS_AFTER.to_string();
+        middlebox::iptables(
+            &self.middlebox,
+            &[
+                "-t",
+                "nat",
+                "-R",
+                "POSTROUTING",
+                "1",
+                "-o",
+                OUTSIDE_IF,
+                "-j",
+                "SNAT",
+                "--to-source",
+                &after,
+            ],
+        )?;
+        middlebox::conntrack_flush(&self.middlebox)?;
+        Ok(())
     }
-}
-
-fn build_topology(prefix: &str) -> Result<NatTopology, DemoError> {
-    let client = NetNs::create(&format!("{prefix}c"))?;
-    let middlebox = NetNs::create(&format!("{prefix}m"))?;
-    let server = NetNs::create(&format!("{prefix}s"))?;
-    for ns in [&client, &middlebox, &server] {
-        ns.disable_ipv6()?;
-    }
-    NetNs::veth_pair(&client, "c0", &middlebox, "m0")?;
-    NetNs::veth_pair(&middlebox, "m1", &server, "s0")?;
-    client.add_addr("c0", "10.10.1.2/24")?;
-    client.up("c0")?;
-    client.add_route("default", "10.10.1.1")?;
-    middlebox.add_addr("m0", "10.10.1.1/24")?;
-    middlebox.add_addr("m1", &format!("{NAT_ADDRESS_BEFORE}/24"))?;
-    middlebox.add_addr("m1", &format!("{NAT_ADDRESS_AFTER}/24"))?;
-    middlebox.up("m0")?;
-    middlebox.up("m1")?;
-    middlebox.enable_forwarding()?;
-    server.add_addr("s0", "10.10.2.2/24")?;
-    server.up("s0")?;
-    server.add_route("default", NAT_ADDRESS_BEFORE)?;
-    // A home router: masquerade out of m1; from outside, only replies get in.
-    for rule in [
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "m1",
-            "-j",
-            "MASQUERADE",
-        ][..],
-        &[
-            "-A",
-            "FORWARD",
-            "-i",
-            "m1",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        &["-A", "FORWARD", "-i", "m1", "-j", "DROP"],
-    ] {
-        let mut argv = vec!["iptables", "-w"];
-        argv.extend_from_slice(rule);
-        middlebox.run(&argv)?;
-    }
-    Ok(NatTopology {
-        client,
-        middlebox,
-        server,
-    })
-}
-
-/// The middlebox "reboots": its NAT maps to a new address and it forgets
-/// every connection.
-fn break_middlebox(middlebox: &NetNs) -> Result<(), DemoError> {
-    middlebox.run(&[
-        "iptables",
-        "-w",
-        "-t",
-        "nat",
-        "-R",
-        "POSTROUTING",
-        "1",
-        "-o",
-        "m1",
-        "-j",
-        "SNAT",
-        "--to-source",
-        NAT_ADDRESS_AFTER,
-    ])?;
-    middlebox.run(&["conntrack", "-F"])?;
-    Ok(())
 }
 
 /// A `tiflow up` child process in a namespace; stopped when dropped. Also
@@ -620,7 +575,7 @@ fn run_in(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<(), Dem
     let rate = args.rate * 1024.0 * 1024.0;
     let fail_at = duration.mul_f64(0.4);
     eprintln!("tiflow demo: building namespaces client, middlebox (NAT + conntrack), server");
-    let net = build_topology("tfdemo-")?;
+    let net = NatTopology::build("tfdemo-")?;
 
     // Receivers in the server, listening before anything connects.
     let plain_listener = bind_in(&net.server, PLAIN_SINK)?;
@@ -684,7 +639,7 @@ fn run_in(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<(), Dem
         }
         let now = Instant::now();
         if broke_at.is_none() && now >= start + fail_at {
-            break_middlebox(&net.middlebox)?;
+            net.lose_state()?;
             broke_at = Some(start.elapsed().as_secs_f64());
             eprintln!(
                 "[{:>4.1}s] middlebox lost its state: conntrack flushed, NAT address {NAT_ADDRESS_BEFORE} -> {NAT_ADDRESS_AFTER}",

@@ -8,11 +8,13 @@
 mod common;
 
 use std::io::Write;
-use std::net::Shutdown;
+use std::net::{Ipv4Addr, Shutdown};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ti_testnet::netns::NetNs;
+use ti_testnet::topology::{self, Cidr, LinkEnd};
 
 const NAT_TOOLS: [(&str, &str); 3] = [
     ("ip", "iproute2"),
@@ -166,16 +168,16 @@ fn kernel_tcp_programs_survive_middlebox_state_loss() {
 fn legacy_linux_peer_gets_plain_tcp() {
     require_root(&[("ip", "iproute2"), ("iptables", "iptables")]);
     let scratch = Scratch::new("legacy");
-    let client_ns = ti_testnet::netns::NetNs::create("tflbc").expect("ns");
-    let server_ns = ti_testnet::netns::NetNs::create("tflbs").expect("ns");
+    let client_ns = NetNs::create("tflbc").expect("ns");
+    let server_ns = NetNs::create("tflbs").expect("ns");
     for ns in [&client_ns, &server_ns] {
         ns.disable_ipv6().expect("ipv6 off");
     }
-    ti_testnet::netns::NetNs::veth_pair(&client_ns, "c0", &server_ns, "s0").expect("veth");
-    client_ns.add_addr("c0", "10.30.0.1/24").expect("addr");
-    client_ns.up("c0").expect("up");
-    server_ns.add_addr("s0", "10.30.0.2/24").expect("addr");
-    server_ns.up("s0").expect("up");
+    topology::link(
+        LinkEnd::new(&client_ns, "c0", Cidr::slash24(Ipv4Addr::new(10, 30, 0, 1))),
+        LinkEnd::new(&server_ns, "s0", Cidr::slash24(Ipv4Addr::new(10, 30, 0, 2))),
+    )
+    .expect("veth link");
     let echo = echo_server(listen_in(&server_ns, "10.30.0.2:7100"));
     let client = Up::start(
         &client_ns,
@@ -223,7 +225,7 @@ fn legacy_linux_peer_gets_plain_tcp() {
 fn sigterm_stops_up_cleanly_and_reverts_the_host() {
     require_root(&NAT_TOOLS);
     let scratch = Scratch::new("sigterm");
-    let ns = ti_testnet::netns::NetNs::create("tflt").expect("ns");
+    let ns = NetNs::create("tflt").expect("ns");
     let forwarding = || {
         text(
             &ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"])

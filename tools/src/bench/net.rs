@@ -23,6 +23,7 @@ use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::topology::{self, Cidr, LinkEnd, TunSpec};
 
 use super::BenchError;
 
@@ -53,11 +54,10 @@ impl Testbed {
             ns.disable_ipv6()?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
         }
-        NetNs::veth_pair(&a, "va", &b, "vb")?;
-        a.add_addr("va", &format!("{VETH_A}/24"))?;
-        b.add_addr("vb", &format!("{VETH_B}/24"))?;
-        a.up("va")?;
-        b.up("vb")?;
+        topology::link(
+            LinkEnd::new(&a, "va", Cidr::slash24(VETH_A)),
+            LinkEnd::new(&b, "vb", Cidr::slash24(VETH_B)),
+        )?;
         a.add_route("10.72.0.0/16", &VETH_B.to_string())?;
         b.add_route("10.71.0.0/16", &VETH_A.to_string())?;
         Ok(Testbed { a, b })
@@ -97,23 +97,17 @@ impl Site {
 
 /// Opens TUN `name` in `ns` with `site.gateway/24` on the kernel side, up.
 pub fn open_tun(ns: &NetNs, name: &str, site: Site) -> Result<TunDevice, BenchError> {
-    let tun = ns
-        .open_tun(name, MTU)
-        .map_err(|e| BenchError::io(format!("open TUN {name} in {}", ns.name()), e))?;
-    ns.add_addr(name, &format!("{}/24", site.gateway))?;
-    // The default queue (500 packets) is shorter than a 1 MiB window
-    // (724 full segments): a burst toward a stack that is busy would be
-    // dropped in the kernel, and smoltcp's 1 s minimum RTO would dominate.
-    ns.ip(&[
-        "link",
-        "set",
-        "dev",
+    let spec = TunSpec {
         name,
-        "txqueuelen",
-        &TXQUEUELEN.to_string(),
-    ])?;
-    ns.up(name)?;
-    Ok(tun)
+        gateway: Cidr::slash24(site.gateway),
+        mtu: MTU,
+        // The default queue (500 packets) is shorter than a 1 MiB window
+        // (724 full segments): a burst toward a stack that is busy would be
+        // dropped in the kernel, and smoltcp's 1 s minimum RTO would dominate.
+        txqueuelen: Some(TXQUEUELEN),
+    };
+    topology::open_tun(ns, &spec)
+        .map_err(|e| BenchError::io(format!("open TUN {name} in {}", ns.name()), e))
 }
 
 /// The device of a latency benchmark's stack: capture outermost, then the

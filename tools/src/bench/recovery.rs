@@ -37,9 +37,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,7 +46,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use ti_testnet::middlebox::{self, Middlebox};
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::topology::{Cidr, Line, LinePlan};
 
 use super::stats::summarize;
 use super::{BenchArgs, BenchError, check_interrupted};
@@ -493,12 +494,10 @@ pub struct Sample {
 // ---------------------------------------------------------------------------
 // The network.
 
-/// The three namespaces and the middlebox's state. Dropped in field order
-/// after the nft table is deleted.
+/// The three namespaces and the middlebox's state. Dropped after the nft
+/// table is deleted.
 struct Net {
-    client: NetNs,
-    middlebox: NetNs,
-    server: NetNs,
+    line: Line,
     /// Index of the client's current address in [`CLIENT_ADDRS`].
     client_addr: usize,
     /// Index of the NAT's current address in [`NAT_ADDRS`].
@@ -507,60 +506,35 @@ struct Net {
 
 impl Net {
     fn build() -> Result<Net, BenchError> {
-        let client = NetNs::create("tibench")?;
-        let middlebox = NetNs::create("tibench")?;
-        let server = NetNs::create("tibench")?;
-        for ns in [&client, &middlebox, &server] {
-            ns.disable_ipv6()?;
-            // Deleting the primary address promotes the new one instead of
-            // removing every address of the subnet (address moves).
-            ns.sysctl("net.ipv4.conf.all.promote_secondaries", "1")?;
-            ns.sysctl("net.ipv4.conf.default.promote_secondaries", "1")?;
-        }
-        NetNs::veth_pair(&client, "c0", &middlebox, "m0")?;
-        NetNs::veth_pair(&middlebox, "m1", &server, "s0")?;
-        client.add_addr("c0", &format!("{}/24", CLIENT_ADDRS[0]))?;
-        client.up("c0")?;
-        client.add_route("default", MIDDLEBOX_INSIDE)?;
-        middlebox.add_addr("m0", &format!("{MIDDLEBOX_INSIDE}/24"))?;
-        middlebox.add_addr("m1", &format!("{}/24", NAT_ADDRS[0]))?;
-        // A router announces itself when its links come up (gratuitous ARP),
-        // so hosts waiting to resolve it need not wait for their next ARP
-        // retry (1 s) after the rebuilt-1s outage.
-        for dev in ["m0", "m1"] {
-            middlebox.sysctl(&format!("net.ipv4.conf.{dev}.arp_notify"), "1")?;
-        }
-        middlebox.up("m0")?;
-        middlebox.up("m1")?;
-        middlebox.sysctl("net.ipv4.ip_forward", "1")?;
-        // The server needs no route: the NAT's addresses are on its link.
-        server.add_addr("s0", &format!("{SERVER}/24"))?;
-        server.up("s0")?;
-        let net = Net {
-            client,
-            middlebox,
-            server,
+        let addr = |a: &str| a.parse::<Ipv4Addr>().map(Cidr::slash24);
+        let parse_err = |e: std::net::AddrParseError| BenchError::Check(e.to_string());
+        let plan = LinePlan {
+            client: addr(CLIENT_ADDRS[0]).map_err(parse_err)?,
+            inside: addr(MIDDLEBOX_INSIDE).map_err(parse_err)?,
+            outside: addr(NAT_ADDRS[0]).map_err(parse_err)?,
+            outside_secondary: &[],
+            server: addr(SERVER).map_err(parse_err)?,
+            // The server needs no route: the NAT's addresses are on its link.
+            server_gateway: None,
+        };
+        let line = Line::build("tibench", &plan, &Middlebox::Nftables(RULESET.to_owned()))?;
+        Ok(Net {
+            line,
             client_addr: 0,
             nat_addr: 0,
-        };
-        net.load_ruleset()?;
-        Ok(net)
+        })
     }
 
     fn load_ruleset(&self) -> Result<(), BenchError> {
-        run_with_stdin(&self.middlebox, &["nft", "-f", "-"], RULESET)
+        Ok(middlebox::nft_load(&self.line.middlebox, RULESET)?)
     }
 
     fn nft(&self, args: &[&str]) -> Result<(), BenchError> {
-        let mut argv = vec!["nft"];
-        argv.extend_from_slice(args);
-        self.middlebox.run(&argv)?;
-        Ok(())
+        Ok(middlebox::nft(&self.line.middlebox, args)?)
     }
 
     fn flush_conntrack(&self) -> Result<(), BenchError> {
-        self.middlebox.run(&["conntrack", "-F"])?;
-        Ok(())
+        Ok(middlebox::conntrack_flush(&self.line.middlebox)?)
     }
 
     /// Injects the fault of `scenario`.
@@ -569,7 +543,7 @@ impl Net {
             Scenario::NatFlush => {
                 let old = NAT_ADDRS[self.nat_addr];
                 let new = NAT_ADDRS[1 - self.nat_addr];
-                let mb = &self.middlebox;
+                let mb = &self.line.middlebox;
                 mb.add_addr("m1", &format!("{new}/24"))?;
                 mb.ip(&["addr", "del", &format!("{old}/24"), "dev", "m1"])?;
                 self.nat_addr = 1 - self.nat_addr;
@@ -578,8 +552,12 @@ impl Net {
             Scenario::FirewallFlush => self.flush_conntrack(),
             Scenario::Rebuilt1s => {
                 // Links first, so nothing passes a middlebox without rules.
-                self.middlebox.ip(&["link", "set", "dev", "m0", "down"])?;
-                self.middlebox.ip(&["link", "set", "dev", "m1", "down"])?;
+                self.line
+                    .middlebox
+                    .ip(&["link", "set", "dev", "m0", "down"])?;
+                self.line
+                    .middlebox
+                    .ip(&["link", "set", "dev", "m1", "down"])?;
                 self.nft(&["delete", "table", "ip", TABLE])?;
                 self.flush_conntrack()
             }
@@ -589,7 +567,7 @@ impl Net {
             Scenario::ClientAddressChange => {
                 let old = CLIENT_ADDRS[self.client_addr];
                 let new = CLIENT_ADDRS[1 - self.client_addr];
-                let c = &self.client;
+                let c = &self.line.client;
                 c.add_addr("c0", &format!("{new}/24"))?;
                 c.ip(&["addr", "del", &format!("{old}/24"), "dev", "c0"])?;
                 self.client_addr = 1 - self.client_addr;
@@ -606,8 +584,8 @@ impl Net {
         match scenario {
             Scenario::Rebuilt1s => {
                 self.load_ruleset()?;
-                self.middlebox.up("m0")?;
-                self.middlebox.up("m1")?;
+                self.line.middlebox.up("m0")?;
+                self.line.middlebox.up("m1")?;
                 Ok(())
             }
             Scenario::Blackhole1s | Scenario::Blackhole30s => {
@@ -620,45 +598,18 @@ impl Net {
     /// Best effort after an interruption mid-fault: the path is back.
     fn heal(&mut self) {
         let _ = self.nft(&["flush", "chain", "ip", TABLE, "blackhole"]);
-        let _ = self.middlebox.up("m0");
-        let _ = self.middlebox.up("m1");
+        let _ = self.line.middlebox.up("m0");
+        let _ = self.line.middlebox.up("m1");
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
         // The table is ours: delete it (the namespaces follow).
-        let _ = self.middlebox.run(&["nft", "delete", "table", "ip", TABLE]);
-    }
-}
-
-/// Runs `argv` in `ns` with `input` on its standard input.
-fn run_with_stdin(ns: &NetNs, argv: &[&str], input: &str) -> Result<(), BenchError> {
-    let what = format!("{} in {}", argv.join(" "), ns.name());
-    let mut child = Command::new(host::which("ip").unwrap_or_else(|| "ip".into()))
-        .args(["netns", "exec", ns.name()])
-        .args(argv)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| BenchError::io(format!("run {what}"), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| BenchError::io(format!("write to {what}"), e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| BenchError::io(format!("wait for {what}"), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BenchError::Check(format!(
-            "`{what}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        let _ = self
+            .line
+            .middlebox
+            .run(&["nft", "delete", "table", "ip", TABLE]);
     }
 }
 
@@ -1224,12 +1175,12 @@ impl Bench<'_> {
         let plain_addr: SocketAddr = format!("{SERVER}:{PLAIN_PORT}")
             .parse()
             .map_err(|_| BenchError::Check("bad plain address".into()))?;
-        let ti_client = connect_in(&self.net.client, forward)?;
+        let ti_client = connect_in(&self.net.line.client, forward)?;
         let ti_port = ti_client
             .local_addr()
             .map_err(|e| BenchError::io("local address", e))?
             .port();
-        let plain_client = connect_in(&self.net.client, plain_addr)?;
+        let plain_client = connect_in(&self.net.line.client, plain_addr)?;
         let ti_server = accept_bounded(self.ti_listener, "TI-flow (from the server's tiflow up)")?;
         let plain_server = accept_bounded(self.plain_listener, "plain TCP")?;
         let (ti_tx, ti_rx, plain_tx, plain_rx) = match dir {
@@ -1566,7 +1517,7 @@ impl Bench<'_> {
         let mut ports = BTreeSet::new();
         for i in 0..n {
             check_interrupted()?;
-            let client = connect_in(&self.net.client, forward)?;
+            let client = connect_in(&self.net.line.client, forward)?;
             let port = client
                 .local_addr()
                 .map_err(|e| BenchError::io("local address", e))?
@@ -1791,13 +1742,13 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
         }
     );
     let mut net = Net::build()?;
-    let plain_listener = listen_in(&net.server, &format!("0.0.0.0:{PLAIN_PORT}"))?;
-    let ti_listener = listen_in(&net.server, &format!("127.0.0.1:{TI_PORT}"))?;
+    let plain_listener = listen_in(&net.line.server, &format!("0.0.0.0:{PLAIN_PORT}"))?;
+    let ti_listener = listen_in(&net.line.server, &format!("127.0.0.1:{TI_PORT}"))?;
     let serve = format!("{TI_PORT}=127.0.0.1:{TI_PORT}");
     let expose = TI_PORT.to_string();
     let forward = format!("127.0.0.1:{FORWARD_PORT}={SERVER}:{TI_PORT}");
     let mut server_up = UpProcess::spawn(
-        &net.server,
+        &net.line.server,
         "server",
         work,
         &[
@@ -1810,7 +1761,7 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
         ],
     )?;
     let mut client_up = UpProcess::spawn(
-        &net.client,
+        &net.line.client,
         "client",
         work,
         &[
