@@ -1,8 +1,7 @@
 //! `tiflow bench connect --quick`, `reconnect --quick`, `tuning --quick`,
 //! `recovery --quick` and its no-fault check as a user runs them: the built
-//! binary, real
-//! namespaces and TUN devices (root needed: without it the test fails with
-//! the reason). Checks the files and their shape, never the timings.
+//! binary, real namespaces and TUN devices (root needed: without it the
+//! test fails with the reason). Checks the files and their shape, never the timings.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

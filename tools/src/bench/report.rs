@@ -276,11 +276,13 @@ pub struct ResultsFiles {
     pub tuning_report: String,
     /// `recovery-report.txt`.
     pub recovery_report: String,
+    /// `recovery-summary.csv`.
+    pub recovery_summary: String,
 }
 
 impl ResultsFiles {
     /// The file names, in the order of the fields.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "criterion.txt",
         "all-report.txt",
         "reconnect-report.txt",
@@ -289,6 +291,7 @@ impl ResultsFiles {
         "bulk-summary.csv",
         "tuning-report.txt",
         "recovery-report.txt",
+        "recovery-summary.csv",
     ];
 
     /// Reads them from `dir`.
@@ -307,6 +310,7 @@ impl ResultsFiles {
             bulk_summary: read(Self::NAMES[5])?,
             tuning_report: read(Self::NAMES[6])?,
             recovery_report: read(Self::NAMES[7])?,
+            recovery_summary: read(Self::NAMES[8])?,
         })
     }
 }
@@ -372,7 +376,10 @@ pub fn generate(files: &ResultsFiles) -> Result<Vec<Region>, String> {
         },
         Region {
             name: "recovery",
-            text: recovery_blocks(&files.recovery_report)?,
+            text: {
+                recovery_intervals_honest(&files.recovery_summary)?;
+                recovery_blocks(&files.recovery_report)?
+            },
         },
         Region {
             name: "recovery-targets",
@@ -639,8 +646,7 @@ fn reconnect_rows(report: &str) -> Result<Vec<ReconnectRow>, String> {
     for l in lines.iter().skip(2) {
         let it = items(l);
         let (n, iv) = (nums(&it), intervals(&it));
-        let (&[ref rtt, ref minus_rtt, ref minus_legacy], &[_, ref ti, _, ref la, ref ta]) =
-            (n.as_slice(), iv.as_slice())
+        let ([rtt, minus_rtt, minus_legacy], [_, ti, _, la, ta]) = (n.as_slice(), iv.as_slice())
         else {
             return Err(format!("reconnect-report.txt: bad row {l:?}"));
         };
@@ -893,6 +899,35 @@ pub fn recovery_blocks(report: &str) -> Result<String, String> {
     ))
 }
 
+/// Every row of `recovery-summary.csv` with fewer than 9 samples is a
+/// range (column `interval`), never a 95% interval.
+pub fn recovery_intervals_honest(csv: &str) -> Result<(), String> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| format!("recovery-summary.csv has no column {name}"))
+    };
+    let (n_col, interval_col) = (col("n")?, col("interval")?);
+    for line in lines.filter(|l| !l.is_empty()) {
+        let row: Vec<&str> = line.split(',').collect();
+        let n = row.get(n_col).and_then(|v| v.parse::<usize>().ok());
+        let interval = row.get(interval_col).copied();
+        match (n, interval) {
+            (Some(n), Some("ci95")) if n < MIN_CI_SAMPLES => {
+                return Err(format!(
+                    "recovery-summary.csv: {line:?} calls {n} samples a 95% interval"
+                ));
+            }
+            (Some(_), Some("ci95" | "range")) => {}
+            _ => return Err(format!("recovery-summary.csv: bad row {line:?}")),
+        }
+    }
+    Ok(())
+}
+
 // ---- README regions ----
 
 fn begin_marker(name: &str) -> String {
@@ -1139,6 +1174,19 @@ mod tests {
         assert_eq!(check(&fixed, &regions), Ok(()));
         assert!(check("no markers", &regions).is_err());
         assert_eq!(diff("a\nb\nc\n", "a\nc\nd\n"), "- b\n+ d\n");
+    }
+
+    #[test]
+    fn recovery_rows_below_nine_samples_must_be_ranges() {
+        let head =
+            "scenario,direction,transport,metric,n,failed,median_ms,low_ms,high_ms,interval\n";
+        assert_eq!(
+            recovery_intervals_honest(&format!(
+                "{head}a,b,ti,x,10,0,1,1,1,ci95\na,b,ti,y,3,0,1,1,1,range\n"
+            )),
+            Ok(())
+        );
+        assert!(recovery_intervals_honest(&format!("{head}a,b,ti,x,8,0,1,1,1,ci95\n")).is_err());
     }
 
     #[test]
