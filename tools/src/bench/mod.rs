@@ -77,7 +77,8 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub what: What,
-    /// Emulated RTTs in ms, comma-separated [default: 0,1,5,10,25,50,100].
+    /// Emulated RTTs in ms, comma-separated [default: 0,1,5,10,25,50,100;
+    /// tuning: 0,1,10].
     #[arg(long, value_delimiter = ',', value_name = "MS,...")]
     pub rtts: Option<Vec<u64>>,
     /// Samples per mode and RTT [default: 200].
