@@ -6,10 +6,16 @@
 //!
 //! - [`netns`]: named network namespaces deleted on drop, veth pairs,
 //!   addresses, routes, TUN devices opened inside a namespace.
+//! - [`packet`]: one packet builder (IPv4/IPv6 TCP, UDP, ICMPv4 echo, raw
+//!   IP) with correct checksums by default and explicit ways to break them,
+//!   and the header fields bad-input tests need broken.
+//! - [`payload`]: deterministic test data and SHA-256 digests.
 //!
 //! Nothing here touches the root namespace: every interface, address, route
 //! and rule lives in a namespace this crate created and deletes.
 
 pub mod netns;
+pub mod packet;
+pub mod payload;
 
 pub use netns::{NetNs, NetnsError};
