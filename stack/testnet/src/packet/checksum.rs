@@ -229,3 +229,14 @@ pub fn refill_checksums(packet: &mut [u8]) {
         fill_segment(segment, kind_of(protocol), src, dst, protocol);
     }
 }
+
+/// Flips one bit of the TCP, UDP or ICMP checksum of the IPv4 packet in
+/// `packet` (by its protocol field), for packets the builder did not make
+/// (one a stack emitted, say). Does nothing to what does not lay out as in
+/// [`refill_checksums`] or is too short to hold the field.
+pub fn spoil_checksum(packet: &mut [u8]) {
+    let Some((ihl, total, _, _, protocol)) = ipv4_layout(packet) else {
+        return;
+    };
+    spoil(&mut packet[ihl..total], kind_of(protocol));
+}

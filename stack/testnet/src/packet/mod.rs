@@ -35,7 +35,7 @@ use std::net::IpAddr;
 
 use etherparse::{IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header};
 
-pub use checksum::{checksums_ok, refill_checksums};
+pub use checksum::{checksums_ok, refill_checksums, spoil_checksum};
 pub use other::{IcmpEcho, IcmpEchoFields, RawFields, RawIp, Udp, UdpFields};
 pub use tcp::{Tcp, TcpFields, flags};
 

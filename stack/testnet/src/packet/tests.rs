@@ -356,9 +356,14 @@ fn refill_checksums_repairs_an_edited_packet_and_never_panics() {
     u[28] = b'y';
     refill_checksums(&mut u);
     assert!(checksums_ok(&u));
+    let good = Tcp::new(a(), b()).syn().build();
+    let mut spoiled = good.clone();
+    spoil_checksum(&mut spoiled);
+    assert_eq!(spoiled, Tcp::new(a(), b()).syn().bad_checksum().build());
     for len in 0..60 {
         let mut junk: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
         refill_checksums(&mut junk);
+        spoil_checksum(&mut junk);
         let _ = checksums_ok(&junk);
     }
 }
