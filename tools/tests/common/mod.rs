@@ -12,8 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::payload::StreamDigest;
 /// Deterministic test data and SHA-256 (`ti_testnet::payload`).
-pub use ti_testnet::payload::{StreamDigest, data, sha256};
+#[allow(unused_imports)] // Not every test binary uses both.
+pub use ti_testnet::payload::{data, sha256};
 use ti_tools::control::{self, StatusReport};
 
 /// The built `tiflow` binary.
