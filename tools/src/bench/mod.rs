@@ -18,6 +18,7 @@ pub mod pcap;
 pub mod plot;
 pub mod recovery;
 pub mod report;
+pub mod scale;
 pub mod stats;
 pub mod tuning;
 
@@ -64,6 +65,10 @@ pub enum What {
     /// application's reconnect, per RTT, and the ratio on/off [default
     /// RTTs: 0,1,10].
     Tuning,
+    /// CPU per packet, per idle poll and per connection, and RSS per
+    /// connection, as the number of idle connections grows (two stacks in
+    /// memory, no root) [default connections: 1,100,1000,10000].
+    Scale,
     /// No measurement, no root: the README's performance tables from the
     /// committed results files (--results); printed, written into the
     /// README's marked regions (--readme), or checked against them
@@ -102,9 +107,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB")]
     pub bulk_mib: Option<u64>,
     /// Repetitions: bulk, per mode and direction [default: 5]; recovery,
-    /// per scenario and direction [default: 10].
+    /// per scenario and direction [default: 10]; scale, measured rounds
+    /// per setup [default: 9].
     #[arg(long)]
     pub reps: Option<usize>,
+    /// scale: connection counts, comma-separated [default:
+    /// 1,100,1000,10000; --quick: 1,100].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub connections: Option<Vec<usize>>,
     /// recovery: the scenarios, comma-separated, each NAME or NAME:REPS
     /// (its own repetitions): nat-flush, firewall-flush, rebuilt-1s,
     /// blackhole-1s, blackhole-30s, client-address-change, and no-fault
@@ -295,6 +305,25 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     if args.what == What::Tuning {
         return run_tuning(args, &settings);
     }
+    if args.what == What::Scale {
+        let counts = match (&args.connections, args.quick) {
+            (Some(c), _) => c.clone(),
+            (None, true) => vec![1, 100],
+            (None, false) => scale::DEFAULT_COUNTS.to_vec(),
+        };
+        if counts.is_empty() || counts.contains(&0) {
+            return Err(BenchError::Check(
+                "--connections: give counts of at least 1".into(),
+            ));
+        }
+        let rounds = match (args.reps, args.quick) {
+            (Some(r), _) => r.max(1),
+            (None, true) => 3,
+            (None, false) => scale::DEFAULT_ROUNDS,
+        };
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        return scale::run(&counts, rounds, &args.out, &command);
+    }
     net::set_low_latency(args.low_latency);
     let out = &args.out;
     let pcap_dir = out.join("pcap");
@@ -350,6 +379,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::All => "all",
         What::Recovery => "recovery",
         What::Tuning => "tuning",
+        What::Scale => "scale",
         What::Report => "report",
     };
     let command: Vec<String> = std::env::args().collect();
