@@ -38,13 +38,21 @@ impl<D: Device> Stack<D> {
             .ok_or(StreamError::NoSuchStream)?;
         let port = self.fresh_port();
         let local = SocketAddrV4::new(self.config.address, port);
-        let mut socket = self.new_socket();
+        let socket = self.new_socket();
         let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
         let local_ep = IpEndpoint::new(IpAddress::Ipv4(*local.ip()), local.port());
-        socket
-            .connect(self.iface.context(), remote, local_ep)
-            .map_err(|_| StreamError::ConnectionRefused)?;
-        let handle = self.sockets.add(socket);
+        let handle = self
+            .cells
+            .add(socket, self.rng.random(), &mut self.device, now)
+            .ok_or(StreamError::ConnectionRefused)?;
+        let connected = self
+            .cells
+            .socket_and_context(handle)
+            .is_some_and(|(socket, cx)| socket.connect(cx, remote, local_ep).is_ok());
+        if !connected {
+            self.remove_cell(handle);
+            return Err(StreamError::ConnectionRefused);
+        }
         let tuple = FourTuple {
             local,
             remote: peer,
@@ -60,6 +68,9 @@ impl<D: Device> Stack<D> {
         if let Some(s) = self.streams.get_mut(&id) {
             s.conn = Some(handle);
         }
+        // Its SYN goes out in this poll's egress.
+        self.timers.mark_conn(handle);
+        self.timers.mark_stream(id);
         Ok(())
     }
 
@@ -71,7 +82,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn reset_connection(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         option: Option<tifid::FlowOptionRepr>,
     ) {
         let Some(conn) = self.conns.remove(&handle) else {
@@ -88,7 +99,9 @@ impl<D: Device> Stack<D> {
         if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id)) {
             s.release(handle);
         }
-        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.cells.socket_mut(handle).abort();
+        // Its RST goes out in this poll's egress.
+        self.timers.mark_conn(handle);
         self.resetting.push_back(Resetting {
             handle: Some(handle),
             tuple: conn.tuple,
@@ -101,13 +114,10 @@ impl<D: Device> Stack<D> {
     pub(super) fn reap_resets(&mut self, now: Instant) {
         for r in self.resetting.iter_mut() {
             if let Some(handle) = r.handle
-                && self
-                    .sockets
-                    .get::<tcp::Socket>(handle)
-                    .remote_endpoint()
-                    .is_none()
+                && self.cells.socket(handle).remote_endpoint().is_none()
             {
-                self.sockets.remove(handle);
+                self.cells.remove(handle);
+                self.timers.forget(Wake::Conn(handle));
                 r.handle = None;
             }
         }
@@ -122,15 +132,21 @@ impl<D: Device> Stack<D> {
         }
     }
 
+    /// Removes a connection's cell (interface and socket) and its timer.
+    pub(super) fn remove_cell(&mut self, handle: ConnId) {
+        self.cells.remove(handle);
+        self.timers.forget(Wake::Conn(handle));
+    }
+
     /// Removes a connection's socket and bookkeeping without touching its stream's flow.
-    pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
+    pub(super) fn drop_connection(&mut self, handle: ConnId) {
         self.forget_connection(handle);
-        self.sockets.remove(handle);
+        self.remove_cell(handle);
     }
 
     /// Removes a connection's bookkeeping (not its socket) without touching
     /// its stream's flow.
-    pub(super) fn forget_connection(&mut self, handle: SocketHandle) {
+    pub(super) fn forget_connection(&mut self, handle: ConnId) {
         if let Some(conn) = self.conns.remove(&handle) {
             self.by_tuple.remove(&conn.tuple);
             if conn.half_open {
@@ -143,15 +159,18 @@ impl<D: Device> Stack<D> {
         }
     }
 
-    /// Per-connection checks after smoltcp ran: handshakes that ended,
+    /// Per-connection checks after smoltcp ran, on the connections marked
+    /// in this poll (and their streams are marked): handshakes that ended,
     /// connections that died.
     pub(super) fn service_connections(&mut self, now: Instant) {
-        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
-        for handle in handles {
+        for handle in self.timers.ready_conns() {
             let Some(conn) = self.conns.get_mut(&handle) else {
                 continue;
             };
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            if let Some(id) = conn.stream {
+                self.timers.mark_stream(id);
+            }
+            let socket = self.cells.socket_mut(handle);
             let state = socket.state();
             if state == tcp::State::LastAck {
                 conn.was_last_ack = true;
