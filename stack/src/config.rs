@@ -1,6 +1,7 @@
 //! Stack settings and their defaults (DESIGN §4, §6).
 
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// Settings of a [`crate::Stack`].
@@ -54,6 +55,11 @@ pub struct StackConfig {
     pub user_timeout: Duration,
     /// Give up a connect or a handshake after this long.
     pub connect_timeout: Duration,
+    /// Local ports of the connections the stack opens (RFC 6335's
+    /// 49152-65535 by default). With every one held by a connection or a
+    /// listener, a connect fails with [`crate::StreamError::NoFreePort`]
+    /// and a resume attempt waits for its next turn.
+    pub ephemeral_ports: RangeInclusive<u16>,
     /// Seed for ports, TIFID halves and TI ISNs; `None` seeds from the OS
     /// (use a seed only for deterministic simulation).
     pub seed: Option<u64>,
@@ -88,6 +94,7 @@ impl StackConfig {
             accept_backlog: 128,
             user_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),
+            ephemeral_ports: 49152..=65535,
             seed: None,
             low_latency: false,
         }

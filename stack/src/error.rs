@@ -38,6 +38,14 @@ pub enum StreamError {
     /// The stack has stopped.
     #[error("stack stopped")]
     StackStopped,
+    /// Every port of [`crate::StackConfig::ephemeral_ports`] is held by a
+    /// connection or a listener: no connection can be opened until one
+    /// goes.
+    #[error("no free local port: all {ports} ephemeral ports are in use")]
+    NoFreePort {
+        /// Ports in the ephemeral range.
+        ports: u32,
+    },
 }
 
 impl From<StreamError> for io::Error {
@@ -52,6 +60,7 @@ impl From<StreamError> for io::Error {
             StreamError::WriteAfterShutdown => io::ErrorKind::BrokenPipe,
             StreamError::NoSuchStream | StreamError::StackStopped => io::ErrorKind::NotConnected,
             StreamError::AddrInUse => io::ErrorKind::AddrInUse,
+            StreamError::NoFreePort { .. } => io::ErrorKind::AddrNotAvailable,
         };
         io::Error::new(kind, e)
     }

@@ -14,11 +14,10 @@ mod common;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::rc::Rc;
 
 use common::*;
-use etherparse::PacketBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities};
@@ -33,22 +32,20 @@ use ti_stack::device::link::{
 use ti_stack::segment::{AddOptionError, Segment, add_flow_option, refusal_rst};
 use ti_stack::sim::Sim;
 use ti_stack::{Mode, Stack, StackConfig, StreamEvent, StreamId, StreamMode};
-use tifid::option::{MAX_OPTIONS_LEN, OptionError, find_flow_option};
+use ti_testnet::packet::options::{EOL, MSS_1460, NOP, padded};
+use ti_testnet::packet::{
+    IcmpEcho, RawIp, Tcp, Udp, checksums_ok, refill_checksums, spoil_checksum,
+};
+use tifid::option::{OptionError, find_flow_option};
 use tifid::{DEFAULT_KIND, FlowOptionRepr, Half, Seq48, Tifid};
 
 const KIND: u8 = DEFAULT_KIND;
 const MTU: usize = 1500;
+/// The IP protocol number of TCP.
+const TCP: u8 = 6;
 
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-
-const EOL: u8 = 0;
-const NOP: u8 = 1;
 /// An MSS option (1460).
-const MSS: [u8; 4] = [2, 4, 0x05, 0xb4];
+const MSS: [u8; 4] = MSS_1460;
 
 /// A third host on side A (it reaches the server).
 const THIRD_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 66);
@@ -87,86 +84,11 @@ fn full_option() -> FlowOptionRepr {
     }
 }
 
-/// `list` padded with EOL to a multiple of four bytes.
-fn padded(list: &[u8]) -> Vec<u8> {
-    let mut v = list.to_vec();
-    v.resize(list.len().next_multiple_of(4), EOL);
-    v
-}
-
-/// An IPv4/TCP packet with valid checksums. `options` must be a multiple of
-/// four bytes long, at most 40.
-fn tcp_packet(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    flags: u8,
-    seq: u32,
-    ack: u32,
-    options: &[u8],
-    payload: &[u8],
-) -> Vec<u8> {
-    assert!(options.len().is_multiple_of(4) && options.len() <= MAX_OPTIONS_LEN);
-    let header = 20 + options.len();
-    let total = 20 + header + payload.len();
-    let mut buf = vec![0u8; total];
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(total as u16);
-        ip.set_dont_frag(true);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(*src.ip());
-        ip.set_dst_addr(*dst.ip());
-    }
-    {
-        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
-        tcp.set_src_port(src.port());
-        tcp.set_dst_port(dst.port());
-        tcp.set_seq_number(TcpSeqNumber(seq as i32));
-        tcp.set_ack_number(TcpSeqNumber(ack as i32));
-        tcp.set_header_len(header as u8);
-        tcp.clear_flags();
-        tcp.set_fin(flags & FIN != 0);
-        tcp.set_syn(flags & SYN != 0);
-        tcp.set_rst(flags & RST != 0);
-        tcp.set_psh(flags & PSH != 0);
-        tcp.set_ack(flags & ACK != 0);
-        tcp.set_window_len(65_535);
-        tcp.options_mut().copy_from_slice(options);
-        tcp.payload_mut().copy_from_slice(payload);
-    }
-    fill_checksums(&mut buf);
-    buf
-}
-
-/// Recomputes both checksums of an IPv4/TCP packet laid out in `buf`
-/// (20-byte IP header); does nothing to what does not parse.
-fn fill_checksums(buf: &mut [u8]) {
-    let Ok(mut ip) = Ipv4Packet::new_checked(&mut buf[..]) else {
-        return;
-    };
-    ip.fill_checksum();
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    let hl = usize::from(ip.header_len());
-    let end = usize::from(ip.total_len());
-    if let Ok(mut tcp) = TcpPacket::new_checked(&mut buf[hl..end]) {
-        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
-    }
-}
-
 /// Edits the IP header of `buf` and refills its checksum.
 fn edit_ip(mut buf: Vec<u8>, f: impl FnOnce(&mut Ipv4Packet<&mut [u8]>)) -> Vec<u8> {
     let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
     f(&mut ip);
     ip.fill_checksum();
-    buf
-}
-
-/// Flips a bit of the TCP checksum: a packet smoltcp discards.
-fn spoil_tcp_checksum(mut buf: Vec<u8>) -> Vec<u8> {
-    buf[20 + 16] ^= 0x40;
     buf
 }
 
@@ -207,23 +129,18 @@ fn smoltcp_syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, timestamps: bool)
 }
 
 /// A plain data segment: ACK|PSH with `len` payload bytes.
-fn data_segment(len: usize) -> Vec<u8> {
-    tcp_packet(from(), to(), ACK | PSH, 1000, 2000, &[], &payload(len, 7))
+fn data_segment(len: usize) -> Tcp {
+    Tcp::new(from(), to())
+        .ack(2000)
+        .psh()
+        .seq(1000)
+        .payload(&payload(len, 7))
 }
 
-/// Both checksums verify (with smoltcp's wire types).
-fn checksums_verify(packet: &[u8]) -> bool {
-    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-        return false;
-    };
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-        return false;
-    };
-    ip.verify_checksum()
-        && tcp.verify_checksum(
-            &IpAddress::Ipv4(ip.src_addr()),
-            &IpAddress::Ipv4(ip.dst_addr()),
-        )
+/// Flips a bit of the TCP checksum: a packet smoltcp discards.
+fn spoil_tcp_checksum(mut buf: Vec<u8>) -> Vec<u8> {
+    spoil_checksum(&mut buf);
+    buf
 }
 
 /// Asserts that `add_flow_option` refuses `packet` with `err` and leaves
@@ -251,7 +168,7 @@ fn assert_add_rewrites(packet: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("add_flow_option failed with {e:?} on {packet:02x?}"));
     assert_eq!(n, out.len());
     assert!(out.len() <= MTU);
-    assert!(checksums_verify(&out), "checksums of {out:02x?}");
+    assert!(checksums_ok(&out), "checksums of {out:02x?}");
     let before = Segment::parse(packet, KIND).expect("input parses");
     let after = Segment::parse(&out, KIND).expect("output parses");
     assert_eq!(after.option, Ok(Some(option)));
@@ -314,7 +231,7 @@ fn check_any(buf: &[u8]) {
     match add_flow_option(buf, &full_option(), KIND, MTU, &mut out) {
         Ok(n) => {
             assert_eq!(n, out.len());
-            assert!(checksums_verify(&out), "rewrite of {buf:02x?}: {out:02x?}");
+            assert!(checksums_ok(&out), "rewrite of {buf:02x?}: {out:02x?}");
             let seg = Segment::parse(&out, KIND).expect("rewrite parses");
             assert_eq!(seg.option, Ok(Some(full_option())));
         }
@@ -385,8 +302,11 @@ fn ip_header_length_below_20_is_not_a_segment() {
 fn ip_header_length_beyond_the_total_length_is_not_a_segment() {
     // A bare 20-byte TCP header: total 40, IHL 15 claims 60.
     // (IP checksum left as it was: it cannot be computed over 60 bytes.)
-    let mut bad = tcp_packet(from(), to(), ACK, 1, 1, &[], &[]);
-    bad[0] = 0x4f;
+    let bad = Tcp::new(from(), to())
+        .ack(1)
+        .seq(1)
+        .ip_header_len(15)
+        .build();
     assert_eq!(Segment::parse(&bad, KIND), None);
     assert_add_refused(&bad, AddOptionError::NotTcp);
 }
@@ -411,7 +331,7 @@ fn tcp_data_offset_below_5_is_not_a_segment() {
     for words in 0u8..5 {
         let mut bad = syn.clone();
         bad[20 + 12] = (words << 4) | (bad[20 + 12] & 0x0f);
-        fill_checksums(&mut bad);
+        refill_checksums(&mut bad);
         assert_eq!(Segment::parse(&bad, KIND), None, "data offset {words}");
         assert_add_refused(&bad, AddOptionError::NotTcp);
     }
@@ -420,17 +340,15 @@ fn tcp_data_offset_below_5_is_not_a_segment() {
 #[test]
 fn tcp_data_offset_past_the_packet_is_not_a_segment() {
     // 20-byte header, no payload: any offset above 5 words points past it.
-    let bare = tcp_packet(from(), to(), SYN, 1, 0, &[], &[]);
+    let bare = Tcp::new(from(), to()).syn().seq(1);
     for words in 6u8..=15 {
-        let mut bad = bare.clone();
-        bad[20 + 12] = words << 4;
+        let bad = bare.clone().data_offset(words).build();
         assert_eq!(Segment::parse(&bad, KIND), None, "data offset {words}");
         assert_add_refused(&bad, AddOptionError::NotTcp);
     }
     // The offset is judged against the IP total length, not the buffer: bytes
     // after the IP packet cannot complete the header.
-    let mut trailer = bare.clone();
-    trailer[20 + 12] = 15 << 4;
+    let mut trailer = bare.data_offset(15).build();
     trailer.extend_from_slice(&[NOP; 40]);
     assert_eq!(Segment::parse(&trailer, KIND), None);
     assert_add_refused(&trailer, AddOptionError::NotTcp);
@@ -440,7 +358,11 @@ fn tcp_data_offset_past_the_packet_is_not_a_segment() {
 
 /// A SYN whose option area is exactly `options` (a multiple of 4 bytes).
 fn syn_with(options: &[u8]) -> Vec<u8> {
-    tcp_packet(from(), to(), SYN, 0x0102_0304, 0, options, &[])
+    Tcp::new(from(), to())
+        .syn()
+        .seq(0x0102_0304)
+        .options(options)
+        .build()
 }
 
 /// Parses a SYN carrying `options` and returns its option outcome, after
@@ -577,17 +499,13 @@ fn valid_option_among_others_is_found() {
 
 #[test]
 fn udp_and_icmp_are_not_segments() {
-    let src = from().ip().octets();
-    let dst = to().ip().octets();
-    let udp = PacketBuilder::ipv4(src, dst, 64).udp(40_000, 80);
-    let mut buf = Vec::new();
-    udp.write(&mut buf, &payload(64, 1)).expect("udp");
+    let buf = Udp::new(from(), to()).payload(&payload(64, 1)).build();
     assert_eq!(Segment::parse(&buf, KIND), None);
     assert_add_refused(&buf, AddOptionError::NotTcp);
 
-    let icmp = PacketBuilder::ipv4(src, dst, 64).icmpv4_echo_request(7, 1);
-    let mut buf = Vec::new();
-    icmp.write(&mut buf, &payload(56, 2)).expect("icmp");
+    let buf = IcmpEcho::new(*from().ip(), *to().ip(), 7, 1)
+        .payload(&payload(56, 2))
+        .build();
     assert_eq!(Segment::parse(&buf, KIND), None);
     assert_add_refused(&buf, AddOptionError::NotTcp);
 
@@ -601,13 +519,9 @@ fn udp_and_icmp_are_not_segments() {
 
 #[test]
 fn ipv6_is_not_a_segment() {
-    let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-    let builder = PacketBuilder::ipv6(src, dst, 64)
-        .tcp(40_000, 80, 1, 65_535)
-        .syn();
-    let mut buf = Vec::new();
-    builder.write(&mut buf, &[]).expect("ipv6");
+    let src = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 40_000, 0, 0);
+    let dst = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 80, 0, 0);
+    let buf = Tcp::new(src, dst).syn().seq(1).build();
     assert_eq!(buf[0] >> 4, 6);
     assert_eq!(Segment::parse(&buf, KIND), None);
     assert_add_refused(&buf, AddOptionError::NotTcp);
@@ -616,19 +530,9 @@ fn ipv6_is_not_a_segment() {
 #[test]
 fn fragments_are_not_segments() {
     let seg = data_segment(200);
-    let first = edit_ip(seg.clone(), |ip| {
-        ip.set_dont_frag(false);
-        ip.set_more_frags(true);
-    });
-    let later = edit_ip(seg.clone(), |ip| {
-        ip.set_dont_frag(false);
-        ip.set_frag_offset(1480);
-    });
-    let middle = edit_ip(seg, |ip| {
-        ip.set_dont_frag(false);
-        ip.set_more_frags(true);
-        ip.set_frag_offset(8);
-    });
+    let first = seg.clone().fragment(true, 0).build();
+    let later = seg.clone().fragment(false, 1480).build();
+    let middle = seg.fragment(true, 8).build();
     for (name, frag) in [("first", first), ("later", later), ("middle", middle)] {
         assert_eq!(Segment::parse(&frag, KIND), None, "{name} fragment");
         assert_add_refused(&frag, AddOptionError::NotTcp);
@@ -654,12 +558,11 @@ fn random_garbage_behind_a_valid_ipv4_header_is_judged_right() {
     let mut rng = StdRng::seed_from_u64(0xBAD2);
     for _ in 0..20_000 {
         let tcp_len = rng.random_range(0..100);
-        let mut buf = tcp_packet(from(), to(), ACK, 0, 0, &[], &[]);
-        buf.truncate(20);
-        buf.resize(20 + tcp_len, 0);
-        rng.fill(&mut buf[20..]);
-        let total = buf.len() as u16;
-        let buf = edit_ip(buf, |ip| ip.set_total_len(total));
+        let mut tcp = vec![0u8; tcp_len];
+        rng.fill(&mut tcp[..]);
+        let buf = RawIp::new(*from().ip(), *to().ip(), TCP)
+            .payload(&tcp)
+            .build();
         check_any(&buf);
     }
 }
@@ -673,8 +576,13 @@ fn random_mutations_of_valid_segments_are_judged_right() {
     let seeds = [
         smoltcp_syn(from(), to(), 1, true),
         smoltcp_syn(from(), to(), 2, false),
-        tcp_packet(from(), to(), SYN | ACK, 3, 4, &padded(&with_option), &[]),
-        data_segment(60),
+        Tcp::new(from(), to())
+            .syn()
+            .ack(4)
+            .seq(3)
+            .options(&padded(&with_option))
+            .build(),
+        data_segment(60).build(),
     ];
     for i in 0..20_000 {
         let mut buf = seeds[i % seeds.len()].clone();
@@ -683,7 +591,7 @@ fn random_mutations_of_valid_segments_are_judged_right() {
             buf[at] = rng.random();
         }
         if rng.random_bool(0.3) {
-            fill_checksums(&mut buf);
+            refill_checksums(&mut buf);
         }
         match rng.random_range(0..4) {
             0 => buf.truncate(rng.random_range(0..=buf.len())),
@@ -743,7 +651,7 @@ fn add_to_syn_with_24_option_bytes_does_not_fit() {
     ];
     assert_eq!(options.len(), 24);
     let syn = syn_with(&options);
-    assert!(checksums_verify(&syn));
+    assert!(checksums_ok(&syn));
     assert_add_refused(&syn, AddOptionError::DoesNotFit);
     // What the caller then sends is the original, still a valid SYN.
     let seg = Segment::parse(&syn, KIND).expect("original parses");
@@ -762,11 +670,11 @@ fn add_to_syn_with_24_option_bytes_does_not_fit() {
 #[test]
 fn add_to_full_sized_data_segment_exceeds_the_mtu() {
     // 1460 bytes of payload: 1500 before, 1520 with the option.
-    let seg = data_segment(1460);
+    let seg = data_segment(1460).build();
     assert_eq!(seg.len(), MTU);
     assert_add_refused(&seg, AddOptionError::DoesNotFit);
     // At MSS-20 it fits, payload intact.
-    let seg = data_segment(1440);
+    let seg = data_segment(1440).build();
     let out = assert_add_rewrites(&seg);
     assert_eq!(out.len(), MTU);
     assert_eq!(&out[60..], &seg[40..]);
@@ -806,7 +714,11 @@ fn refusal_rst_answers_the_syn_with_the_echoed_option() {
         };
         let mut options = padded(&MSS);
         options.extend_from_slice(&resume.to_bytes(KIND));
-        let syn = tcp_packet(from(), to(), SYN, seq, 0, &options, &[]);
+        let syn = Tcp::new(from(), to())
+            .syn()
+            .seq(seq)
+            .options(&options)
+            .build();
         let syn = Segment::parse(&syn, KIND).expect("resume SYN");
         let reply = FlowOptionRepr {
             tifid: resume.tifid,
@@ -864,36 +776,34 @@ fn bad_packets(src: Ipv4Addr, dst: SocketAddrV4, seed: u64) -> Vec<Vec<u8>> {
         let mut options = [EOL; 40];
         options[0] = KIND;
         options[1] = len;
-        out.push(tcp_packet(next(), dst, SYN, 1, 0, &options, &[]));
+        out.push(Tcp::new(next(), dst).syn().seq(1).options(&options).build());
     }
     let mut dup = new_flow_option(0x11, 1).to_bytes(KIND).to_vec();
     dup.extend_from_slice(&new_flow_option(0x22, 2).to_bytes(KIND));
-    out.push(tcp_packet(next(), dst, SYN, 1, 0, &dup, &[]));
+    out.push(Tcp::new(next(), dst).syn().seq(1).options(&dup).build());
     let mut past = vec![NOP; 8];
     past.extend_from_slice(&new_flow_option(0x33, 3).to_bytes(KIND)[..12]);
-    out.push(tcp_packet(next(), dst, SYN, 1, 0, &past, &[]));
-    out.push(tcp_packet(
-        next(),
-        dst,
-        SYN,
-        1,
-        0,
-        &padded(&[2, 0, 5, 0xb4]),
-        &[],
-    ));
+    out.push(Tcp::new(next(), dst).syn().seq(1).options(&past).build());
+    out.push(
+        Tcp::new(next(), dst)
+            .syn()
+            .seq(1)
+            .options(&padded(&[2, 0, 5, 0xb4]))
+            .build(),
+    );
     // A resume of a flow nobody has, and an invalid new-flow request.
     let mut resume = padded(&MSS);
     resume.extend_from_slice(&full_option().to_bytes(KIND));
-    out.push(tcp_packet(next(), dst, SYN, 1, 0, &resume, &[]));
+    out.push(Tcp::new(next(), dst).syn().seq(1).options(&resume).build());
     let mut zero = padded(&MSS);
     zero.extend_from_slice(&new_flow_option(0, 5).to_bytes(KIND));
-    out.push(tcp_packet(next(), dst, SYN, 1, 0, &zero, &[]));
+    out.push(Tcp::new(next(), dst).syn().seq(1).options(&zero).build());
     // Broken TCP headers.
     let syn = smoltcp_syn(next(), dst, 1, true);
     for words in [0u8, 4, 15] {
         let mut bad = syn.clone();
         bad[32] = (words << 4) | (bad[32] & 0x0f);
-        fill_checksums(&mut bad);
+        refill_checksums(&mut bad);
         out.push(bad);
     }
     for tcp_len in [0u16, 8, 19] {
@@ -901,52 +811,49 @@ fn bad_packets(src: Ipv4Addr, dst: SocketAddrV4, seed: u64) -> Vec<Vec<u8>> {
         out.push(edit_ip(cut, |ip| ip.set_total_len(20 + tcp_len)));
     }
     // Data and RSTs for connections that do not exist, with good and bad checksums.
-    let data = tcp_packet(next(), dst, ACK | PSH, 7, 7, &[], &payload(100, seed));
-    out.push(spoil_tcp_checksum(data.clone()));
-    out.push(data);
-    let rst = tcp_packet(next(), dst, RST | ACK, 7, 7, &[], &[]);
-    out.push(spoil_tcp_checksum(rst.clone()));
-    out.push(rst);
+    let data = Tcp::new(next(), dst)
+        .ack(7)
+        .psh()
+        .seq(7)
+        .payload(&payload(100, seed));
+    out.push(data.clone().bad_checksum().build());
+    out.push(data.build());
+    let rst = Tcp::new(next(), dst).rst().ack(7).seq(7);
+    out.push(rst.clone().bad_checksum().build());
+    out.push(rst.build());
     // Flags smoltcp rejects.
-    out.push(tcp_packet(next(), dst, SYN | FIN, 1, 0, &[], &[]));
-    out.push(tcp_packet(next(), dst, SYN | RST, 1, 0, &[], &[]));
+    out.push(Tcp::new(next(), dst).syn().fin().seq(1).build());
+    out.push(Tcp::new(next(), dst).syn().rst().seq(1).build());
     // Other protocols, fragments.
-    let (s, d) = (src.octets(), dst.ip().octets());
-    let mut udp = Vec::new();
-    PacketBuilder::ipv4(s, d, 64)
-        .udp(5353, dst.port())
-        .write(&mut udp, &payload(50, seed))
-        .expect("udp");
-    out.push(udp);
-    let mut icmp = Vec::new();
-    PacketBuilder::ipv4(s, d, 64)
-        .icmpv4_echo_request(1, 1)
-        .write(&mut icmp, &payload(50, seed))
-        .expect("icmp");
-    out.push(icmp);
-    let data = tcp_packet(next(), dst, ACK, 7, 7, &[], &payload(200, seed));
-    out.push(edit_ip(data.clone(), |ip| {
-        ip.set_dont_frag(false);
-        ip.set_more_frags(true);
-    }));
-    out.push(edit_ip(data, |ip| {
-        ip.set_dont_frag(false);
-        ip.set_frag_offset(1480);
-    }));
+    out.push(
+        Udp::new(sock(src, 5353), dst)
+            .payload(&payload(50, seed))
+            .build(),
+    );
+    out.push(
+        IcmpEcho::new(src, *dst.ip(), 1, 1)
+            .payload(&payload(50, seed))
+            .build(),
+    );
+    let data = Tcp::new(next(), dst)
+        .ack(7)
+        .seq(7)
+        .payload(&payload(200, seed));
+    out.push(data.clone().fragment(true, 0).build());
+    out.push(data.fragment(false, 1480).build());
     // Random TCP headers and payloads behind a valid IPv4 header.
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..500 {
-        let mut buf = tcp_packet(next(), dst, 0, 0, 0, &[], &[]);
-        buf.truncate(20);
-        buf.extend((0..rng.random_range(0..100)).map(|_| rng.random::<u8>()));
-        if buf.len() >= 24 && rng.random_bool(0.5) {
+        let mut tcp: Vec<u8> = (0..rng.random_range(0..100))
+            .map(|_| rng.random::<u8>())
+            .collect();
+        if tcp.len() >= 4 && rng.random_bool(0.5) {
             // Aim half of them at the real port.
-            buf[22..24].copy_from_slice(&dst.port().to_be_bytes());
+            tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
         }
-        let total = buf.len() as u16;
-        let mut buf = edit_ip(buf, |ip| ip.set_total_len(total));
+        let mut buf = RawIp::new(src, *dst.ip(), TCP).payload(&tcp).build();
         if rng.random_bool(0.5) {
-            fill_checksums(&mut buf);
+            refill_checksums(&mut buf);
         }
         out.push(buf);
     }
@@ -971,17 +878,15 @@ fn malformed_ip_packets(src: Ipv4Addr, dst: SocketAddrV4, seed: u64) -> Vec<Vec<
             ihl15
         },
     ];
-    let mut v6 = Vec::new();
-    PacketBuilder::ipv6(
-        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-        64,
+    let link_local = |n| Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n);
+    let v6 = Tcp::new(
+        SocketAddrV6::new(link_local(1), 30_001, 0, 0),
+        SocketAddrV6::new(link_local(2), dst.port(), 0, 0),
     )
-    .tcp(30_001, dst.port(), 1, 1000)
     .syn()
-    .write(&mut v6, &[])
-    .expect("ipv6");
-    out.push(v6);
+    .seq(1)
+    .window(1000);
+    out.push(v6.build());
     let mut rng = StdRng::seed_from_u64(seed);
     for _ in 0..300 {
         let mut buf = vec![0u8; rng.random_range(0..100)];
@@ -1337,7 +1242,11 @@ fn handshake_by_hand(
     let isn = 0x5000_0000u32;
     dev.send_raw(
         sim.now(),
-        &tcp_packet(src, server, SYN, isn, 0, options, &[]),
+        &Tcp::new(src, server)
+            .syn()
+            .seq(isn)
+            .options(options)
+            .build(),
     );
     let mut syn_ack = None;
     sim.run_until(Duration::from_secs(2), |sim| {
@@ -1357,11 +1266,16 @@ fn handshake_by_hand(
     assert_eq!(syn_ack.ack_number, isn.wrapping_add(1));
     let seq = isn.wrapping_add(1);
     let ack = syn_ack.seq.wrapping_add(1);
-    dev.send_raw(sim.now(), &tcp_packet(src, server, ACK, seq, ack, &[], &[]));
+    dev.send_raw(sim.now(), &Tcp::new(src, server).ack(ack).seq(seq).build());
     let hello = b"hello over legacy TCP";
     dev.send_raw(
         sim.now(),
-        &tcp_packet(src, server, ACK | PSH, seq, ack, &[], hello),
+        &Tcp::new(src, server)
+            .ack(ack)
+            .psh()
+            .seq(seq)
+            .payload(hello)
+            .build(),
     );
     let mut stream = None;
     let mut got = Vec::new();
@@ -1454,7 +1368,11 @@ fn syn_with_valid_option_by_hand_gets_our_option_back() {
     let src = sock(THIRD_A, 31_005);
     third.send_raw(
         sim.now(),
-        &tcp_packet(src, sock(SERVER, PORT), SYN, 9, 0, &options, &[]),
+        &Tcp::new(src, sock(SERVER, PORT))
+            .syn()
+            .seq(9)
+            .options(&options)
+            .build(),
     );
     let syn_ack = syn_ack_for(&mut sim, &third, src).expect("SYN-ACK");
     let option = syn_ack.option.expect("well formed").expect("our option");
@@ -1504,13 +1422,21 @@ fn regression_syn_discarded_by_smoltcp_decides_the_next_handshake() {
     corrupted.extend_from_slice(&new_flow_option(0x11_11_11, 0x1111).to_bytes(KIND));
     let mut valid = padded(&MSS);
     valid.extend_from_slice(&new_flow_option(0x22_22_22, 0x2222).to_bytes(KIND));
-    let bad = spoil_tcp_checksum(tcp_packet(src, dst, SYN, 9, 0, &corrupted, &[]));
+    let bad = Tcp::new(src, dst)
+        .syn()
+        .seq(9)
+        .options(&corrupted)
+        .bad_checksum()
+        .build();
     third.send_raw(sim.now(), &bad);
     assert!(
         syn_ack_for(&mut sim, &third, src).is_none(),
         "answered a bad checksum"
     );
-    third.send_raw(sim.now(), &tcp_packet(src, dst, SYN, 9, 0, &valid, &[]));
+    third.send_raw(
+        sim.now(),
+        &Tcp::new(src, dst).syn().seq(9).options(&valid).build(),
+    );
     let syn_ack = syn_ack_for(&mut sim, &third, src).expect("SYN-ACK");
     let option = syn_ack.option.expect("well formed").expect("our option");
     assert_eq!(
@@ -1555,11 +1481,14 @@ fn transfer_with_resume_syn_from_third_host(
             let mut options = padded(&MSS);
             options.extend_from_slice(&resume.to_bytes(KIND));
             let src = sock(THIRD_A, 32_002);
-            let mut syn = tcp_packet(src, sock(SERVER, PORT), SYN, 1, 0, &options, &[]);
+            let mut syn = Tcp::new(src, sock(SERVER, PORT))
+                .syn()
+                .seq(1)
+                .options(&options);
             if bad_checksum {
-                syn = spoil_tcp_checksum(syn);
+                syn = syn.bad_checksum();
             }
-            third.send_raw(now, &syn);
+            third.send_raw(now, &syn.build());
         }
     });
     assert!(ok && (sent || bad_checksum.is_none()));
@@ -1604,8 +1533,12 @@ fn passive_close_after(rst: bool) -> (Vec<StreamEvent>, Option<ti_stack::StreamE
     let (c, s) = connect(&mut sim, listener);
     let client = sim.hosts[0].local_addr(c).expect("client address");
     if rst {
-        let bad = tcp_packet(client, sock(SERVER, PORT), RST | ACK, 1, 1, &[], &[]);
-        third.send_raw(sim.now(), &spoil_tcp_checksum(bad));
+        let bad = Tcp::new(client, sock(SERVER, PORT))
+            .rst()
+            .ack(1)
+            .seq(1)
+            .bad_checksum();
+        third.send_raw(sim.now(), &bad.build());
     }
     let data = payload(50_000, 74);
     let mut sent = 0;

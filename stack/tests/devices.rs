@@ -14,8 +14,7 @@ use std::time::Duration as StdDuration;
 
 use pcap_file::DataLink;
 use pcap_file::pcap::PcapReader;
-use rand::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
+
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
@@ -25,6 +24,7 @@ use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::payload::{random_bytes, sha256};
 use ti_testnet::topology::{self, TunSpec};
 
 /// Upper bound on any test's network phase; no loop runs longer.
@@ -59,16 +59,6 @@ impl Clock {
     fn expired(&self) -> bool {
         self.0.elapsed() > DEADLINE
     }
-}
-
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }
 
 /// A namespace with TUN "ti0": kernel side 10.7.0.1/24, up, IPv6 off (so the

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use kernel_support::*;
 use ti_stack::{Mode, StreamEvent};
+use ti_testnet::packet::{Tcp, options};
 use tifid::{FlowOptionRepr, Seq48, Tifid};
 
 /// Bytes each way in the transfers through middleboxes.
@@ -582,14 +583,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
 // --------------------------------------------------- bad input on the wire
 
 /// MSS option (1460), to make forged SYNs look ordinary.
-const MSS: [u8; 4] = [2, 4, 0x05, 0xb4];
-
-/// `list` padded with EOL to a multiple of four bytes.
-fn padded(list: &[u8]) -> Vec<u8> {
-    let mut v = list.to_vec();
-    v.resize(list.len().next_multiple_of(4), 0);
-    v
-}
+const MSS: [u8; 4] = options::MSS_1460;
 
 /// A resume SYN option list: MSS + our option.
 fn resume_options(tifid: Tifid, tiseq: u64, tiack: u64) -> Vec<u8> {
@@ -598,9 +592,7 @@ fn resume_options(tifid: Tifid, tiseq: u64, tiack: u64) -> Vec<u8> {
         tiseq: Seq48::new(tiseq),
         tiack: Seq48::new(tiack),
     };
-    let mut list = MSS.to_vec();
-    list.extend_from_slice(&option.to_bytes(KIND));
-    list
+    options::mss_and_flow_option(&option, KIND)
 }
 
 /// Our kind with a wrong length `len`, followed by `body` bytes, after an MSS.
@@ -609,7 +601,7 @@ fn malformed_options(len: u8, body: &[u8]) -> Vec<u8> {
     list.push(KIND);
     list.push(len);
     list.extend_from_slice(body);
-    padded(&list)
+    options::padded(&list)
 }
 
 /// A raw sender in a third namespace fires malformed flow options,
@@ -655,15 +647,11 @@ fn bad_input_from_the_wire_leaves_the_live_flow_untouched() {
     for (i, (src, t, tiseq, tiack)) in forged.iter().enumerate() {
         packets.push((
             "forged resume SYN",
-            tcp_packet(
-                *src,
-                server,
-                flags::SYN,
-                0x1000_0000 + i as u32,
-                0,
-                &resume_options(*t, *tiseq, *tiack),
-                &[],
-            ),
+            Tcp::new(*src, server)
+                .syn()
+                .seq(0x1000_0000 + i as u32)
+                .options(&resume_options(*t, *tiseq, *tiack))
+                .build(),
         ));
     }
     // Malformed flow options on SYNs (legacy for the boundary; smoltcp may
@@ -684,104 +672,88 @@ fn bad_input_from_the_wire_leaves_the_live_flow_untouched() {
             41_005,
             malformed_options(40, &[body.as_slice(), &[0; 12]].concat()),
         ),
-        (41_006, padded(&[2, 4, 0x05, 0xb4, 1, 1, 1, KIND])),
+        (41_006, options::padded(&[2, 4, 0x05, 0xb4, 1, 1, 1, KIND])),
         (41_007, malformed_options(0, &[0, 0])),
     ];
     for (p, options) in &malformed {
         packets.push((
             "SYN with a malformed flow option",
-            tcp_packet(me(*p), server, flags::SYN, 0x2000_0000, 0, options, &[]),
+            Tcp::new(me(*p), server)
+                .syn()
+                .seq(0x2000_0000)
+                .options(options)
+                .build(),
         ));
     }
     // Our option on a non-SYN to the listening port, and on a RST to the
     // client on another port (a forged refusal): both unknown connections.
     packets.push((
         "ACK with the live option",
-        tcp_packet(
-            me(42_001),
-            server,
-            flags::ACK,
-            1,
-            1,
-            &resume_options(tifid, 0, 0),
-            b"data",
-        ),
+        Tcp::new(me(42_001), server)
+            .ack(1)
+            .seq(1)
+            .options(&resume_options(tifid, 0, 0))
+            .payload(b"data")
+            .build(),
     ));
     packets.push((
         "forged refusal RST to another port",
-        tcp_packet(
-            server,
-            spoofed_client(other_port),
-            flags::RST | flags::ACK,
-            0,
-            1,
-            &resume_options(tifid, 0, 0),
-            &[],
-        ),
+        Tcp::new(server, spoofed_client(other_port))
+            .rst()
+            .ack(1)
+            .options(&resume_options(tifid, 0, 0))
+            .build(),
     ));
     // Truncated and inconsistent TCP headers.
-    let mut truncated = tcp_packet(me(43_001), server, flags::SYN, 7, 0, &MSS, &[]);
+    let mut truncated = Tcp::new(me(43_001), server)
+        .syn()
+        .seq(7)
+        .options(&MSS)
+        .build();
     truncated.truncate(28);
     packets.push(("8 bytes of TCP header", truncated));
-    let mut long_offset = tcp_packet(me(43_002), server, flags::SYN, 7, 0, &[], &[]);
-    long_offset[32] = 0xf0;
-    fill_tcp_checksum(&mut long_offset);
-    packets.push(("data offset past the end", long_offset));
-    let mut short_offset = tcp_packet(me(43_003), server, flags::SYN, 7, 0, &[], &[]);
-    short_offset[32] = 0x20;
-    fill_tcp_checksum(&mut short_offset);
-    packets.push(("data offset below 5", short_offset));
-    let mut ip_only = tcp_packet(me(43_004), server, flags::SYN, 7, 0, &[], &[]);
+    let long_offset = Tcp::new(me(43_002), server).syn().seq(7).data_offset(15);
+    packets.push(("data offset past the end", long_offset.build()));
+    let short_offset = Tcp::new(me(43_003), server).syn().seq(7).data_offset(2);
+    packets.push(("data offset below 5", short_offset.build()));
+    let mut ip_only = Tcp::new(me(43_004), server).syn().seq(7).build();
     ip_only.truncate(20);
     packets.push(("IP header, no TCP", ip_only));
     // Bad checksums on the live connection, both directions.
-    let bad = |mut p: Vec<u8>| {
-        p[36] ^= 0x5a;
-        p
-    };
     packets.push((
         "bad-checksum RST to the server on the live tuple",
-        bad(tcp_packet(live_client, server, flags::RST, 0, 0, &[], &[])),
+        Tcp::new(live_client, server).rst().bad_checksum().build(),
     ));
     packets.push((
         "bad-checksum RST to the client on the live tuple",
-        bad(tcp_packet(server, live_client, flags::RST, 0, 0, &[], &[])),
+        Tcp::new(server, live_client).rst().bad_checksum().build(),
     ));
     packets.push((
         "bad-checksum resume SYN on the live tuple",
-        bad(tcp_packet(
-            live_client,
-            server,
-            flags::SYN,
-            9,
-            0,
-            &resume_options(tifid, 0, 0),
-            &[],
-        )),
+        Tcp::new(live_client, server)
+            .syn()
+            .seq(9)
+            .options(&resume_options(tifid, 0, 0))
+            .bad_checksum()
+            .build(),
     ));
     packets.push((
         "bad-checksum data on the live tuple",
-        bad(tcp_packet(
-            live_client,
-            server,
-            flags::ACK,
-            9,
-            9,
-            &[],
-            b"injected bytes",
-        )),
+        Tcp::new(live_client, server)
+            .ack(9)
+            .seq(9)
+            .payload(b"injected bytes")
+            .bad_checksum()
+            .build(),
     ));
     packets.push((
         "SYN+FIN with a new-flow option",
-        tcp_packet(
-            me(44_001),
-            server,
-            flags::SYN | flags::FIN,
-            5,
-            0,
-            &resume_options(Tifid::new(0x00ab_cd00_0000), 3, 0),
-            &[],
-        ),
+        Tcp::new(me(44_001), server)
+            .syn()
+            .fin()
+            .seq(5)
+            .options(&resume_options(Tifid::new(0x00ab_cd00_0000), 3, 0))
+            .build(),
     ));
     for (what, packet) in &packets {
         raw.send(packet)
@@ -1097,15 +1069,11 @@ fn regression_syns_smoltcp_rejects_leak_a_listener_each() {
             }
             let src = SocketAddrV4::new(ATTACKER, next_port);
             next_port += 1;
-            let packet = tcp_packet(
-                src,
-                server,
-                flags::SYN,
-                u32::from(i),
-                0,
-                &malformed_options(len, &[0, 0]),
-                &[],
-            );
+            let packet = Tcp::new(src, server)
+                .syn()
+                .seq(u32::from(i))
+                .options(&malformed_options(len, &[0, 0]))
+                .build();
             raw.send(&packet).expect("send");
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -1208,7 +1176,7 @@ fn syn_flood(raw: RawSender, to: SocketAddrV4, stop: Arc<AtomicBool>, limit: Dur
                 std::net::Ipv4Addr::new(10, 7, (n >> 8) as u8, n as u8),
                 1024 + ((n >> 16) % 60_000) as u16,
             );
-            let packet = tcp_packet(src, to, flags::SYN, n, 0, &[], &[]);
+            let packet = Tcp::new(src, to).syn().seq(n).build();
             // A full queue on the way drops packets; the flood goes on.
             let _ = raw.send(&packet);
             sent += 1;

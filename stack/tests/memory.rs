@@ -11,11 +11,12 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::*;
 use smoltcp::time::Duration;
 use ti_stack::device::link::Side;
+use ti_testnet::packet::Tcp;
 
 /// Resident set of this process, in KiB.
 fn rss_kib() -> u64 {
@@ -44,13 +45,15 @@ fn half_open_sockets_cost_little_memory_and_give_it_back() {
     for round in 0..ROUNDS {
         let now = sim.now();
         for _ in 0..syns {
-            let syn = etherparse::PacketBuilder::ipv4(attacker_addr.octets(), SERVER.octets(), 64)
-                .tcp(port, PORT, 1000, 65535)
-                .syn();
+            let syn = Tcp::new(
+                SocketAddrV4::new(attacker_addr, port),
+                SocketAddrV4::new(SERVER, PORT),
+            )
+            .syn()
+            .seq(1000)
+            .build();
             port += 1;
-            let mut out = Vec::new();
-            syn.write(&mut out, &[]).expect("build");
-            attacker.send_raw(now, &out);
+            attacker.send_raw(now, &syn);
         }
         sim.run_for(Duration::from_millis(100));
         while attacker.recv_raw(sim.now()).is_some() {}

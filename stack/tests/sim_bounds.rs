@@ -18,6 +18,7 @@ use smoltcp::time::{Duration, Instant};
 use ti_stack::device::link::{LinkDevice, Side};
 use ti_stack::sim::Sim;
 use ti_stack::{Resources, StackConfig, StreamId, StreamMode};
+use ti_testnet::packet::Tcp;
 
 /// The server's resources, checked against the bounds of its config.
 fn assert_bounded(sim: &Sim, what: &str) -> Resources {
@@ -138,12 +139,12 @@ impl Flood {
         while self.sent < due {
             let n = self.sent;
             let src = Ipv4Addr::new(10, 9, (n >> 8) as u8, n as u8);
-            let syn = etherparse::PacketBuilder::ipv4(src.octets(), SERVER.octets(), 64)
-                .tcp(1024 + (n % 60_000) as u16, PORT, n as u32, 65535)
-                .syn();
-            let mut out = Vec::new();
-            syn.write(&mut out, &[]).expect("build");
-            self.attacker.send_raw(now, &out);
+            let src = SocketAddrV4::new(src, 1024 + (n % 60_000) as u16);
+            let syn = Tcp::new(src, SocketAddrV4::new(SERVER, PORT))
+                .syn()
+                .seq(n as u32)
+                .build();
+            self.attacker.send_raw(now, &syn);
             self.sent += 1;
         }
         // The attacker answers nothing.

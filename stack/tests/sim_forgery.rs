@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use common::*;
 use smoltcp::time::Duration;
 use ti_stack::device::link::{Direction, LinkDevice, Side};
-use ti_stack::segment::{FourTuple, SegmentSpec, build_segment};
 use ti_stack::sim::Sim;
 use ti_stack::{StreamEvent, StreamId};
+use ti_testnet::packet::Tcp;
 use tifid::{DEFAULT_KIND, FlowOptionRepr, Seq48, Tifid};
 
 fn events(sim: &mut Sim, host: usize, id: StreamId) -> Vec<StreamEvent> {
@@ -53,18 +53,18 @@ fn forged_with(
     rst: bool,
     option: &[u8],
 ) -> Vec<u8> {
-    build_segment(&SegmentSpec {
-        tuple: FourTuple {
-            local: src,
-            remote: dst,
-        },
-        seq,
-        ack: (!syn || ack != 0).then_some(ack),
-        syn,
-        rst,
-        option,
-        payload: &[],
-    })
+    // Window 0, as the stack's own RSTs and probes carry.
+    let mut tcp = Tcp::new(src, dst).seq(seq).window(0).options(option);
+    if !syn || ack != 0 {
+        tcp = tcp.ack(ack);
+    }
+    if syn {
+        tcp = tcp.syn();
+    }
+    if rst {
+        tcp = tcp.rst();
+    }
+    tcp.build()
 }
 
 /// A resume that has to wait: the client's packets are blackholed for

@@ -9,6 +9,8 @@ use smoltcp::time::Duration;
 use ti_stack::device::link::{Direction, Side};
 use ti_stack::segment::Segment;
 use ti_stack::{StreamError, StreamEvent};
+use ti_testnet::packet::Tcp;
+use ti_testnet::packet::options::flow_option_bytes;
 use tifid::DEFAULT_KIND;
 use tifid::handshake::LostCause;
 
@@ -318,14 +320,14 @@ fn forged_resume_from_a_third_host_is_refused_and_the_flow_is_untouched() {
 }
 
 fn forged_syn(src: Ipv4Addr, port: u16, option: tifid::FlowOptionRepr) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ipv4(src.octets(), SERVER.octets(), 64)
-        .tcp(port, PORT, 12345, 65535)
-        .syn()
-        .options_raw(&option.to_bytes(DEFAULT_KIND))
-        .expect("options");
-    let mut out = Vec::new();
-    builder.write(&mut out, &[]).expect("build");
-    out
+    Tcp::new(
+        SocketAddrV4::new(src, port),
+        SocketAddrV4::new(SERVER, PORT),
+    )
+    .syn()
+    .seq(12345)
+    .options(&flow_option_bytes(&option, DEFAULT_KIND))
+    .build()
 }
 
 #[test]
@@ -394,12 +396,14 @@ fn syn_burst_keeps_the_newest_half_open_and_the_server_serves_at_once() {
     let now = sim.now();
     const SYNS: usize = 300;
     for i in 0..SYNS as u16 {
-        let syn = etherparse::PacketBuilder::ipv4(attacker_addr.octets(), SERVER.octets(), 64)
-            .tcp(20000 + i, PORT, 1000, 65535)
-            .syn();
-        let mut out = Vec::new();
-        syn.write(&mut out, &[]).expect("build");
-        attacker.send_raw(now, &out);
+        let syn = Tcp::new(
+            SocketAddrV4::new(attacker_addr, 20000 + i),
+            SocketAddrV4::new(SERVER, PORT),
+        )
+        .syn()
+        .seq(1000)
+        .build();
+        attacker.send_raw(now, &syn);
     }
     let mut syn_acks = 0;
     sim.run_until(Duration::from_millis(500), |sim| {

@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use ti_stack::device::pipe::Pipe;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent};
+use ti_testnet::payload::sha256;
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
@@ -36,7 +36,7 @@ fn blocking_streams_survive_explicit_failures_byte_exact() {
         assert!(matches!(s.mode(), Mode::Resilient { .. }));
         let mut got = Vec::new();
         s.read_to_end(&mut got).expect("server read");
-        s.write_all(&Sha256::digest(&got)).expect("reply");
+        s.write_all(&sha256(&got)).expect("reply");
         s.shutdown(Shutdown::Write).expect("shutdown");
         s.wait_acknowledged(Duration::from_secs(20)).expect("acked");
         got.len()
@@ -68,7 +68,7 @@ fn blocking_streams_survive_explicit_failures_byte_exact() {
     c.read_to_end(&mut digest).expect("read digest");
     assert_eq!(
         digest,
-        Sha256::digest(&payload).to_vec(),
+        sha256(&payload).to_vec(),
         "server received exactly what was sent"
     );
     assert_eq!(server.join().expect("server"), payload.len());

@@ -1,7 +1,7 @@
-//! `tiflow bench connect --quick`, `reconnect --quick`, `recovery --quick`
-//! and its no-fault check as a user runs them: the built binary, real
-//! namespaces and TUN devices (root needed: without it the test fails with
-//! the reason). Checks the files and their shape, never the timings.
+//! `tiflow bench connect --quick`, `reconnect --quick`, `tuning --quick`,
+//! `recovery --quick` and its no-fault check as a user runs them: the built
+//! binary, real namespaces and TUN devices (root needed: without it the
+//! test fails with the reason). Checks the files and their shape, never the timings.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -212,6 +212,50 @@ fn bench_reconnect_quick_writes_csv_summary_and_svg() {
             "minus RTT",
         ],
     );
+    assert_no_namespaces_left(pid);
+}
+
+#[test]
+fn bench_tuning_quick_measures_both_settings_in_one_run() {
+    require_privileges();
+    let out = out_dir("bench-tuning");
+    let (stdout, pid) = run_bench("tuning", &out);
+    assert!(stdout.contains("== latency tuning off vs on"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("tuning.csv"));
+    assert_eq!(
+        header,
+        [
+            "rtt_ms",
+            "low_latency",
+            "sample",
+            "connect_ms",
+            "resume_ms",
+            "reconnect_app_ms"
+        ]
+    );
+    // --quick: RTTs 0 and 10 ms, 10 rounds each measuring both settings.
+    assert_eq!(rows.len(), 2 * 2 * 10);
+    let settings: BTreeSet<&str> = column(&header, &rows, "low_latency").into_iter().collect();
+    assert_eq!(settings, BTreeSet::from(["off", "on"]));
+    // Interleaved: every round has one sample of each setting.
+    let rounds: Vec<(&str, &str)> = column(&header, &rows, "rtt_ms")
+        .into_iter()
+        .zip(column(&header, &rows, "sample"))
+        .collect();
+    for pair in rounds.chunks(2) {
+        assert_eq!(pair[0], pair[1], "a round without both settings: {pair:?}");
+    }
+    for name in ["connect_ms", "resume_ms", "reconnect_app_ms"] {
+        for v in column(&header, &rows, name) {
+            assert!(v.parse::<f64>().is_ok_and(|x| x > 0.0), "{name} {v:?}");
+        }
+    }
+    let (_, rows) = csv(&out.join("tuning-summary.csv"));
+    assert_eq!(rows.len(), 2 * 3 * 2, "RTT x metric x setting");
+    let report = std::fs::read_to_string(out.join("tuning-report.txt")).expect("report");
+    assert!(report.starts_with("command: "), "{report}");
+    assert!(report.contains("resume-rtt"), "{report}");
     assert_no_namespaces_left(pid);
 }
 

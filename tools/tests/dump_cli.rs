@@ -3,21 +3,23 @@
 //! line and exit code 0; nothing panics.
 
 use std::borrow::Cow;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use etherparse::PacketBuilder;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
 use pcap_file::{DataLink, Endianness};
+use ti_testnet::packet::options::mss_and_flow_option;
+use ti_testnet::packet::{Tcp, Udp};
 use tifid::option::{DEFAULT_KIND, FlowOptionRepr};
 use tifid::{Seq48, Tifid};
 
-const A: [u8; 4] = [10, 0, 0, 1];
-const B: [u8; 4] = [10, 0, 0, 2];
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 fn tiflow(args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_tiflow"))
@@ -53,39 +55,31 @@ fn flow() -> FlowOptionRepr {
     }
 }
 
-/// An IPv4 TCP segment from A:1000 to B:22 with the given raw options.
+/// An IPv4 TCP segment from A:1000 to B:22 with the given raw options
+/// (padded to a word).
 fn tcp_packet(options: &[u8], payload: &[u8]) -> Vec<u8> {
-    let builder = PacketBuilder::ipv4(A, B, 64)
-        .tcp(1000, 22, 5000, 1024)
+    tcp_base().options(options).payload(payload).build()
+}
+
+/// The segment of [`tcp_packet`] before its options and payload.
+fn tcp_base() -> Tcp {
+    Tcp::new((A, 1000), (B, 22))
+        .seq(5000)
         .ack(7000)
         .psh()
-        .options_raw(options)
-        .expect("options fit");
-    let mut bytes = Vec::new();
-    builder.write(&mut bytes, payload).expect("build");
-    bytes
+        .window(1024)
 }
 
 fn syn_with_flow_option() -> Vec<u8> {
-    let mut options = vec![2, 4, 0x05, 0xb4];
-    options.extend_from_slice(&flow().to_bytes(DEFAULT_KIND));
-    let builder = PacketBuilder::ipv4(A, B, 64)
-        .tcp(1000, 22, 100, 65535)
+    Tcp::new((A, 1000), (B, 22))
         .syn()
-        .options_raw(&options)
-        .expect("options fit");
-    let mut bytes = Vec::new();
-    builder.write(&mut bytes, &[]).expect("build");
-    bytes
+        .seq(100)
+        .options(&mss_and_flow_option(&flow(), DEFAULT_KIND))
+        .build()
 }
 
 fn udp_packet() -> Vec<u8> {
-    let mut bytes = Vec::new();
-    PacketBuilder::ipv4(A, B, 64)
-        .udp(53, 53)
-        .write(&mut bytes, &[1, 2, 3, 4])
-        .expect("build");
-    bytes
+    Udp::new((A, 53), (B, 53)).payload(&[1, 2, 3, 4]).build()
 }
 
 fn pcap(linktype: u32, frames: &[Vec<u8>]) -> Vec<u8> {
@@ -323,8 +317,7 @@ fn malformed_flow_option_is_a_line_not_an_error() {
 fn option_list_running_past_the_header_is_a_line_not_an_error() {
     let packet = tcp_packet(&[2, 30, 5, 0xb4], b"abc");
     // TCP data offset beyond the captured bytes: the header itself runs past.
-    let mut long_offset = tcp_packet(&[], &[]);
-    long_offset[20 + 12] = 0xf0;
+    let long_offset = tcp_base().data_offset(15).build();
     let (code, stdout, stderr) =
         dump_file("past-header.pcap", &pcap(101, &[packet, long_offset]), &[]);
     assert_eq!(code, 0, "{stderr}");

@@ -163,7 +163,7 @@ impl<D: Device> Stack<D> {
                 conn.half_open = true;
                 conn
             });
-            self.by_tuple.insert(tuple, handle);
+            self.index_tuple(tuple, handle);
         }
         // Every SYN delivered this poll has been processed: handshakes smoltcp
         // did not take up leave no state behind (no rule, no entry).

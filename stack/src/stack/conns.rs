@@ -18,11 +18,31 @@ impl<D: Device> Stack<D> {
         socket
     }
 
-    pub(super) fn fresh_port(&mut self) -> u16 {
-        let (by_tuple, listeners) = (&self.by_tuple, &self.listeners);
-        self.ports.fresh(&mut self.rng, |port| {
-            listeners.contains_key(&port) || by_tuple.keys().any(|t| t.local.port() == port)
-        })
+    /// A local port no connection holds and no listener uses (see
+    /// [`ports::Ports::fresh`]).
+    pub(super) fn fresh_port(&mut self) -> Result<u16, StreamError> {
+        self.ports
+            .fresh(&mut self.rng)
+            .map_err(|e| StreamError::NoFreePort { ports: e.ports })
+    }
+
+    /// Indexes a connection by its tuple; its local port is held while the
+    /// tuple is indexed (every tuple, ours or a peer's, as the port scan
+    /// this replaces counted them).
+    pub(super) fn index_tuple(&mut self, tuple: FourTuple, handle: SocketHandle) {
+        if self.by_tuple.insert(tuple, handle).is_none() {
+            self.ports.acquire(tuple.local.port());
+        }
+    }
+
+    /// Forgets a tuple's index entry and releases its port. Returns whether
+    /// it was indexed.
+    fn unindex_tuple(&mut self, tuple: &FourTuple) -> bool {
+        let indexed = self.by_tuple.remove(tuple).is_some();
+        if indexed {
+            self.ports.release(tuple.local.port());
+        }
+        indexed
     }
 
     pub(super) fn open_connection(
@@ -36,7 +56,7 @@ impl<D: Device> Stack<D> {
             .get(&id)
             .map(|s| s.peer)
             .ok_or(StreamError::NoSuchStream)?;
-        let port = self.fresh_port();
+        let port = self.fresh_port()?;
         let local = SocketAddrV4::new(self.config.address, port);
         let socket = self.new_socket();
         let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
@@ -64,7 +84,7 @@ impl<D: Device> Stack<D> {
             handle,
             Conn::new(tuple, Some(id), Phase::SynSent(initiator), now),
         );
-        self.by_tuple.insert(tuple, handle);
+        self.index_tuple(tuple, handle);
         if let Some(s) = self.streams.get_mut(&id) {
             s.conn = Some(handle);
         }
@@ -78,7 +98,10 @@ impl<D: Device> Stack<D> {
     /// `option` when given. The boundary keeps attaching the option to the
     /// tuple for [`RESET_LINGER`], so the RST smoltcp sends in answer to a
     /// challenge ACK (RFC 5961) carries it too. The socket leaves the set
-    /// once its RST is out.
+    /// once its RST is out. The local port stays held until the entry
+    /// leaves the resetting list (RST out and [`RESET_LINGER`] over): a new
+    /// connection must not take the tuple while the aborted socket still
+    /// owns it in smoltcp or the option rule still names it.
     pub(super) fn reset_connection(
         &mut self,
         now: Instant,
@@ -88,7 +111,8 @@ impl<D: Device> Stack<D> {
         let Some(conn) = self.conns.remove(&handle) else {
             return;
         };
-        self.by_tuple.remove(&conn.tuple);
+        // The port moves from the index to the resetting entry.
+        let holds_port = self.by_tuple.remove(&conn.tuple).is_some();
         if conn.half_open {
             self.half_open.remove(&conn.tuple);
         }
@@ -106,6 +130,7 @@ impl<D: Device> Stack<D> {
             handle: Some(handle),
             tuple: conn.tuple,
             until: now + RESET_LINGER,
+            holds_port,
         });
     }
 
@@ -128,6 +153,9 @@ impl<D: Device> Stack<D> {
             if !self.by_tuple.contains_key(&r.tuple) {
                 self.device.detach_option(&r.tuple);
             }
+            if r.holds_port {
+                self.ports.release(r.tuple.local.port());
+            }
             self.resetting.pop_front();
         }
     }
@@ -148,7 +176,7 @@ impl<D: Device> Stack<D> {
     /// its stream's flow.
     pub(super) fn forget_connection(&mut self, handle: ConnId) {
         if let Some(conn) = self.conns.remove(&handle) {
-            self.by_tuple.remove(&conn.tuple);
+            self.unindex_tuple(&conn.tuple);
             if conn.half_open {
                 self.half_open.remove(&conn.tuple);
             }

@@ -306,8 +306,11 @@ impl<D: Device> Stack<D> {
         if let Some(s) = self.streams.get_mut(&id) {
             s.stats.resume_attempts += 1;
         }
-        if self.open_connection(now, id, Some(initiator)).is_err() {
-            warn!(%tifid, "could not open a resume connection");
+        if let Err(e) = self.open_connection(now, id, Some(initiator)) {
+            // A failed attempt: the driver drops it and its attempt timer
+            // holds the next one (with backoff), as for an unanswered SYN.
+            warn!(%tifid, %e, "could not open a resume connection");
+            self.life_input(now, id, Input::AttemptFailed { refused: false });
         }
     }
 

@@ -384,6 +384,9 @@ struct Resetting {
     handle: Option<ConnId>,
     tuple: FourTuple,
     until: Instant,
+    /// The tuple's local port stays held (not handed out to a new
+    /// connection) until the entry goes: see [`Stack::reset_connection`].
+    holds_port: bool,
 }
 
 thread_local! {
@@ -442,6 +445,7 @@ impl<D: Device> Stack<D> {
             allow_migration: config.allow_migration,
             ..TableConfig::default()
         });
+        let ports = ports::Ports::new(config.ephemeral_ports.clone());
         Stack {
             config,
             device,
@@ -457,7 +461,7 @@ impl<D: Device> Stack<D> {
             streams: HashMap::new(),
             by_tifid: HashMap::new(),
             listeners: HashMap::new(),
-            ports: ports::Ports::default(),
+            ports,
             resetting: VecDeque::new(),
             half_open: HalfOpen::default(),
             spare_sockets: Vec::new(),
@@ -534,7 +538,10 @@ impl<D: Device> Stack<D> {
         } else {
             None
         };
-        self.open_connection(now, id, initiator)?;
+        if let Err(e) = self.open_connection(now, id, initiator) {
+            self.streams.remove(&id);
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -544,12 +551,14 @@ impl<D: Device> Stack<D> {
             return Err(StreamError::AddrInUse);
         }
         self.listeners.insert(port, ListenerState::default());
+        self.ports.listen(port);
         Ok(ListenerId(port))
     }
 
     /// Stops listening; queued connections not yet accepted are closed.
     pub fn unlisten(&mut self, now: Instant, listener: ListenerId) {
         if let Some(state) = self.listeners.remove(&listener.0) {
+            self.ports.unlisten(listener.0);
             for id in state.accept_queue {
                 self.close(now, id);
             }

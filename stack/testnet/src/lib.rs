@@ -11,12 +11,18 @@
 //! - [`middlebox`]: what a middlebox runs (NATs, a stateful firewall, a
 //!   home router, nftables rulesets) and the state changes tests inject
 //!   (conntrack flush, TCPOPTSTRIP).
+//! - [`packet`]: one packet builder (IPv4/IPv6 TCP, UDP, ICMPv4 echo, raw
+//!   IP) with correct checksums by default and explicit ways to break them,
+//!   and the header fields bad-input tests need broken.
+//! - [`payload`]: deterministic test data and SHA-256 digests.
 //!
 //! Nothing here touches the root namespace: every interface, address, route
 //! and rule lives in a namespace this crate created and deletes.
 
 pub mod middlebox;
 pub mod netns;
+pub mod packet;
+pub mod payload;
 pub mod topology;
 
 pub use middlebox::Middlebox;

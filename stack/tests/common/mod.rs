@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use sha2::{Digest, Sha256};
 use smoltcp::time::Duration;
 use ti_stack::device::link::{LinkConfig, Network, Side};
 use ti_stack::sim::Sim;
@@ -78,22 +77,10 @@ pub fn legacy(sim: &Sim, host: usize, id: StreamId) -> bool {
     )
 }
 
-/// Deterministic pseudo-random payload.
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-pub fn sha(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
+/// Deterministic pseudo-random payload and SHA-256, under the names these
+/// tests have always used.
+#[allow(unused_imports)] // Not every test binary uses both.
+pub use ti_testnet::payload::{data as payload, sha256 as sha};
 
 /// One direction of a transfer: what to send and what was received.
 pub struct Flowing {

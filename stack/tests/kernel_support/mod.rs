@@ -4,8 +4,8 @@
 //! side forwards, and one of our stacks on it, captured with a `PcapTap`), a
 //! middlebox namespace running real netfilter between two hosts, a Linux TCP
 //! peer next to one host, and an attacker namespace with a raw socket. Also
-//! paced two-way transfers checked with SHA-256 on both ends, pcap reading
-//! and a raw IPv4/TCP packet builder.
+//! paced two-way transfers checked with SHA-256 on both ends, and pcap
+//! reading. Packets are built with `ti_testnet::packet`.
 //!
 //! Everything lives in namespaces created here, deleted on drop (also while
 //! a test panics); nothing is ever configured in the root namespace. Every
@@ -21,15 +21,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pcap_file::pcap::PcapReader;
-use rand::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_stack::segment::Segment;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
 pub use ti_testnet::Middlebox;
 use ti_testnet::netns::{self, NetNs};
+pub use ti_testnet::payload::{StreamDigest, random_bytes, sha256};
 use ti_testnet::topology::{self, INSIDE_IF, OUTSIDE_IF};
 use ti_testnet::{Cidr, LinkEnd, TunSpec, middlebox};
 
@@ -91,18 +89,6 @@ pub fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-/// `len` seeded random bytes.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    data
-}
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }
 
 /// Waits for a thread at most until `deadline`; a panic in it is resumed here.
@@ -700,18 +686,16 @@ pub fn run_end(
             finish().unwrap_or_else(|e| panic!("{name}: shutdown failed: {e}"));
             writer
         });
-        let mut hasher = Sha256::new();
-        let mut total = 0usize;
+        let mut digest = StreamDigest::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
             match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    total += n;
+                    digest.update(&buf[..n]);
                     received.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => panic!("{name}: read failed after {total} bytes: {e}"),
+                Err(e) => panic!("{name}: read failed after {} bytes: {e}", digest.len()),
             }
         }
         // Keep the writing handle until both directions are done.
@@ -721,9 +705,10 @@ pub fn run_end(
             &format!("{name}'s writer"),
         );
         drop(writer);
+        let (total, sha) = digest.finish();
         EndReport {
-            received_len: total,
-            received_sha: hasher.finalize().into(),
+            received_len: total as usize,
+            received_sha: sha,
         }
     })
 }
@@ -944,67 +929,4 @@ impl RawSender {
             Ok(())
         }
     }
-}
-
-/// TCP flag bits.
-pub mod flags {
-    /// FIN.
-    pub const FIN: u8 = 0x01;
-    /// SYN.
-    pub const SYN: u8 = 0x02;
-    /// RST.
-    pub const RST: u8 = 0x04;
-    /// ACK.
-    pub const ACK: u8 = 0x10;
-}
-
-/// An IPv4/TCP packet with valid checksums. `options` must be a multiple of
-/// four bytes long, at most 40 (its content may be malformed).
-pub fn tcp_packet(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    flag_bits: u8,
-    seq: u32,
-    ack: u32,
-    options: &[u8],
-    payload: &[u8],
-) -> Vec<u8> {
-    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
-    let header = 20 + options.len();
-    let total = 20 + header + payload.len();
-    let mut buf = vec![0u8; total];
-    {
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(total as u16);
-        ip.set_dont_frag(true);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(*src.ip());
-        ip.set_dst_addr(*dst.ip());
-        ip.fill_checksum();
-    }
-    {
-        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
-        tcp.set_src_port(src.port());
-        tcp.set_dst_port(dst.port());
-        tcp.set_seq_number(TcpSeqNumber(seq as i32));
-        tcp.set_ack_number(TcpSeqNumber(ack as i32));
-        tcp.set_header_len(header as u8);
-        tcp.set_window_len(65535);
-    }
-    buf[33] = flag_bits;
-    buf[40..40 + options.len()].copy_from_slice(options);
-    buf[20 + header..].copy_from_slice(payload);
-    fill_tcp_checksum(&mut buf);
-    buf
-}
-
-/// Recomputes the TCP checksum of an IPv4 packet (after an edit).
-pub fn fill_tcp_checksum(buf: &mut [u8]) {
-    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
-    let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
-    TcpPacket::new_unchecked(&mut buf[20..])
-        .fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
 }

@@ -41,11 +41,11 @@ use super::pcap::handshakes;
 use super::{BenchError, Progress};
 
 /// Port of the servers that close at once.
-const CLOSE_PORT: u16 = 7000;
+pub(super) const CLOSE_PORT: u16 = 7000;
 /// Port of the echo servers.
-const ECHO_PORT: u16 = 7001;
+pub(super) const ECHO_PORT: u16 = 7001;
 /// Longest a sample may take beyond the RTTs it needs.
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A latency mode: who connects to whom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -496,7 +496,7 @@ impl Point {
     }
 }
 
-fn check_mode(
+pub(super) fn check_mode(
     stream: &TiStream<LatencyDevice>,
     want_ti: bool,
     mode: Peer,
@@ -531,7 +531,7 @@ impl Shuffle {
 }
 
 /// Writes `byte` and waits for it to come back.
-fn echo_byte(stream: &mut TiStream<LatencyDevice>, byte: u8) -> Result<(), BenchError> {
+pub(super) fn echo_byte(stream: &mut TiStream<LatencyDevice>, byte: u8) -> Result<(), BenchError> {
     stream
         .write_all(&[byte])
         .map_err(|e| BenchError::io("write the echo byte", e))?;
@@ -550,7 +550,7 @@ fn echo_byte(stream: &mut TiStream<LatencyDevice>, byte: u8) -> Result<(), Bench
 }
 
 /// Echoes everything until the stream ends or fails.
-fn echo_loop<D: smoltcp::phy::Device + ti_stack::device::Wait>(mut stream: TiStream<D>) {
+pub(super) fn echo_loop<D: smoltcp::phy::Device + ti_stack::device::Wait>(mut stream: TiStream<D>) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {

@@ -17,7 +17,10 @@ pub mod net;
 pub mod pcap;
 pub mod plot;
 pub mod recovery;
+pub mod report;
+pub mod scale;
 pub mod stats;
+pub mod tuning;
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -57,6 +60,20 @@ pub enum What {
     /// `tiflow up` pair vs plain kernel TCP through the same nftables
     /// middlebox.
     Recovery,
+    /// Latency tuning off vs on (`StackConfig::low_latency`), interleaved
+    /// sample by sample in one run: TI connect, resume SYN to ACK and the
+    /// application's reconnect, per RTT, and the ratio on/off [default
+    /// RTTs: 0,1,10].
+    Tuning,
+    /// CPU per packet, per idle poll and per connection, and RSS per
+    /// connection, as the number of idle connections grows (two stacks in
+    /// memory, no root) [default connections: 1,100,1000,10000].
+    Scale,
+    /// No measurement, no root: the README's performance tables from the
+    /// committed results files (--results); printed, written into the
+    /// README's marked regions (--readme), or checked against them
+    /// (--check).
+    Report,
 }
 
 /// Arguments of `tiflow bench`.
@@ -65,7 +82,8 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub what: What,
-    /// Emulated RTTs in ms, comma-separated [default: 0,1,5,10,25,50,100].
+    /// Emulated RTTs in ms, comma-separated [default: 0,1,5,10,25,50,100;
+    /// tuning: 0,1,10].
     #[arg(long, value_delimiter = ',', value_name = "MS,...")]
     pub rtts: Option<Vec<u64>>,
     /// Samples per mode and RTT [default: 200].
@@ -89,9 +107,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MIB")]
     pub bulk_mib: Option<u64>,
     /// Repetitions: bulk, per mode and direction [default: 5]; recovery,
-    /// per scenario and direction [default: 10].
+    /// per scenario and direction [default: 10]; scale, measured rounds
+    /// per setup [default: 9].
     #[arg(long)]
     pub reps: Option<usize>,
+    /// scale: connection counts, comma-separated [default:
+    /// 1,100,1000,10000; --quick: 1,100].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub connections: Option<Vec<usize>>,
     /// recovery: the scenarios, comma-separated, each NAME or NAME:REPS
     /// (its own repetitions): nat-flush, firewall-flush, rebuilt-1s,
     /// blackhole-1s, blackhole-30s, client-address-change, and no-fault
@@ -116,6 +139,19 @@ pub struct BenchArgs {
     /// [default: 60; --quick: 5].
     #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_secs)]
     pub no_fault_secs: Option<f64>,
+    /// report: the directory of the results files.
+    #[arg(long, value_name = "DIR", default_value = "benches/results")]
+    pub results: PathBuf,
+    /// report: rewrite the regions between the `<!-- bench-report:NAME:begin
+    /// -->` and `:end -->` markers of this README in place (without it the
+    /// tables go to standard output).
+    #[arg(long, value_name = "README")]
+    pub readme: Option<PathBuf>,
+    /// report: change nothing; fail (exit 1, with a diff) when the README's
+    /// regions differ from what the results files give (README.md unless
+    /// --readme says otherwise).
+    #[arg(long)]
+    pub check: bool,
     /// recovery: keep the logs of the two `tiflow up` (their directory is
     /// printed) even when the run succeeds.
     #[arg(long)]
@@ -141,10 +177,15 @@ pub struct Settings {
 impl BenchArgs {
     /// Resolves defaults: explicit options, then `--quick`, then defaults.
     pub fn settings(&self) -> Settings {
+        let default_rtts = if self.what == What::Tuning {
+            tuning::DEFAULT_RTTS.to_vec()
+        } else {
+            DEFAULT_RTTS.to_vec()
+        };
         let (rtts, samples, mib, reps) = if self.quick {
             (vec![0, 10], 10, 16, 1)
         } else {
-            (DEFAULT_RTTS.to_vec(), DEFAULT_SAMPLES, 256, 5)
+            (default_rtts, DEFAULT_SAMPLES, 256, 5)
         };
         Settings {
             rtts: self
@@ -246,6 +287,9 @@ pub(crate) fn interrupt_flag() -> &'static std::sync::atomic::AtomicBool {
 
 /// Runs `tiflow bench`.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    if args.what == What::Report {
+        return report::run(&args.results, args.readme.as_deref(), args.check);
+    }
     let settings = args.settings();
     // Stop cleanly on Ctrl-C so the namespaces are deleted; a second signal
     // kills the process at once.
@@ -257,6 +301,28 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     }
     if args.what == What::Recovery {
         return recovery::run(args);
+    }
+    if args.what == What::Tuning {
+        return run_tuning(args, &settings);
+    }
+    if args.what == What::Scale {
+        let counts = match (&args.connections, args.quick) {
+            (Some(c), _) => c.clone(),
+            (None, true) => vec![1, 100],
+            (None, false) => scale::DEFAULT_COUNTS.to_vec(),
+        };
+        if counts.is_empty() || counts.contains(&0) {
+            return Err(BenchError::Check(
+                "--connections: give counts of at least 1".into(),
+            ));
+        }
+        let rounds = match (args.reps, args.quick) {
+            (Some(r), _) => r.max(1),
+            (None, true) => 3,
+            (None, false) => scale::DEFAULT_ROUNDS,
+        };
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        return scale::run(&counts, rounds, &args.out, &command);
     }
     net::set_low_latency(args.low_latency);
     let out = &args.out;
@@ -312,6 +378,9 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::Bulk => "bulk",
         What::All => "all",
         What::Recovery => "recovery",
+        What::Tuning => "tuning",
+        What::Scale => "scale",
+        What::Report => "report",
     };
     let command: Vec<String> = std::env::args().collect();
     let report = format!(
@@ -319,6 +388,52 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         command.join(" ")
     );
     write_file(&out.join(format!("{name}-report.txt")), &report)?;
+    print!("{report}");
+    println!("Results in {}", out.display());
+    Ok(())
+}
+
+/// Runs `tiflow bench tuning`: both settings in one run, interleaved.
+fn run_tuning(args: &BenchArgs, settings: &Settings) -> Result<(), BenchError> {
+    if args.low_latency {
+        return Err(BenchError::Check(
+            "bench tuning measures latency tuning off and on in the same run; \
+             --low-latency does not apply"
+                .into(),
+        ));
+    }
+    let out = &args.out;
+    let pcap_dir = out.join("pcap");
+    std::fs::create_dir_all(&pcap_dir)
+        .map_err(|e| BenchError::io(format!("create {}", pcap_dir.display()), e))?;
+    let bed = net::Testbed::new()?;
+    let started = Instant::now();
+    let samples = tuning::run(&bed, &settings.rtts, settings.samples, &pcap_dir)?;
+    drop(bed);
+    write_file(&out.join("tuning.csv"), &tuning::raw_csv(&samples))?;
+    write_file(
+        &out.join("tuning-summary.csv"),
+        &tuning::summary_csv(&samples),
+    )?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut report = format!(
+        "command: {}\ntiflow bench tuning: TI stacks with latency tuning off and on, \
+         interleaved sample by sample (each round measures both, alternating which goes first)\n",
+        command.join(" ")
+    );
+    report += &tuning::report(&samples);
+    let _ = writeln!(
+        report,
+        "\n{} samples per setting and point, RTTs {:?} ms; took {:.0} s.",
+        settings.samples,
+        settings
+            .rtts
+            .iter()
+            .map(Duration::as_millis)
+            .collect::<Vec<_>>(),
+        started.elapsed().as_secs_f64()
+    );
+    write_file(&out.join("tuning-report.txt"), &report)?;
     print!("{report}");
     println!("Results in {}", out.display());
     Ok(())

@@ -11,8 +11,11 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use ti_testnet::netns::{self, NetNs};
+use ti_testnet::payload::StreamDigest;
+/// Deterministic test data and SHA-256 (`ti_testnet::payload`).
+#[allow(unused_imports)] // Not every test binary uses both.
+pub use ti_testnet::payload::{data, sha256};
 use ti_tools::control::{self, StatusReport};
 
 /// The built `tiflow` binary.
@@ -397,36 +400,17 @@ pub fn echo_server(listener: TcpListener) -> JoinHandle<u64> {
 pub fn read_all_sha(mut s: TcpStream) -> JoinHandle<(u64, [u8; 32])> {
     std::thread::spawn(move || {
         s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        let mut hasher = Sha256::new();
+        let mut digest = StreamDigest::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
         loop {
             let n = s.read(&mut buf).expect("read");
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            total += n as u64;
+            digest.update(&buf[..n]);
         }
-        (total, hasher.finalize().into())
+        digest.finish()
     })
-}
-
-/// Deterministic test data.
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// Names of namespaces that exist now.
