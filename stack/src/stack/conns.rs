@@ -29,7 +29,7 @@ impl<D: Device> Stack<D> {
     /// Indexes a connection by its tuple; its local port is held while the
     /// tuple is indexed (every tuple, ours or a peer's, as the port scan
     /// this replaces counted them).
-    pub(super) fn index_tuple(&mut self, tuple: FourTuple, handle: SocketHandle) {
+    pub(super) fn index_tuple(&mut self, tuple: FourTuple, handle: ConnId) {
         if self.by_tuple.insert(tuple, handle).is_none() {
             self.ports.acquire(tuple.local.port());
         }
