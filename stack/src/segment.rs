@@ -24,6 +24,21 @@ pub struct FourTuple {
     pub remote: SocketAddrV4,
 }
 
+impl FourTuple {
+    /// The tuple from `local`'s point of view.
+    pub fn new(local: SocketAddrV4, remote: SocketAddrV4) -> FourTuple {
+        FourTuple { local, remote }
+    }
+
+    /// The same connection seen from the other end.
+    pub fn reversed(self) -> FourTuple {
+        FourTuple {
+            local: self.remote,
+            remote: self.local,
+        }
+    }
+}
+
 /// A parsed TCP/IPv4 segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
@@ -43,6 +58,8 @@ pub struct Segment {
     pub fin: bool,
     /// RST flag.
     pub rst: bool,
+    /// PSH flag.
+    pub psh: bool,
     /// Payload length.
     pub payload_len: usize,
     /// The window field as sent (unscaled).
@@ -58,6 +75,12 @@ impl Segment {
     /// Parses an IPv4 packet carrying TCP. `None` for anything else, for
     /// fragments and for truncated or inconsistent headers.
     pub fn parse(packet: &[u8], kind: u8) -> Option<Segment> {
+        Segment::parse_with_options(packet, kind).map(|(segment, _)| segment)
+    }
+
+    /// As [`Segment::parse`], with the raw TCP option bytes (padding
+    /// included), borrowed from `packet`.
+    pub fn parse_with_options(packet: &[u8], kind: u8) -> Option<(Segment, &[u8])> {
         let ip = Ipv4Packet::new_checked(packet).ok()?;
         if ip.version() != 4
             || ip.next_header() != IpProtocol::Tcp
@@ -69,7 +92,7 @@ impl Segment {
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
         let src = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
         let dst = SocketAddrV4::new(ip.dst_addr(), tcp.dst_port());
-        Some(Segment {
+        let segment = Segment {
             src,
             dst,
             seq: tcp.seq_number().0 as u32,
@@ -78,11 +101,13 @@ impl Segment {
             ack: tcp.ack(),
             fin: tcp.fin(),
             rst: tcp.rst(),
+            psh: tcp.psh(),
             payload_len: tcp.payload().len(),
             window: tcp.window_len(),
             option: find_flow_option(tcp.options(), kind),
             timestamp: find_timestamp(tcp.options()),
-        })
+        };
+        Some((segment, tcp.options()))
     }
 
     /// The connection this segment belongs to, for the receiving host.
@@ -369,5 +394,37 @@ mod tests {
         assert_eq!((seg.seq, seg.ack_number, seg.payload_len), (999, 5000, 1));
         assert!(seg.ack && !seg.syn && !seg.rst);
         assert!(checksum_ok(&probe));
+    }
+
+    #[test]
+    fn four_tuples_reverse_and_parse_returns_psh_and_the_option_bytes() {
+        let tuple = FourTuple::new(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80),
+        );
+        assert_eq!((tuple.local.port(), tuple.remote.port()), (40000, 80));
+        assert_eq!(tuple.reversed().reversed(), tuple);
+        assert_eq!(tuple.reversed(), FourTuple::new(tuple.remote, tuple.local));
+        let options = [2, 4, 5, 0xb4, 1, 1, 4, 2];
+        let mut packet = build_segment(&SegmentSpec {
+            tuple,
+            seq: 7,
+            ack: None,
+            syn: true,
+            rst: false,
+            option: &options,
+            payload: b"xy",
+        });
+        let (seg, got) = Segment::parse_with_options(&packet, tifid::DEFAULT_KIND).expect("parses");
+        assert_eq!(got, &options[..]);
+        assert_eq!(Some(seg), Segment::parse(&packet, tifid::DEFAULT_KIND));
+        assert_eq!((seg.tuple_at_sender(), seg.payload_len), (tuple, 2));
+        assert!(seg.syn && !seg.psh);
+        TcpPacket::new_unchecked(&mut packet[20..]).set_psh(true);
+        let seg = Segment::parse(&packet, tifid::DEFAULT_KIND).expect("parses");
+        assert!(seg.syn && seg.psh);
+        let bare = challenge_ack(tuple, 1, 2);
+        let (_, got) = Segment::parse_with_options(&bare, tifid::DEFAULT_KIND).expect("parses");
+        assert!(got.is_empty());
     }
 }

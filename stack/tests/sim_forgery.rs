@@ -286,8 +286,8 @@ fn rst_in_the_window_but_not_at_rcv_nxt_gets_a_challenge_ack_not_a_failure() {
             let next = conn.b_next_seq.expect("server sent");
             // In the window (the client's rcv_nxt is at most `next`), never exact.
             let seq = next.wrapping_add(1000 + 100 * injected as u32);
-            let from = conn.b_view.dst;
-            let to = conn.a_view.src;
+            let from = conn.b_view.local;
+            let to = conn.a_view.local;
             attacker.send_raw(now, &forged(from, to, seq, 0, false, true));
             injected += 1;
         }
