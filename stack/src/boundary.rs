@@ -6,9 +6,11 @@
 //! it could not fit the option into. On ingress it does nothing by itself:
 //! the stack pulls raw packets with [`Boundary::receive_raw`], inspects them
 //! before smoltcp discards our option, and hands them on with
-//! [`Boundary::deliver`]. When no connection needs an option (the steady
-//! state), egress is a zero-copy pass-through. It never makes a protocol
-//! decision.
+//! [`Boundary::deliver`] (or [`Boundary::deliver_to`] a lane: the stack
+//! runs one smoltcp interface per connection, and each interface's poll
+//! takes only its own lane's packets, see [`Boundary::set_rx_lane`]). When
+//! no connection needs an option (the steady state), egress is a zero-copy
+//! pass-through. It never makes a protocol decision.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -45,7 +47,9 @@ pub struct BoundaryStats {
 pub struct Boundary<D> {
     inner: D,
     kind: u8,
-    rx_queue: VecDeque<Vec<u8>>,
+    rx_queue: VecDeque<(Lane, Vec<u8>)>,
+    /// `Some`: smoltcp's `receive` yields only packets of this lane.
+    rx_lane: Option<Lane>,
     spare: Vec<Vec<u8>>,
     rules: HashMap<FourTuple, FlowOptionRepr>,
     isns: HashMap<FourTuple, u32>,
@@ -54,6 +58,17 @@ pub struct Boundary<D> {
     rewritten: Vec<u8>,
     stats: BoundaryStats,
 }
+
+/// Which smoltcp interface an inspected packet is for (the stack's
+/// connection cells); [`DEFAULT_LANE`] when nobody in particular.
+pub type Lane = u32;
+
+/// The lane of packets no connection takes ([`Boundary::deliver`]).
+pub const DEFAULT_LANE: Lane = u32::MAX;
+
+/// A lane no packet is ever delivered to: with it set, smoltcp's polls
+/// only transmit.
+pub const NO_LANE: Lane = u32::MAX - 1;
 
 /// Most spare receive buffers kept for reuse.
 const SPARE_BUFFERS: usize = 64;
@@ -68,6 +83,7 @@ impl<D: Device> Boundary<D> {
             inner,
             kind,
             rx_queue: VecDeque::new(),
+            rx_lane: None,
             spare: Vec::new(),
             rules: HashMap::new(),
             isns: HashMap::new(),
@@ -108,15 +124,45 @@ impl<D: Device> Boundary<D> {
         Some(buf)
     }
 
-    /// Queues an inspected packet for smoltcp; drops it (as a full NIC
-    /// ring would) when [`Boundary::ingress_full`].
+    /// Queues an inspected packet for smoltcp on [`DEFAULT_LANE`]; drops
+    /// it (as a full NIC ring would) when [`Boundary::ingress_full`].
     pub fn deliver(&mut self, packet: Vec<u8>) {
+        self.deliver_to(DEFAULT_LANE, packet);
+    }
+
+    /// Queues an inspected packet for the smoltcp interface of `lane`;
+    /// drops it when [`Boundary::ingress_full`].
+    pub fn deliver_to(&mut self, lane: Lane, packet: Vec<u8>) {
         if self.ingress_full() {
             self.stats.ingress_dropped += 1;
             self.recycle(packet);
             return;
         }
-        self.rx_queue.push_back(packet);
+        self.rx_queue.push_back((lane, packet));
+    }
+
+    /// The lane of the oldest packet waiting for smoltcp.
+    pub fn next_rx_lane(&self) -> Option<Lane> {
+        self.rx_queue.front().map(|(lane, _)| *lane)
+    }
+
+    /// Restricts smoltcp's `receive` to packets of `lane` at the front of
+    /// the queue (`None`: any packet, for a single interface).
+    pub fn set_rx_lane(&mut self, lane: Option<Lane>) {
+        self.rx_lane = lane;
+    }
+
+    /// Drops the packets of `lane` at the front of the queue (their
+    /// interface is gone); returns how many.
+    pub fn drop_front_lane(&mut self, lane: Lane) -> usize {
+        let mut dropped = 0;
+        while self.rx_queue.front().is_some_and(|(l, _)| *l == lane) {
+            if let Some((_, packet)) = self.rx_queue.pop_front() {
+                self.recycle(packet);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// smoltcp's queue is full: take no more packets from the device.
@@ -264,10 +310,15 @@ impl<D: Device> Device for Boundary<D> {
         Self: 'a;
 
     fn receive(&mut self, timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let packet = self.rx_queue.pop_front()?;
+        if let Some(lane) = self.rx_lane
+            && self.rx_queue.front().is_none_or(|(l, _)| *l != lane)
+        {
+            return None;
+        }
+        let (lane, packet) = self.rx_queue.pop_front()?;
         let mtu = self.inner.capabilities().max_transmission_unit;
         let Some(token) = self.inner.transmit(timestamp) else {
-            self.rx_queue.push_front(packet);
+            self.rx_queue.push_front((lane, packet));
             return None;
         };
         Some((

@@ -65,23 +65,24 @@ impl<D: Device> Stack<D> {
         let port = tuple.local.port();
         let handle = match self.spare_sockets.pop() {
             Some(handle) => {
-                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                let socket = self.cells.socket_mut(handle);
                 socket.abort();
                 conns::configure_socket(&self.config, socket);
                 handle
             }
             None => {
                 let socket = self.new_socket();
-                self.sockets.add(socket)
+                let seed = self.rng.random();
+                let Some(handle) = self.cells.add(socket, seed, &mut self.device, now) else {
+                    warn!("no connection cell left: SYN dropped");
+                    return;
+                };
+                handle
             }
         };
-        if self
-            .sockets
-            .get_mut::<tcp::Socket>(handle)
-            .listen(port)
-            .is_ok()
-        {
+        if self.cells.socket_mut(handle).listen(port).is_ok() {
             self.fresh_listeners.push((handle, port));
+            self.pending_cells.insert(tuple, handle);
             // A retransmission of a SYN we dropped: the client is real (or
             // a false positive of the filter); evicted last.
             let attempt = if self.retry_filter.contains(&tuple, now) {
@@ -91,7 +92,7 @@ impl<D: Device> Stack<D> {
             };
             self.half_open.insert(tuple, now, attempt);
         } else {
-            self.sockets.remove(handle);
+            self.remove_cell(handle);
         }
     }
 
@@ -102,7 +103,7 @@ impl<D: Device> Stack<D> {
     fn drop_half_open(&mut self, tuple: FourTuple) {
         self.half_open.remove(&tuple);
         if let Some(&handle) = self.by_tuple.get(&tuple) {
-            let state = self.sockets.get::<tcp::Socket>(handle).state();
+            let state = self.cells.socket(handle).state();
             let unused = self.conns.get(&handle).is_some_and(|c| c.stream.is_none())
                 && matches!(state, tcp::State::SynReceived | tcp::State::Listen);
             if unused {
@@ -127,7 +128,7 @@ impl<D: Device> Stack<D> {
             self.drop_half_open(tuple);
         }
         for handle in std::mem::take(&mut self.spare_sockets) {
-            self.sockets.remove(handle);
+            self.remove_cell(handle);
         }
     }
 
@@ -140,7 +141,7 @@ impl<D: Device> Stack<D> {
     /// After smoltcp ran: listeners that took a SYN become connections.
     pub(super) fn bind_fresh_listeners(&mut self, now: Instant) {
         for (handle, _port) in std::mem::take(&mut self.fresh_listeners) {
-            let socket = self.sockets.get::<tcp::Socket>(handle);
+            let socket = self.cells.socket(handle);
             let tuple = match (
                 socket.state(),
                 socket.local_endpoint(),
@@ -166,6 +167,7 @@ impl<D: Device> Stack<D> {
         }
         // Every SYN delivered this poll has been processed: handshakes smoltcp
         // did not take up leave no state behind (no rule, no entry).
+        self.pending_cells.clear();
         for (tuple, _) in std::mem::take(&mut self.pending) {
             self.device.detach_option(&tuple);
             self.half_open.remove(&tuple);
@@ -176,7 +178,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn accept_connection(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         mode: Mode,
         flow: Option<(Tifid, Seq48)>,
     ) {

@@ -29,7 +29,7 @@ impl<D: Device> Stack<D> {
     /// Indexes a connection by its tuple; its local port is held while the
     /// tuple is indexed (every tuple, ours or a peer's, as the port scan
     /// this replaces counted them).
-    pub(super) fn index_tuple(&mut self, tuple: FourTuple, handle: SocketHandle) {
+    pub(super) fn index_tuple(&mut self, tuple: FourTuple, handle: ConnId) {
         if self.by_tuple.insert(tuple, handle).is_none() {
             self.ports.acquire(tuple.local.port());
         }
@@ -58,13 +58,21 @@ impl<D: Device> Stack<D> {
             .ok_or(StreamError::NoSuchStream)?;
         let port = self.fresh_port()?;
         let local = SocketAddrV4::new(self.config.address, port);
-        let mut socket = self.new_socket();
+        let socket = self.new_socket();
         let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
         let local_ep = IpEndpoint::new(IpAddress::Ipv4(*local.ip()), local.port());
-        socket
-            .connect(self.iface.context(), remote, local_ep)
-            .map_err(|_| StreamError::ConnectionRefused)?;
-        let handle = self.sockets.add(socket);
+        let handle = self
+            .cells
+            .add(socket, self.rng.random(), &mut self.device, now)
+            .ok_or(StreamError::ConnectionRefused)?;
+        let connected = self
+            .cells
+            .socket_and_context(handle)
+            .is_some_and(|(socket, cx)| socket.connect(cx, remote, local_ep).is_ok());
+        if !connected {
+            self.remove_cell(handle);
+            return Err(StreamError::ConnectionRefused);
+        }
         let tuple = FourTuple {
             local,
             remote: peer,
@@ -80,6 +88,9 @@ impl<D: Device> Stack<D> {
         if let Some(s) = self.streams.get_mut(&id) {
             s.conn = Some(handle);
         }
+        // Its SYN goes out in this poll's egress.
+        self.timers.mark_conn(handle);
+        self.timers.mark_stream(id);
         Ok(())
     }
 
@@ -94,7 +105,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn reset_connection(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         option: Option<tifid::FlowOptionRepr>,
     ) {
         let Some(conn) = self.conns.remove(&handle) else {
@@ -112,7 +123,9 @@ impl<D: Device> Stack<D> {
         if let Some(s) = conn.stream.and_then(|id| self.streams.get_mut(&id)) {
             s.release(handle);
         }
-        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.cells.socket_mut(handle).abort();
+        // Its RST goes out in this poll's egress.
+        self.timers.mark_conn(handle);
         self.resetting.push_back(Resetting {
             handle: Some(handle),
             tuple: conn.tuple,
@@ -126,13 +139,10 @@ impl<D: Device> Stack<D> {
     pub(super) fn reap_resets(&mut self, now: Instant) {
         for r in self.resetting.iter_mut() {
             if let Some(handle) = r.handle
-                && self
-                    .sockets
-                    .get::<tcp::Socket>(handle)
-                    .remote_endpoint()
-                    .is_none()
+                && self.cells.socket(handle).remote_endpoint().is_none()
             {
-                self.sockets.remove(handle);
+                self.cells.remove(handle);
+                self.timers.forget(Wake::Conn(handle));
                 r.handle = None;
             }
         }
@@ -150,15 +160,21 @@ impl<D: Device> Stack<D> {
         }
     }
 
+    /// Removes a connection's cell (interface and socket) and its timer.
+    pub(super) fn remove_cell(&mut self, handle: ConnId) {
+        self.cells.remove(handle);
+        self.timers.forget(Wake::Conn(handle));
+    }
+
     /// Removes a connection's socket and bookkeeping without touching its stream's flow.
-    pub(super) fn drop_connection(&mut self, handle: SocketHandle) {
+    pub(super) fn drop_connection(&mut self, handle: ConnId) {
         self.forget_connection(handle);
-        self.sockets.remove(handle);
+        self.remove_cell(handle);
     }
 
     /// Removes a connection's bookkeeping (not its socket) without touching
     /// its stream's flow.
-    pub(super) fn forget_connection(&mut self, handle: SocketHandle) {
+    pub(super) fn forget_connection(&mut self, handle: ConnId) {
         if let Some(conn) = self.conns.remove(&handle) {
             self.unindex_tuple(&conn.tuple);
             if conn.half_open {
@@ -171,15 +187,18 @@ impl<D: Device> Stack<D> {
         }
     }
 
-    /// Per-connection checks after smoltcp ran: handshakes that ended,
+    /// Per-connection checks after smoltcp ran, on the connections marked
+    /// in this poll (and their streams are marked): handshakes that ended,
     /// connections that died.
     pub(super) fn service_connections(&mut self, now: Instant) {
-        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
-        for handle in handles {
+        for handle in self.timers.ready_conns() {
             let Some(conn) = self.conns.get_mut(&handle) else {
                 continue;
             };
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            if let Some(id) = conn.stream {
+                self.timers.mark_stream(id);
+            }
+            let socket = self.cells.socket_mut(handle);
             let state = socket.state();
             if state == tcp::State::LastAck {
                 conn.was_last_ack = true;

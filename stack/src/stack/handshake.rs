@@ -12,25 +12,29 @@ impl<D: Device> Stack<D> {
             self.device.deliver(packet);
             return;
         };
+        let tuple = seg.tuple_at_receiver();
+        let known = self.by_tuple.get(&tuple).copied();
         // Act only on what smoltcp will accept too: a SYN or RST with a bad
         // checksum must not change any state (it is passed on and dropped there).
         if (seg.syn || seg.rst) && !segment::checksum_ok(&packet) {
-            self.device.deliver(packet);
+            self.deliver_for(known, packet);
             return;
         }
-        let tuple = seg.tuple_at_receiver();
-        if let Some(&handle) = self.by_tuple.get(&tuple) {
+        if let Some(handle) = known {
             // A segment that may end a handshake phase must be one smoltcp accepts.
             let handshaking = self
                 .conns
                 .get(&handle)
                 .is_some_and(|c| !matches!(c.phase, Phase::Open));
             if handshaking && !segment::checksum_ok(&packet) {
-                self.device.deliver(packet);
+                self.deliver_for(known, packet);
                 return;
             }
             if self.on_connection_segment(now, handle, &seg) {
-                self.device.deliver(packet);
+                // The segment may have ended the connection's cell (a
+                // refused resume): then smoltcp's default answer applies.
+                let cell = self.by_tuple.get(&tuple).copied();
+                self.deliver_for(cell, packet);
             } else {
                 self.device.recycle(packet);
             }
@@ -39,16 +43,23 @@ impl<D: Device> Stack<D> {
         let is_new_syn = seg.syn && !seg.ack && !seg.rst;
         let ours = *tuple.local.ip() == self.config.address;
         if is_new_syn && ours && self.listeners.contains_key(&tuple.local.port()) {
+            if let Some(&cell) = self.pending_cells.get(&tuple) {
+                self.deliver_for(Some(cell), packet);
+                return;
+            }
             if self.pending.contains_key(&tuple) {
-                self.device.deliver(packet);
+                // Admitted, but no socket could be made for it.
+                self.device.recycle(packet);
                 return;
             }
             if !self.admit_syn(&seg) {
                 self.device.recycle(packet);
                 return;
             }
-            if self.on_new_syn(now, &seg) {
-                self.device.deliver(packet);
+            if self.on_new_syn(now, &seg)
+                && let Some(&cell) = self.pending_cells.get(&tuple)
+            {
+                self.deliver_for(Some(cell), packet);
             } else {
                 self.device.recycle(packet);
             }
@@ -57,11 +68,20 @@ impl<D: Device> Stack<D> {
         self.device.deliver(packet);
     }
 
+    /// Hands a packet to smoltcp: to its connection's interface, or to the
+    /// default one (which answers as a host without the connection).
+    fn deliver_for(&mut self, cell: Option<ConnId>, packet: Vec<u8>) {
+        match cell {
+            Some(cell) => self.device.deliver_to(cell.lane(), packet),
+            None => self.device.deliver(packet),
+        }
+    }
+
     /// A segment of a known connection. Returns whether smoltcp gets it.
     pub(super) fn on_connection_segment(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         seg: &Segment,
     ) -> bool {
         let max_gap = self.table.config().max_resume_gap;
@@ -170,7 +190,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn on_syn_ack_outcome(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         id: StreamId,
         tuple: FourTuple,
         seg: &Segment,
@@ -264,7 +284,7 @@ impl<D: Device> Stack<D> {
         }
     }
 
-    pub(super) fn fall_back(&mut self, handle: SocketHandle, id: StreamId, cause: FallbackCause) {
+    pub(super) fn fall_back(&mut self, handle: ConnId, id: StreamId, cause: FallbackCause) {
         if let Some(conn) = self.conns.get_mut(&handle) {
             conn.phase = Phase::Open;
             let tuple = conn.tuple;
@@ -350,7 +370,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn on_handshake_ack(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         seg: &Segment,
         responder: Responder,
     ) -> bool {
@@ -439,6 +459,9 @@ impl<D: Device> Stack<D> {
         let resume =
             matches!(&conn.phase, Phase::Confirming(i) | Phase::SynSent(Some(i)) if i.is_resume());
         let stream = conn.stream;
+        if let Some(id) = stream {
+            self.timers.mark_stream(id);
+        }
         warn!(local = %tuple.local, "flow option did not fit a segment");
         if resume {
             self.connection_failed(now, handle, FailureCause::OptionDidNotFit);

@@ -85,7 +85,7 @@ impl<D: Device> Stack<D> {
         let tifid = s.tifid;
         let conn = s.conn;
         let suspect = s.suspect;
-        let phase_of = |h: SocketHandle| self.conns.get(&h).map(|c| &c.phase);
+        let phase_of = |h: ConnId| self.conns.get(&h).map(|c| &c.phase);
         let attempt = conn.filter(|&h| matches!(phase_of(h), Some(Phase::SynSent(_))));
         // While a suspect is kept, the driver's "attached connection" is
         // the suspect (the module contract of `tifid::lifecycle`).
@@ -158,7 +158,7 @@ impl<D: Device> Stack<D> {
         &mut self,
         now: Instant,
         id: StreamId,
-        handle: SocketHandle,
+        handle: ConnId,
         cause: FailureCause,
         notify: bool,
     ) {
@@ -205,7 +205,7 @@ impl<D: Device> Stack<D> {
         &mut self,
         now: Instant,
         id: StreamId,
-        handle: SocketHandle,
+        handle: ConnId,
         cause: FailureCause,
     ) {
         self.pump(now, id, handle, PumpMode::Drain);
@@ -254,13 +254,7 @@ impl<D: Device> Stack<D> {
     /// good. What it delivered is kept (I1); its acknowledgements are not
     /// applied (the flow resends from what the peer names). No RST: the
     /// peer drops it when the resume is confirmed, or already has.
-    fn release_suspect(
-        &mut self,
-        now: Instant,
-        id: StreamId,
-        handle: SocketHandle,
-        cause: FailureCause,
-    ) {
+    fn release_suspect(&mut self, now: Instant, id: StreamId, handle: ConnId, cause: FailureCause) {
         self.pump(now, id, handle, PumpMode::DrainReceived);
         debug!(%cause, "suspected connection released");
         self.drop_connection(handle);
@@ -277,7 +271,7 @@ impl<D: Device> Stack<D> {
             return;
         };
         let reset = conn.reset;
-        let state = self.sockets.get::<tcp::Socket>(handle).state();
+        let state = self.cells.socket(handle).state();
         if state == tcp::State::Closed {
             let input = match reset {
                 Some(ResetKind::Aborted) => Input::PeerAborted,
@@ -324,12 +318,7 @@ impl<D: Device> Stack<D> {
     /// changed, option did not fit). Handshakes that never made a stream's
     /// connection end the stream (connect refused); everything else goes to
     /// the driver.
-    pub(super) fn connection_failed(
-        &mut self,
-        now: Instant,
-        handle: SocketHandle,
-        cause: FailureCause,
-    ) {
+    pub(super) fn connection_failed(&mut self, now: Instant, handle: ConnId, cause: FailureCause) {
         let Some(conn) = self.conns.get(&handle) else {
             return;
         };
@@ -480,18 +469,12 @@ impl<D: Device> Stack<D> {
     }
 
     /// What the stream's connection shows, for its driver.
-    fn service_connection(
-        &mut self,
-        now: Instant,
-        id: StreamId,
-        handle: SocketHandle,
-        progress: bool,
-    ) {
+    fn service_connection(&mut self, now: Instant, id: StreamId, handle: ConnId, progress: bool) {
         let connect_timeout = smol(self.config.connect_timeout);
         let (Some(s), Some(conn)) = (self.streams.get_mut(&id), self.conns.get(&handle)) else {
             return;
         };
-        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let socket = self.cells.socket(handle);
         let state = socket.state();
         let ti = s.tifid.is_some() && matches!(s.mode, StreamMode::Known(Mode::Resilient { .. }));
         let done = s.eof && s.fin_acked;
@@ -580,6 +563,7 @@ impl<D: Device> Stack<D> {
             || (s.eof && s.fin_acked)
             || s.life.as_ref().is_none_or(|l| l.state().is_final());
         if s.abandoned && s.conn.is_none() && s.suspect.is_none() && ended {
+            self.timers.forget(Wake::Stream(id));
             if let Some(s) = self.streams.remove(&id)
                 && let Some(tifid) = s.tifid
             {

@@ -41,10 +41,10 @@ impl<D: Device> Stack<D> {
     /// path works and this connection is only congested (its losses wait
     /// for TCP's retransmission timer, 1 s in smoltcp, and its probes can
     /// drop in a full queue): it gets `stall_timeout` instead.
-    fn budget(&self, now: Instant, handle: SocketHandle) -> Option<Budget> {
+    fn budget(&self, now: Instant, handle: ConnId) -> Option<Budget> {
         let conn = self.conns.get(&handle)?;
         let s = conn.stream.and_then(|id| self.streams.get(&id))?;
-        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let socket = self.cells.socket(handle);
         let fin_unacked = conn.fin_pushed && !s.fin_acked;
         let outstanding = (socket.send_queue() > 0 && !conn.peer_window_zero) || fin_unacked;
         let (stall_max, keepalive) = (self.config.stall_timeout, self.config.keepalive);
@@ -106,7 +106,7 @@ impl<D: Device> Stack<D> {
         &mut self,
         now: Instant,
         id: StreamId,
-        handle: SocketHandle,
+        handle: ConnId,
         progress: bool,
     ) {
         if progress && let Some(conn) = self.conns.get_mut(&handle) {
@@ -126,7 +126,7 @@ impl<D: Device> Stack<D> {
         if ti {
             // Our probes watch TI connections: smoltcp's keepalives would
             // only double them.
-            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            let socket = self.cells.socket_mut(handle);
             if socket.keep_alive().is_some() {
                 socket.set_keep_alive(None);
             }
@@ -137,7 +137,7 @@ impl<D: Device> Stack<D> {
     }
 
     /// When the connection's next probe is due.
-    fn probe_due(&self, handle: SocketHandle, budget: &Budget) -> Option<Instant> {
+    fn probe_due(&self, handle: ConnId, budget: &Budget) -> Option<Instant> {
         let conn = self.conns.get(&handle)?;
         conn.iss?;
         // While confirming, every segment must carry our option: a probe
@@ -160,7 +160,7 @@ impl<D: Device> Stack<D> {
     }
 
     /// Sends the peer a keepalive probe (one old byte) that it must answer. An answer with nothing new doubles the next interval.
-    fn probe(&mut self, now: Instant, handle: SocketHandle) {
+    fn probe(&mut self, now: Instant, handle: ConnId) {
         let Some(window) = self.seq_window(handle) else {
             return;
         };

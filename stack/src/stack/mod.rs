@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use tifid::handshake::{
     ConfirmOutcome, FallbackCause, Initiator, LostCause, Mode, RefuseReason, Responder,
     ResponderPolicy, RstOutcome, SynAckOutcome, SynDecision,
@@ -27,6 +27,7 @@ use tifid::{Flow, FlowTable, Role, Seq48, TableConfig, Tifid, Timestamp};
 use tracing::{debug, info, warn};
 
 mod accept;
+mod cells;
 mod conns;
 mod half_open;
 mod handshake;
@@ -37,13 +38,16 @@ mod ports;
 mod pump;
 mod resources;
 mod syn_queue;
+mod timers;
 mod validate;
 
 pub use resources::Resources;
 
 use accept::AdmissionStats;
+use cells::{Addressing, Cells, ConnId};
 use half_open::{Attempt, HalfOpen};
 use syn_queue::{RetryFilter, SynQueue};
+use timers::{Timers, Wake};
 
 use crate::boundary::{Boundary, BoundaryStats, EgressEvent};
 use crate::config::StackConfig;
@@ -218,7 +222,7 @@ enum ResetKind {
 /// break).
 #[derive(Debug, Clone, Copy)]
 struct Suspect {
-    handle: SocketHandle,
+    handle: ConnId,
     /// What made it suspect: a stall is cleared only by an acknowledgement,
     /// a silent path by anything new.
     cause: tifid::lifecycle::FailureCause,
@@ -230,7 +234,7 @@ struct StreamState {
     role: Role,
     peer: SocketAddrV4,
     tifid: Option<Tifid>,
-    conn: Option<SocketHandle>,
+    conn: Option<ConnId>,
     /// Initiator, make before break: the connection that stalled or went
     /// silent, kept while resume attempts run (in `conn`).
     suspect: Option<Suspect>,
@@ -266,7 +270,7 @@ struct StreamState {
 impl StreamState {
     /// The stream no longer uses connection `handle` (attached, attempt or
     /// suspect).
-    fn release(&mut self, handle: SocketHandle) {
+    fn release(&mut self, handle: ConnId) {
         if self.conn == Some(handle) {
             self.conn = None;
         }
@@ -282,7 +286,7 @@ impl StreamState {
     fn reattach(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         send_from: Seq48,
         dropped: u64,
     ) -> (Duration, u64) {
@@ -326,15 +330,19 @@ struct ListenerState {
 /// One host's stack: smoltcp interface, sockets, boundary and flow table.
 pub struct Stack<D: Device> {
     config: StackConfig,
-    iface: Interface,
     device: Boundary<D>,
-    sockets: SocketSet<'static>,
+    /// One smoltcp interface per connection, and the default one.
+    cells: Cells,
+    /// Every deadline, and what this poll must visit.
+    timers: Timers,
     table: FlowTable,
     rng: StdRng,
-    conns: HashMap<SocketHandle, Conn>,
-    by_tuple: HashMap<FourTuple, SocketHandle>,
+    conns: HashMap<ConnId, Conn>,
+    by_tuple: HashMap<FourTuple, ConnId>,
     pending: HashMap<FourTuple, Option<Responder>>,
-    fresh_listeners: Vec<(SocketHandle, u16)>,
+    /// The fresh listener of each SYN admitted in this poll.
+    pending_cells: HashMap<FourTuple, ConnId>,
+    fresh_listeners: Vec<(ConnId, u16)>,
     streams: HashMap<StreamId, StreamState>,
     by_tifid: HashMap<Tifid, StreamId>,
     listeners: HashMap<u16, ListenerState>,
@@ -345,7 +353,7 @@ pub struct Stack<D: Device> {
     half_open: HalfOpen,
     /// Sockets of dropped handshakes, reused as fresh listeners in this
     /// poll (freed at its end).
-    spare_sockets: Vec<SocketHandle>,
+    spare_sockets: Vec<ConnId>,
     /// New SYNs read but not yet inspected.
     syn_queue: SynQueue,
     /// Tuples whose SYN was dropped unanswered lately.
@@ -373,7 +381,7 @@ const RESET_LINGER: SmolDuration = SmolDuration::from_secs(2);
 /// the option rule is dropped.
 #[derive(Debug)]
 struct Resetting {
-    handle: Option<SocketHandle>,
+    handle: Option<ConnId>,
     tuple: FourTuple,
     until: Instant,
     /// The tuple's local port stays held (not handed out to a new
@@ -414,20 +422,15 @@ impl<D: Device> Stack<D> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        // smoltcp derives TCP initial sequence numbers from this seed: a
-        // constant one makes them predictable to off-path attackers.
-        let mut iface_config = Config::new(HardwareAddress::Ip);
-        iface_config.random_seed = rng.random();
-        let mut iface = Interface::new(iface_config, &mut device, now);
-        iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(
-                IpAddress::Ipv4(config.address),
-                config.prefix_len,
-            ));
-        });
-        if let Some(gw) = config.gateway {
-            let _ = iface.routes_mut().add_default_ipv4_route(gw);
-        }
+        // smoltcp derives TCP initial sequence numbers from each
+        // interface's seed: a constant one makes them predictable to
+        // off-path attackers.
+        let addressing = Addressing {
+            address: config.address,
+            prefix_len: config.prefix_len,
+            gateway: config.gateway,
+        };
+        let cells = Cells::new(addressing, rng.random(), &mut device, now);
         // Its own generator: drawing from `rng` would change every later
         // port, TIFID and ISN of a seeded simulation.
         let mut filter_rng = match config.seed {
@@ -445,14 +448,15 @@ impl<D: Device> Stack<D> {
         let ports = ports::Ports::new(config.ephemeral_ports.clone());
         Stack {
             config,
-            iface,
             device,
-            sockets: SocketSet::new(Vec::new()),
+            cells,
+            timers: Timers::default(),
             table,
             rng,
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             pending: HashMap::new(),
+            pending_cells: HashMap::new(),
             fresh_listeners: Vec::new(),
             streams: HashMap::new(),
             by_tifid: HashMap::new(),
@@ -507,13 +511,18 @@ impl<D: Device> Stack<D> {
         info!(%address, "address changed");
         self.config.address = address;
         self.config.prefix_len = prefix_len;
-        self.iface.update_ip_addrs(|addrs| {
-            addrs.clear();
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), prefix_len));
+        self.cells.set_addressing(Addressing {
+            address,
+            prefix_len,
+            gateway: self.config.gateway,
         });
-        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        let handles: Vec<ConnId> = self.conns.keys().copied().collect();
         for handle in handles {
             self.connection_failed(now, handle, tifid::lifecycle::FailureCause::AddressChanged);
+        }
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.wake_stream(id);
         }
     }
 
@@ -563,8 +572,12 @@ impl<D: Device> Stack<D> {
             .get_mut(&listener.0)
             .ok_or(StreamError::NoSuchStream)?;
         let id = state.accept_queue.pop_front();
-        if let Some(s) = id.and_then(|id| self.streams.get_mut(&id)) {
-            s.awaiting_accept = false;
+        if let Some(id) = id {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.awaiting_accept = false;
+            }
+            // Accepted: its socket's bytes may now come out.
+            self.wake_stream(id);
         }
         Ok(id)
     }
@@ -585,6 +598,9 @@ impl<D: Device> Stack<D> {
         if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
             let _ = flow.on_write(n as u64);
         }
+        if n > 0 {
+            self.wake_stream(id);
+        }
         Ok(n)
     }
 
@@ -599,6 +615,8 @@ impl<D: Device> Stack<D> {
             data[..from_front].copy_from_slice(&front[..from_front]);
             data[from_front..n].copy_from_slice(&back[..n - from_front]);
             s.recv_buf.drain(..n);
+            // Room in the receive buffer: more can come out of the socket.
+            self.wake_stream(id);
             return Ok(Some(n));
         }
         if s.eof {
@@ -629,6 +647,7 @@ impl<D: Device> Stack<D> {
 
     /// Ends our sending direction after the queued bytes (a TI FIN).
     pub fn shutdown_write(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.wake_stream(id);
         let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
         if !s.shutdown_write {
             s.shutdown_write = true;
@@ -713,6 +732,7 @@ impl<D: Device> Stack<D> {
             .is_some_and(|c| matches!(c.phase, Phase::Open | Phase::Confirming(_)));
         if carried && let Some(s) = self.streams.get_mut(&id) {
             s.fail_requested = true;
+            self.wake_stream(id);
         }
         Ok(())
     }
@@ -725,6 +745,7 @@ impl<D: Device> Stack<D> {
         if !self.streams.contains_key(&id) {
             return Err(StreamError::NoSuchStream);
         }
+        self.wake_stream(id);
         self.abort_stream(now, id);
         Ok(())
     }
@@ -750,29 +771,22 @@ impl<D: Device> Stack<D> {
             s.abandoned = true;
             s.awaiting_accept = false;
         }
+        self.wake_stream(id);
     }
 
-    /// When the stack next needs a poll, at the latest.
+    /// When the stack next needs a poll, at the latest (at most a second
+    /// ahead). Costs no walk over connections: the timer table holds every
+    /// deadline.
     pub fn poll_at(&mut self, now: Instant) -> Instant {
-        let mut at = match self.iface.poll_delay(now, &self.sockets) {
-            Some(d) => now + d,
-            None => now + SmolDuration::from_millis(1000),
-        };
-        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
-        for id in ids {
-            if let Some(deadline) = self.life_deadline(id) {
-                at = at.min(deadline.max(now + SmolDuration::from_micros(1)));
-            }
-            if let Some(probe) = self.probe_deadline(now, id)
-                && probe > now
-            {
-                at = at.min(probe);
-            }
+        let mut at = now + SmolDuration::from_millis(1000);
+        if let Some(deadline) = self.timers.next() {
+            at = at.min(deadline);
         }
         if let Some(deadline) = self.half_open_deadline() {
             at = at.min(deadline);
         }
-        if self.device.pending_ingress() > 0 || self.syns_waiting() {
+        if self.device.pending_ingress() > 0 || self.syns_waiting() || self.timers.anything_ready()
+        {
             at = now;
         }
         at.max(now)
@@ -785,8 +799,8 @@ impl<D: Device> Stack<D> {
     pub fn poll(&mut self, now: Instant) -> bool {
         TS_CLOCK_MS.with(|c| c.set(ts_clock_ms(now)));
         let mut activity = self.take_ingress(now);
-        activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
-            != smoltcp::iface::PollResult::None;
+        self.timers.wake_due(now);
+        activity |= self.poll_interfaces(now);
         self.bind_fresh_listeners(now);
         self.expire_half_open(now);
         self.reap_resets(now);
@@ -794,17 +808,30 @@ impl<D: Device> Stack<D> {
         for event in self.device.take_events() {
             self.on_egress_event(now, event);
         }
-        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
-        for id in ids {
+        let streams = self.timers.take_ready_streams();
+        for &id in &streams {
             self.service_stream(now, id);
+            if let Some(s) = self.streams.get(&id) {
+                for handle in s.conn.into_iter().chain(s.suspect.map(|s| s.handle)) {
+                    self.timers.mark_conn(handle);
+                }
+            }
         }
-        activity |= self.iface.poll(now, &mut self.device, &mut self.sockets)
-            != smoltcp::iface::PollResult::None;
+        activity |= self.poll_egress(now);
+        for handle in self.timers.take_ready_conns() {
+            let at = self.cells.poll_delay(handle, now).map(|d| now + d);
+            self.timers.set(Wake::Conn(handle), at);
+        }
+        for id in streams {
+            let at = self.stream_deadline(now, id);
+            self.timers.set(Wake::Stream(id), at);
+        }
         for tifid in self.table.expire(self.ts(now)) {
             debug!(%tifid, "flow entry removed");
             let Some(id) = self.by_tifid.remove(&tifid) else {
                 continue;
             };
+            self.wake_stream(id);
             if self.only_our_fin_unconfirmed(id) {
                 // Every byte went both ways and the peer's FIN arrived: the
                 // peer finished the flow and only the ACK of our FIN was lost
@@ -827,6 +854,67 @@ impl<D: Device> Stack<D> {
         activity
     }
 
+    /// Runs smoltcp: each lane's waiting packets through its interface,
+    /// in arrival order (their connections are marked for this poll), then
+    /// the egress of every marked connection.
+    fn poll_interfaces(&mut self, now: Instant) -> bool {
+        let mut activity = false;
+        while let Some(lane) = self.device.next_rx_lane() {
+            let waiting = self.device.pending_ingress();
+            activity |= self.cells.poll_lane(lane, now, &mut self.device);
+            if let Some(handle) = self.cells.conn_of_lane(lane) {
+                self.timers.mark_conn(handle);
+            }
+            if self.device.pending_ingress() == waiting {
+                // The device below refused to transmit: smoltcp takes no
+                // packet until it has room (the next poll).
+                break;
+            }
+        }
+        activity | self.poll_egress(now)
+    }
+
+    /// Sends what the marked connections have to send.
+    fn poll_egress(&mut self, now: Instant) -> bool {
+        let mut activity = false;
+        for handle in self.timers.ready_conns() {
+            activity |= self.cells.poll_cell(handle, now, &mut self.device);
+        }
+        activity
+    }
+
+    /// When a stream next needs a visit without a packet or a call: its
+    /// driver's deadline, its next probe, the end of its connect timeout.
+    fn stream_deadline(&self, now: Instant, id: StreamId) -> Option<Instant> {
+        let s = self.streams.get(&id)?;
+        let mut at = self
+            .life_deadline(id)
+            .map(|d| d.max(now + SmolDuration::from_micros(1)));
+        if let Some(probe) = self.probe_deadline(now, id)
+            && probe > now
+        {
+            at = Some(at.map_or(probe, |a| a.min(probe)));
+        }
+        if s.life.is_none()
+            && let Some(conn) = s.conn.and_then(|h| self.conns.get(&h))
+        {
+            let timeout = conn.created + smol(self.config.connect_timeout);
+            at = Some(at.map_or(timeout, |a| a.min(timeout)));
+        }
+        at
+    }
+
+    /// Marks a stream and its connections for the next poll (an
+    /// application call changed what it has to do).
+    fn wake_stream(&mut self, id: StreamId) {
+        self.timers.mark_stream(id);
+        if let Some(s) = self.streams.get(&id) {
+            for handle in s.conn.into_iter().chain(s.suspect.map(|s| s.handle)) {
+                self.timers.mark_conn(handle);
+            }
+        }
+    }
+
     // ------------------------------------------------------------ ingress
 
     // ------------------------------------------------------ connections
@@ -836,6 +924,7 @@ impl<D: Device> Stack<D> {
     fn new_stream(&mut self, role: Role, peer: SocketAddrV4, _now: Instant) -> StreamId {
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
+        self.timers.mark_stream(id);
         self.streams.insert(
             id,
             StreamState {

@@ -64,7 +64,7 @@ impl<D: Device> Stack<D> {
         &mut self,
         _now: Instant,
         id: StreamId,
-        handle: SocketHandle,
+        handle: ConnId,
         mode: PumpMode,
     ) -> Moved {
         let draining = mode.unbounded();
@@ -83,7 +83,7 @@ impl<D: Device> Stack<D> {
         } else {
             self.config.recv_buffer
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let socket = self.cells.socket_mut(handle);
         let flow = s.tifid.and_then(|t| self.table.get_mut(t));
         let mut flow = flow;
 

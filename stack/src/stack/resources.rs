@@ -47,7 +47,7 @@ impl<D: Device> Stack<D> {
     /// status displays, not for every poll.
     pub fn resources(&self) -> Resources {
         Resources {
-            sockets: self.sockets.iter().count(),
+            sockets: self.cells.len(),
             half_open: self.half_open.len(),
             accept_queued: self.listeners.values().map(|l| l.accept_queue.len()).sum(),
             streams: self.streams.len(),

@@ -15,10 +15,10 @@ impl<D: Device> Stack<D> {
     /// smoltcp: `rcv_nxt` exactly (the peer's ISN, the bytes taken out of
     /// the socket and those waiting in it, its FIN), the send side and the
     /// window as bounds.
-    pub(super) fn seq_window(&self, handle: SocketHandle) -> Option<SeqWindow> {
+    pub(super) fn seq_window(&self, handle: ConnId) -> Option<SeqWindow> {
         let conn = self.conns.get(&handle)?;
         let (iss, irs) = (conn.iss?, conn.irs?);
-        let socket = self.sockets.get::<tcp::Socket>(handle);
+        let socket = self.cells.socket(handle);
         let fin_in = matches!(
             socket.state(),
             tcp::State::CloseWait
@@ -45,7 +45,7 @@ impl<D: Device> Stack<D> {
     pub(super) fn on_synchronized_segment(
         &mut self,
         now: Instant,
-        handle: SocketHandle,
+        handle: ConnId,
         seg: &Segment,
     ) -> bool {
         let Some(window) = self.seq_window(handle) else {
@@ -138,7 +138,7 @@ impl<D: Device> Stack<D> {
         &mut self,
         now: Instant,
         id: StreamId,
-        handle: SocketHandle,
+        handle: ConnId,
         seg: &Segment,
         len: u32,
         window: &SeqWindow,
@@ -166,7 +166,7 @@ impl<D: Device> Stack<D> {
     /// What an acceptable RST says: our option with this flow's TIFID and
     /// zero positions aborts the flow, with positions it says the peer
     /// abandoned the connection; anything else is a bare reset.
-    fn reset_kind(&self, handle: SocketHandle, seg: &Segment) -> ResetKind {
+    fn reset_kind(&self, handle: ConnId, seg: &Segment) -> ResetKind {
         let tifid = self
             .conns
             .get(&handle)
@@ -189,7 +189,7 @@ impl<D: Device> Stack<D> {
     /// Its sequence number is one below `snd_una`, so the peer never takes
     /// its window field; a peer that really lost the connection answers
     /// with a RST at exactly `rcv_nxt`.
-    fn send_challenge_ack(&mut self, now: Instant, handle: SocketHandle, window: &SeqWindow) {
+    fn send_challenge_ack(&mut self, now: Instant, handle: ConnId, window: &SeqWindow) {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
