@@ -1,4 +1,5 @@
 //! `tiflow bench connect --quick`, `reconnect --quick`, `tuning --quick`,
+//! `scale --quick` (in memory),
 //! `recovery --quick` and its no-fault check as a user runs them: the built
 //! binary, real namespaces and TUN devices (root needed: without it the
 //! test fails with the reason). Checks the files and their shape, never the timings.
@@ -407,4 +408,36 @@ fn bench_recovery_quick_writes_csv_report_and_svg_and_ti_is_byte_exact() {
         &["nat-flush", "blackhole-1s", "plain TCP"],
     );
     assert_no_namespaces_left(pid);
+}
+
+/// `tiflow bench scale --quick`: in memory (no root), both modes, both
+/// counts, every round a row with a positive cost; report and plot written.
+#[test]
+fn bench_scale_quick_writes_csv_report_and_svg() {
+    let out = out_dir("scale-quick");
+    let (stdout, _) = run_bench("scale", &out);
+    let (header, rows) = csv(&out.join("scale.csv"));
+    assert_eq!(
+        rows.len(),
+        2 * 2 * 3,
+        "2 modes x N in {{1, 100}} x 3 rounds"
+    );
+    let modes: BTreeSet<&str> = column(&header, &rows, "mode").into_iter().collect();
+    assert_eq!(modes, BTreeSet::from(["legacy", "ti"]));
+    let counts: BTreeSet<&str> = column(&header, &rows, "connections").into_iter().collect();
+    assert_eq!(counts, BTreeSet::from(["1", "100"]));
+    for name in ["per_packet_ns", "idle_poll_ns"] {
+        for v in column(&header, &rows, name) {
+            let v: f64 = v.parse().unwrap_or_else(|e| panic!("{name} {v:?}: {e}"));
+            assert!(v > 0.0, "{name} must be a measured cost, got {v}");
+        }
+    }
+    let report = std::fs::read_to_string(out.join("scale-report.txt")).expect("report");
+    assert!(report.starts_with("command: "), "{report}");
+    assert!(
+        report.contains("the interval is the range"),
+        "3 rounds are labelled a range: {report}"
+    );
+    assert!(stdout.contains("per packet"), "{stdout}");
+    assert_svg(&out.join("scale.svg"), &["ti", "legacy"]);
 }
