@@ -278,11 +278,16 @@ pub struct ResultsFiles {
     pub recovery_report: String,
     /// `recovery-summary.csv`.
     pub recovery_summary: String,
+    /// `scale-report.txt`.
+    pub scale_report: String,
+    /// `scale-before-cells-report.txt` (the same benchmark before the
+    /// connection cells and the timer table).
+    pub scale_before_report: String,
 }
 
 impl ResultsFiles {
     /// The file names, in the order of the fields.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 11] = [
         "criterion.txt",
         "all-report.txt",
         "reconnect-report.txt",
@@ -292,6 +297,8 @@ impl ResultsFiles {
         "tuning-report.txt",
         "recovery-report.txt",
         "recovery-summary.csv",
+        "scale-report.txt",
+        "scale-before-cells-report.txt",
     ];
 
     /// Reads them from `dir`.
@@ -311,6 +318,8 @@ impl ResultsFiles {
             tuning_report: read(Self::NAMES[6])?,
             recovery_report: read(Self::NAMES[7])?,
             recovery_summary: read(Self::NAMES[8])?,
+            scale_report: read(Self::NAMES[9])?,
+            scale_before_report: read(Self::NAMES[10])?,
         })
     }
 }
@@ -385,7 +394,30 @@ pub fn generate(files: &ResultsFiles) -> Result<Vec<Region>, String> {
             name: "recovery-targets",
             text: code_block(&section(&files.recovery_report, "== targets")?),
         },
+        Region {
+            name: "scale",
+            text: scale_blocks(&files.scale_report, &files.scale_before_report)?,
+        },
     ])
+}
+
+/// The scale benchmark's tables, after and before the connection cells,
+/// with the goal's verdicts, as written in the files.
+pub fn scale_blocks(after: &str, before: &str) -> Result<String, String> {
+    let mut lines = section(after, "== scale")?;
+    lines.push("");
+    lines.extend(section(after, "goal:")?);
+    let mut s = format!(
+        "`benches/results/scale-report.txt` (`{}`):\n\n",
+        command_of(after).ok_or("scale-report.txt has no command: line")?
+    );
+    s += &code_block(&lines);
+    s += &format!(
+        "\nBefore the connection cells, `benches/results/scale-before-cells-report.txt` (`{}`):\n\n",
+        command_of(before).ok_or("scale-before-cells-report.txt has no command: line")?
+    );
+    s += &code_block(&section(before, "== scale")?);
+    Ok(s)
 }
 
 fn code_block(lines: &[&str]) -> String {
