@@ -4,10 +4,14 @@
 //! Owns the driver thread, the monotonic clock and the locking: the stack
 //! sits behind one mutex; application calls lock it, act, and poll the stack
 //! at once (so a write leaves without waiting for the driver), then sleep on
-//! a condition variable the driver signals after every poll. The driver
+//! their stream's condition variable, which a poll signals only when it
+//! visited that stream ([`Stack::take_woken`]): a thousand idle streams'
+//! threads stay asleep. Listeners wait on one shared condition variable,
+//! signalled after every poll. The driver
 //! sleeps on the device (fd or queue) until a packet or the stack's next
 //! deadline. It never makes a protocol decision.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +53,10 @@ impl Clock {
 struct Shared<D: Device + Wait> {
     stack: Mutex<Stack<D>>,
     waiter: Waiter,
+    /// Listeners' waits (every poll signals it).
     changed: Condvar,
+    /// Each stream's waits, signalled when a poll visited the stream.
+    stream_waits: Mutex<HashMap<StreamId, Arc<Condvar>>>,
     stopping: AtomicBool,
     clock: Clock,
 }
@@ -70,18 +77,42 @@ impl<D: Device + Wait> Shared<D> {
         // Packets held by the device (a delay line) or timers set by this
         // call may be due before the driver's current sleep ends.
         let wake_driver = stack.device().next_deadline().is_some();
+        let woken = stack.take_woken();
         drop(stack);
         if wake_driver {
             self.waiter.wake();
         }
-        self.changed.notify_all();
+        self.notify(&woken);
         result
     }
 
-    /// Blocks until `ready` returns `Some`, the timeout passes or the
-    /// runtime stops.
+    /// Signals the waits of the `woken` streams, and the listeners'.
+    fn notify(&self, woken: &[StreamId]) {
+        if !woken.is_empty() {
+            let waits = self.stream_waits.lock().unwrap_or_else(|e| e.into_inner());
+            for id in woken {
+                if let Some(cv) = waits.get(id) {
+                    cv.notify_all();
+                }
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Signals every wait (the runtime stops).
+    fn notify_everyone(&self) {
+        let waits = self.stream_waits.lock().unwrap_or_else(|e| e.into_inner());
+        for cv in waits.values() {
+            cv.notify_all();
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks on `cv` until `ready` returns `Some`, the timeout passes or
+    /// the runtime stops (`ready` is checked again at least every 100 ms).
     fn wait_for<R>(
         &self,
+        cv: &Condvar,
         timeout: Option<Duration>,
         mut ready: impl FnMut(&mut Stack<D>) -> Option<R>,
     ) -> Result<Option<R>, StreamError> {
@@ -101,8 +132,7 @@ impl<D: Device + Wait> Shared<D> {
                 },
                 None => Duration::from_millis(100),
             };
-            stack = self
-                .changed
+            stack = cv
                 .wait_timeout(stack, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -133,6 +163,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
             stack: Mutex::new(stack),
             waiter,
             changed: Condvar::new(),
+            stream_waits: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             clock,
         });
@@ -152,12 +183,14 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
         let stream = TiStream::new(self.shared.clone(), id);
         let timeout = self.shared.lock().config().connect_timeout + Duration::from_secs(1);
-        let outcome = self.shared.wait_for(Some(timeout), |stack| {
-            if let Some(e) = stack.error(id) {
-                return Some(Err(e));
-            }
-            stack.is_connected(id).then_some(Ok(()))
-        })?;
+        let outcome = self
+            .shared
+            .wait_for(stream.wait(), Some(timeout), |stack| {
+                if let Some(e) = stack.error(id) {
+                    return Some(Err(e));
+                }
+                stack.is_connected(id).then_some(Ok(()))
+            })?;
         match outcome {
             Some(Ok(())) => Ok(stream),
             Some(Err(e)) => Err(e),
@@ -198,7 +231,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     fn stop_driver(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.waiter.wake();
-        self.shared.changed.notify_all();
+        self.shared.notify_everyone();
         if let Some(driver) = self.driver.take()
             && driver.join().is_err()
         {
@@ -229,9 +262,11 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, spin_below: Duration) {
             if let Some(deadline) = stack.device().next_deadline() {
                 next = next.min(deadline);
             }
+            let woken = stack.take_woken();
+            drop(stack);
+            shared.notify(&woken);
             Duration::from_micros((next - now).total_micros()).min(MAX_SLEEP)
         };
-        shared.changed.notify_all();
         if sleep.is_zero() || sleep < spin_below {
             // Waking from a sleep takes tens of microseconds; a deadline this
             // close is met by polling again.
@@ -248,10 +283,17 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, spin_below: Duration) {
 struct StreamRef<D: Device + Wait> {
     shared: Arc<Shared<D>>,
     id: StreamId,
+    /// This stream's waits (registered in `Shared::stream_waits`).
+    wait: Arc<Condvar>,
 }
 
 impl<D: Device + Wait> Drop for StreamRef<D> {
     fn drop(&mut self) {
+        self.shared
+            .stream_waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         self.shared.act(|stack, now| stack.close(now, self.id));
     }
 }
@@ -265,14 +307,25 @@ pub struct TiStream<D: Device + Wait> {
 
 impl<D: Device + Wait> TiStream<D> {
     fn new(shared: Arc<Shared<D>>, id: StreamId) -> TiStream<D> {
+        let wait = Arc::new(Condvar::new());
+        shared
+            .stream_waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, wait.clone());
         TiStream {
-            inner: Arc::new(StreamRef { shared, id }),
+            inner: Arc::new(StreamRef { shared, id, wait }),
             read_timeout: None,
         }
     }
 
     fn shared(&self) -> &Shared<D> {
         &self.inner.shared
+    }
+
+    /// The condition variable this stream's calls wait on.
+    fn wait(&self) -> &Condvar {
+        &self.inner.wait
     }
 
     fn id(&self) -> StreamId {
@@ -316,7 +369,7 @@ impl<D: Device + Wait> TiStream<D> {
     pub fn next_event(&self, timeout: Duration) -> Result<Option<StreamEvent>, StreamError> {
         let id = self.id();
         self.shared()
-            .wait_for(Some(timeout), |stack| stack.poll_event(id))
+            .wait_for(self.wait(), Some(timeout), |stack| stack.poll_event(id))
     }
 
     /// Abandons the current TCP connection as if a middlebox had killed it:
@@ -351,12 +404,14 @@ impl<D: Device + Wait> TiStream<D> {
     /// Waits until the peer's TCP acknowledged everything written, or `timeout`.
     pub fn wait_acknowledged(&self, timeout: Duration) -> Result<bool, StreamError> {
         let id = self.id();
-        let done = self.shared().wait_for(Some(timeout), |stack| {
-            if let Some(e) = stack.error(id) {
-                return Some(Err(e));
-            }
-            (stack.unacknowledged(id) == 0).then_some(Ok(()))
-        })?;
+        let done = self
+            .shared()
+            .wait_for(self.wait(), Some(timeout), |stack| {
+                if let Some(e) = stack.error(id) {
+                    return Some(Err(e));
+                }
+                (stack.unacknowledged(id) == 0).then_some(Ok(()))
+            })?;
         match done {
             Some(Ok(())) => Ok(true),
             Some(Err(e)) => Err(e),
@@ -383,10 +438,12 @@ impl<D: Device + Wait> Read for TiStream<D> {
         let id = self.id();
         let got = self
             .shared()
-            .wait_for(self.read_timeout, |stack| match stack.read(id, buf) {
-                Ok(Some(n)) => Some(Ok(n)),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
+            .wait_for(self.wait(), self.read_timeout, |stack| {
+                match stack.read(id, buf) {
+                    Ok(Some(n)) => Some(Ok(n)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
             })?;
         match got {
             Some(Ok(n)) => {
@@ -412,7 +469,7 @@ impl<D: Device + Wait> Write for TiStream<D> {
                 return Ok(n);
             }
             self.shared()
-                .wait_for(Some(Duration::from_millis(100)), |stack| {
+                .wait_for(self.wait(), Some(Duration::from_millis(100)), |stack| {
                     (stack.writable(id) > 0 || stack.error(id).is_some()).then_some(())
                 })?;
         }
@@ -449,10 +506,12 @@ impl<D: Device + Wait> TiListener<D> {
         let id = self.id;
         let got = self
             .shared
-            .wait_for(timeout, |stack| match stack.accept(id) {
-                Ok(Some(s)) => Some(Ok(s)),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
+            .wait_for(&self.shared.changed, timeout, |stack| {
+                match stack.accept(id) {
+                    Ok(Some(s)) => Some(Ok(s)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                }
             })?;
         match got {
             Some(Ok(s)) => Ok(Some(TiStream::new(self.shared.clone(), s))),

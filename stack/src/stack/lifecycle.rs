@@ -564,6 +564,7 @@ impl<D: Device> Stack<D> {
             || s.life.as_ref().is_none_or(|l| l.state().is_final());
         if s.abandoned && s.conn.is_none() && s.suspect.is_none() && ended {
             self.timers.forget(Wake::Stream(id));
+            self.woken.remove(&id);
             if let Some(s) = self.streams.remove(&id)
                 && let Some(tifid) = s.tifid
             {

@@ -335,6 +335,9 @@ pub struct Stack<D: Device> {
     cells: Cells,
     /// Every deadline, and what this poll must visit.
     timers: Timers,
+    /// Streams serviced by polls since the last [`Stack::take_woken`]:
+    /// whatever waits on them may go on.
+    woken: std::collections::BTreeSet<StreamId>,
     table: FlowTable,
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
@@ -451,6 +454,7 @@ impl<D: Device> Stack<D> {
             device,
             cells,
             timers: Timers::default(),
+            woken: std::collections::BTreeSet::new(),
             table,
             rng,
             conns: HashMap::new(),
@@ -774,6 +778,17 @@ impl<D: Device> Stack<D> {
         self.wake_stream(id);
     }
 
+    /// The streams polls visited since the last call (their bytes, events,
+    /// errors or mode may have changed): a runtime wakes only what waits on
+    /// them. Streams that no longer exist are left out.
+    pub fn take_woken(&mut self) -> Vec<StreamId> {
+        let woken = std::mem::take(&mut self.woken);
+        woken
+            .into_iter()
+            .filter(|id| self.streams.contains_key(id))
+            .collect()
+    }
+
     /// When the stack next needs a poll, at the latest (at most a second
     /// ahead). Costs no walk over connections: the timer table holds every
     /// deadline.
@@ -809,6 +824,7 @@ impl<D: Device> Stack<D> {
             self.on_egress_event(now, event);
         }
         let streams = self.timers.take_ready_streams();
+        self.woken.extend(streams.iter().copied());
         for &id in &streams {
             self.service_stream(now, id);
             if let Some(s) = self.streams.get(&id) {

@@ -203,6 +203,12 @@ fn exec(cmd: &mut Command) -> Result<Output, NetnsError> {
         command: command.clone(),
         source,
     })?;
+    succeeded(command, out)
+}
+
+/// `out` if its command exited successfully; otherwise an error carrying
+/// its stderr.
+fn succeeded(command: String, out: Output) -> Result<Output, NetnsError> {
     if out.status.success() {
         Ok(out)
     } else {
@@ -300,15 +306,7 @@ impl NetNs {
             let _ = stdin.write_all(input.as_bytes());
         }
         let out = child.wait_with_output().map_err(spawn_err)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(NetnsError::Failed {
-                command,
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
-        }
+        succeeded(command, out)
     }
 
     /// Runs `ip -n NAME args...`.

@@ -251,29 +251,7 @@ impl Point {
                 .map_err(|e| BenchError::io(format!("create {}", path.display()), e))?;
             let rt = Runtime::start(bench_config(site, ti), tun)
                 .map_err(|e| BenchError::io("start a server stack", e))?;
-            let closer = rt
-                .listen(CLOSE_PORT)
-                .map_err(BenchError::stream("listen"))?;
-            let echo = rt.listen(ECHO_PORT).map_err(BenchError::stream("listen"))?;
-            let threads = vec![
-                std::thread::spawn(move || {
-                    // Close right after accept; ends when the stack stops.
-                    while let Ok(stream) = closer.accept() {
-                        drop(stream);
-                    }
-                }),
-                std::thread::spawn(move || {
-                    // Workers end when the stack stops; joining them makes
-                    // sure the TUN is closed before the next point opens one.
-                    let mut workers = Vec::new();
-                    while let Ok(stream) = echo.accept() {
-                        workers.push(std::thread::spawn(move || echo_loop(stream)));
-                    }
-                    for w in workers {
-                        let _ = w.join();
-                    }
-                }),
-            ];
+            let threads = serve_close_and_echo(&rt)?;
             servers.push((rt, threads));
         }
         let half = rtt / 2;
@@ -550,6 +528,37 @@ pub(super) fn echo_byte(stream: &mut TiStream<LatencyDevice>, byte: u8) -> Resul
 }
 
 /// Echoes everything until the stream ends or fails.
+/// Listens on [`CLOSE_PORT`] (each connection closed right after accept)
+/// and [`ECHO_PORT`] (each echoed on a worker thread); returns the two
+/// accept threads, which end when the stack stops (the echo thread after
+/// joining its workers, so the TUN is closed before the next point opens
+/// one).
+pub(super) fn serve_close_and_echo<D>(rt: &Runtime<D>) -> Result<Vec<JoinHandle<()>>, BenchError>
+where
+    D: smoltcp::phy::Device + ti_stack::device::Wait + Send + 'static,
+{
+    let closer = rt
+        .listen(CLOSE_PORT)
+        .map_err(BenchError::stream("listen"))?;
+    let echo = rt.listen(ECHO_PORT).map_err(BenchError::stream("listen"))?;
+    Ok(vec![
+        std::thread::spawn(move || {
+            while let Ok(stream) = closer.accept() {
+                drop(stream);
+            }
+        }),
+        std::thread::spawn(move || {
+            let mut workers = Vec::new();
+            while let Ok(stream) = echo.accept() {
+                workers.push(std::thread::spawn(move || echo_loop(stream)));
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        }),
+    ])
+}
+
 pub(super) fn echo_loop<D: smoltcp::phy::Device + ti_stack::device::Wait>(mut stream: TiStream<D>) {
     let mut buf = [0u8; 4096];
     loop {

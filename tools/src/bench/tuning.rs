@@ -26,7 +26,7 @@ use ti_stack::device::tun::TunDevice;
 use ti_stack::{Runtime, StackConfig, StreamEvent, TiStream};
 
 use super::latency::{
-    CLOSE_PORT, ECHO_PORT, Peer, SAMPLE_TIMEOUT, check_mode, echo_byte, echo_loop,
+    CLOSE_PORT, ECHO_PORT, Peer, SAMPLE_TIMEOUT, check_mode, echo_byte, serve_close_and_echo,
 };
 use super::net::{LatencyDevice, Site, Testbed, latency_device, open_tun};
 use super::stats::{ratio_of_medians, summarize};
@@ -199,28 +199,7 @@ impl Pair {
             .map_err(|e| BenchError::io(format!("create {}", server_pcap.display()), e))?;
         let server = Runtime::start(config(server_site, low_latency), server_dev)
             .map_err(|e| BenchError::io("start a server stack", e))?;
-        let closer = server
-            .listen(CLOSE_PORT)
-            .map_err(BenchError::stream("listen"))?;
-        let echo = server
-            .listen(ECHO_PORT)
-            .map_err(BenchError::stream("listen"))?;
-        let threads = vec![
-            std::thread::spawn(move || {
-                while let Ok(stream) = closer.accept() {
-                    drop(stream);
-                }
-            }),
-            std::thread::spawn(move || {
-                let mut workers = Vec::new();
-                while let Ok(stream) = echo.accept() {
-                    workers.push(std::thread::spawn(move || echo_loop(stream)));
-                }
-                for w in workers {
-                    let _ = w.join();
-                }
-            }),
-        ];
+        let threads = serve_close_and_echo(&server)?;
         let client_tun = open_tun(&bed.a, &format!("tc{tag}{index}"), client_site)?;
         let client_dev = latency_device(client_tun, rtt / 2, &pcap_dir.join(name("client")))?;
         let client = match Runtime::start(config(client_site, low_latency), client_dev) {
