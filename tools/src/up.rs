@@ -652,6 +652,34 @@ pub fn stop_on_signals(stop: &Arc<AtomicBool>) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit: every carried
+/// connection holds a local socket (a login shell's soft limit is often
+/// 1024, which stops `tiflow up` at a few hundred connections). Says what
+/// it did; a failure leaves the limit as it was, with a warning.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return; // Already unlimited.
+    };
+    if hard.is_some_and(|h| h <= soft) {
+        info!(open_files = soft, "open-file limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: hard,
+        maximum: hard,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => info!(
+            from = soft,
+            to = hard.map_or_else(|| "unlimited".to_owned(), |h| h.to_string()),
+            "raised the open-file limit (soft to hard)"
+        ),
+        Err(e) => warn!(open_files = soft, error = %e, "could not raise the open-file limit"),
+    }
+}
+
 /// `tiflow up`: runs until SIGINT or SIGTERM (or stdin closing, when asked).
 pub fn run(args: &UpArgs) -> Result<(), UpError> {
     args.validate().map_err(UpError::Usage)?;
@@ -662,6 +690,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
     }
     host::require(&tools)?;
 
+    raise_open_file_limit();
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop).map_err(UpError::Signals)?;
     if args.exit_on_stdin_close {

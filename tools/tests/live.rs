@@ -490,3 +490,69 @@ fn a_thousand_forwarded_connections_leave_up_as_it_started() {
         );
     }
 }
+
+/// `tiflow up` started from a shell whose soft open-file limit is 1024 (a
+/// login shell's) raises it to the hard limit, says so, and its process
+/// runs with it.
+#[test]
+fn up_raises_the_open_file_limit_to_the_hard_limit() {
+    require_root(&[("ip", "iproute2")]);
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .expect("limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .expect("the hard open-file limit");
+    assert_ne!(hard, "1024", "the test needs a hard limit above 1024");
+    let scratch = Scratch::new("nofile");
+    let ns = NetNs::create("tfnf").expect("ns");
+    let log = scratch.path("up.log");
+    let control = scratch.path("up.sock");
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let script = format!(
+        "ulimit -Sn 1024 && exec ip netns exec {} {TIFLOW} -v up --exit-on-stdin-close --control {} --tun tfnf0",
+        ns.name(),
+        control.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start tiflow up");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ti_tools::control::status(&control).is_err() {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!(
+                "tiflow up exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "tiflow up not ready in 15 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `sh` and `ip netns exec` exec in place: the child is tiflow.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open-file line")
+        .to_owned();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (fields[3], fields[4]),
+        (hard.as_str(), hard.as_str()),
+        "{line}"
+    );
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("raised the open-file limit") && text.contains("from=1024"),
+        "{text}"
+    );
+}
