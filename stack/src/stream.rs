@@ -23,6 +23,9 @@ use smoltcp::phy::Device;
 use smoltcp::time::Instant;
 use tracing::warn;
 
+#[cfg(feature = "tokio")]
+mod tokio_io;
+
 use crate::config::StackConfig;
 use crate::device::{Wait, Waiter};
 use crate::error::{StreamError, StreamEvent};
@@ -57,6 +60,10 @@ struct Shared<D: Device + Wait> {
     changed: Condvar,
     /// Each stream's waits, signalled when a poll visited the stream.
     stream_waits: Mutex<HashMap<StreamId, Arc<Condvar>>>,
+    /// Async tasks waiting on a stream (woken, then forgotten, when a poll
+    /// visited it) and on any listener (woken after every poll).
+    #[cfg(feature = "tokio")]
+    wakers: Mutex<tokio_io::Wakers>,
     stopping: AtomicBool,
     clock: Clock,
 }
@@ -88,6 +95,11 @@ impl<D: Device + Wait> Shared<D> {
 
     /// Signals the waits of the `woken` streams, and the listeners'.
     fn notify(&self, woken: &[StreamId]) {
+        #[cfg(feature = "tokio")]
+        self.wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake(woken);
         if !woken.is_empty() {
             let waits = self.stream_waits.lock().unwrap_or_else(|e| e.into_inner());
             for id in woken {
@@ -101,6 +113,11 @@ impl<D: Device + Wait> Shared<D> {
 
     /// Signals every wait (the runtime stops).
     fn notify_everyone(&self) {
+        #[cfg(feature = "tokio")]
+        self.wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake_all();
         let waits = self.stream_waits.lock().unwrap_or_else(|e| e.into_inner());
         for cv in waits.values() {
             cv.notify_all();
@@ -164,6 +181,8 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
             waiter,
             changed: Condvar::new(),
             stream_waits: Mutex::new(HashMap::new()),
+            #[cfg(feature = "tokio")]
+            wakers: Mutex::new(tokio_io::Wakers::default()),
             stopping: AtomicBool::new(false),
             clock,
         });
@@ -294,6 +313,12 @@ impl<D: Device + Wait> Drop for StreamRef<D> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        #[cfg(feature = "tokio")]
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(self.id);
         self.shared.act(|stack, now| stack.close(now, self.id));
     }
 }

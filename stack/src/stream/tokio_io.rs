@@ -1,0 +1,213 @@
+//! The async API (feature `tokio`): [`TiStream`] as tokio's `AsyncRead` and
+//! `AsyncWrite`, [`TiListener::accept_async`] and [`Runtime::connect_async`].
+//!
+//! Same runtime, same driver thread, same stack lock as the blocking API:
+//! a task that finds nothing to do registers its waker while it still
+//! holds the stack lock, and a poll that visited its stream wakes it after
+//! releasing the lock ([`Stack::take_woken`]), so no wake-up is lost
+//! between the check and the registration. Tasks waiting on listeners are
+//! woken after every poll. Owns only the wakers.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddrV4;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+
+use smoltcp::phy::Device;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{Runtime, Shared, TiListener, TiStream};
+use crate::device::Wait;
+use crate::error::StreamError;
+use crate::stack::{Stack, StreamId};
+
+/// Tasks waiting on streams and on listeners.
+#[derive(Debug, Default)]
+pub(super) struct Wakers {
+    streams: HashMap<StreamId, Vec<Waker>>,
+    listeners: Vec<Waker>,
+}
+
+impl Wakers {
+    fn register(list: &mut Vec<Waker>, waker: &Waker) {
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
+        }
+    }
+
+    /// Wakes (and forgets) the tasks of the `woken` streams and every
+    /// listener task.
+    pub(super) fn wake(&mut self, woken: &[StreamId]) {
+        for id in woken {
+            if let Some(list) = self.streams.remove(id) {
+                list.into_iter().for_each(Waker::wake);
+            }
+        }
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .for_each(Waker::wake);
+    }
+
+    /// Wakes every task (the runtime stops).
+    pub(super) fn wake_all(&mut self) {
+        for (_, list) in self.streams.drain() {
+            list.into_iter().for_each(Waker::wake);
+        }
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .for_each(Waker::wake);
+    }
+
+    /// The stream is gone: its tasks need no wake-up.
+    pub(super) fn forget(&mut self, id: StreamId) {
+        self.streams.remove(&id);
+    }
+}
+
+impl<D: Device + Wait> Shared<D> {
+    /// Runs `f` on the stack and polls it, as [`Shared::act`]; when `f`
+    /// returns `Pending`, the task's waker is registered for `stream` (or
+    /// for the listeners) before the stack lock is released.
+    fn act_or_wait<R>(
+        &self,
+        cx: &Context<'_>,
+        stream: Option<StreamId>,
+        f: impl FnOnce(&mut Stack<D>) -> Poll<R>,
+    ) -> Poll<R> {
+        if self.stopping.load(Ordering::Acquire) {
+            // Checked by every caller's `f` through the stack's errors too;
+            // here so a stopped runtime never leaves a task pending.
+            cx.waker().wake_by_ref();
+        }
+        self.act(|stack, _| {
+            let poll = f(stack);
+            if poll.is_pending() {
+                let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+                match stream {
+                    Some(id) => Wakers::register(wakers.streams.entry(id).or_default(), cx.waker()),
+                    None => Wakers::register(&mut wakers.listeners, cx.waker()),
+                }
+            }
+            poll
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+impl<D: Device + Wait> AsyncRead for TiStream<D> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let id = self.id();
+        let shared = self.shared();
+        if shared.stopped() {
+            return Poll::Ready(Err(StreamError::StackStopped.into()));
+        }
+        shared.act_or_wait(cx, Some(id), |stack| {
+            match stack.read(id, buf.initialize_unfilled()) {
+                Ok(Some(n)) => {
+                    buf.advance(n);
+                    Poll::Ready(Ok(()))
+                }
+                Ok(None) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e.into())),
+            }
+        })
+    }
+}
+
+impl<D: Device + Wait> AsyncWrite for TiStream<D> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let id = self.id();
+        let shared = self.shared();
+        if shared.stopped() {
+            return Poll::Ready(Err(StreamError::StackStopped.into()));
+        }
+        shared.act_or_wait(cx, Some(id), |stack| match stack.write(id, buf) {
+            Ok(0) => Poll::Pending,
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(e.into())),
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written bytes are the stack's at once (it sends them as TCP allows).
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let id = self.id();
+        Poll::Ready(
+            self.shared()
+                .act(|stack, _| stack.shutdown_write(id))
+                .map_err(io::Error::from),
+        )
+    }
+}
+
+impl<D: Device + Wait> TiListener<D> {
+    /// Waits, without blocking the thread, for the next connection (TI or
+    /// legacy).
+    pub async fn accept_async(&self) -> Result<TiStream<D>, StreamError> {
+        let id = self.id;
+        let shared = &self.shared;
+        let stream = poll_fn(|cx| {
+            if shared.stopped() {
+                return Poll::Ready(Err(StreamError::StackStopped));
+            }
+            shared.act_or_wait(cx, None, |stack| match stack.accept(id) {
+                Ok(Some(s)) => Poll::Ready(Ok(s)),
+                Ok(None) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            })
+        })
+        .await?;
+        Ok(TiStream::new(self.shared.clone(), stream))
+    }
+}
+
+impl<D: Device + Wait + Send + 'static> Runtime<D> {
+    /// Opens a connection to `remote` (offering a TI-flow) and waits,
+    /// without blocking the thread, until it is established, refused or
+    /// timed out (the stack's connect timeout).
+    pub async fn connect_async(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+        let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
+        let stream = TiStream::new(self.shared.clone(), id);
+        let shared = &self.shared;
+        poll_fn(|cx| {
+            if shared.stopped() {
+                return Poll::Ready(Err(StreamError::StackStopped));
+            }
+            shared.act_or_wait(cx, Some(id), |stack| {
+                if let Some(e) = stack.error(id) {
+                    return Poll::Ready(Err(e));
+                }
+                if stack.is_connected(id) {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            })
+        })
+        .await?;
+        Ok(stream)
+    }
+}

@@ -1,0 +1,122 @@
+//! The async API (feature `tokio`): tokio tasks on one thread drive TI
+//! streams between two stacks on an in-memory pipe, across explicit
+//! failures; every wait is bounded (a lost wake-up fails the test instead
+//! of hanging it).
+#![cfg(feature = "tokio")]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use ti_stack::device::pipe::Pipe;
+use ti_stack::{Mode, Runtime, StackConfig, StreamError, StreamEvent};
+use ti_testnet::payload::{data, sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn runtimes() -> (Runtime<Pipe>, Runtime<Pipe>) {
+    let (a, b) = Pipe::pair(1500);
+    let client = Runtime::start(StackConfig::new(Ipv4Addr::new(10, 9, 0, 1)), a).expect("client");
+    let server = Runtime::start(StackConfig::new(SERVER), b).expect("server");
+    (client, server)
+}
+
+fn tasks() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime")
+}
+
+#[test]
+fn async_echo_survives_explicit_failures_byte_exact() {
+    let (client, server) = runtimes();
+    let payload = data(6 << 20, 41);
+    let sent = payload.clone();
+    let exchange = async move {
+        let listener = server.listen(7).expect("listen");
+        let echo = tokio::spawn(async move {
+            let mut s = listener.accept_async().await.expect("accept");
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                let n = s.read(&mut buf).await.expect("server read");
+                if n == 0 {
+                    break;
+                }
+                s.write_all(&buf[..n]).await.expect("server write");
+            }
+            AsyncWriteExt::shutdown(&mut s)
+                .await
+                .expect("server shutdown");
+            s
+        });
+        let mut c = client
+            .connect_async(SocketAddrV4::new(SERVER, 7))
+            .await
+            .expect("connect");
+        assert!(matches!(c.mode(), Mode::Resilient { .. }), "a TI-flow");
+        let mut reader = c.try_clone();
+        let back = tokio::spawn(async move {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).await.expect("client read");
+            got
+        });
+        let mut resumes = 0;
+        for (i, chunk) in sent.chunks(1 << 20).enumerate() {
+            c.write_all(chunk).await.expect("client write");
+            if i % 2 == 1 {
+                c.fail_transport().expect("fail");
+                // Let this resume happen before the next failure.
+                for _ in 0..200 {
+                    let events = c.events();
+                    if events
+                        .iter()
+                        .any(|e| matches!(e, StreamEvent::Resumed { .. }))
+                    {
+                        resumes += 1;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        AsyncWriteExt::shutdown(&mut c)
+            .await
+            .expect("client shutdown");
+        let got = back.await.expect("reader task");
+        let _server_end = echo.await.expect("echo task");
+        (got, resumes, server, client)
+    };
+    let outcome = tasks().block_on(async { tokio::time::timeout(LIMIT, exchange).await });
+    let (got, resumes, server, client) = outcome.expect("the exchange finished within the limit");
+    assert_eq!(got.len(), payload.len());
+    assert_eq!(sha256(&got), sha256(&payload), "byte-exact");
+    assert_eq!(resumes, 3, "each of the three failures resumed");
+    drop((server, client));
+}
+
+#[test]
+fn async_calls_fail_once_the_runtime_stops_instead_of_hanging() {
+    let (client, server) = runtimes();
+    let scenario = async move {
+        let listener = server.listen(8).expect("listen");
+        let accept = tokio::spawn(async move {
+            let mut s = listener.accept_async().await.expect("accept");
+            let mut buf = [0u8; 16];
+            // Nothing is ever written: this read waits until the stop.
+            s.read(&mut buf).await
+        });
+        let _c = client
+            .connect_async(SocketAddrV4::new(SERVER, 8))
+            .await
+            .expect("connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.stop();
+        accept.await.expect("task")
+    };
+    let result = tasks().block_on(async { tokio::time::timeout(LIMIT, scenario).await });
+    let read = result.expect("the read ended within the limit");
+    let err = read.expect_err("a read on a stopped runtime fails");
+    assert_eq!(err.to_string(), StreamError::StackStopped.to_string());
+}
