@@ -510,17 +510,11 @@ fn write_latency(out: &Path, kind: Kind, samples: &[Sample]) -> Result<String, B
                 if let Some(s) = summarize(&metric(samples, rtt, mode, m)) {
                     let _ = writeln!(
                         summary,
-                        "{},{},{}_ms,{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                        "{},{},{}_ms,{}",
                         rtt.as_millis(),
                         mode.name(),
                         m,
-                        s.n,
-                        s.median,
-                        s.ci_low,
-                        s.ci_high,
-                        s.mean,
-                        s.min,
-                        s.max
+                        s.csv_fields()
                     );
                 }
             }

@@ -30,6 +30,16 @@ pub struct Summary {
     pub max: f64,
 }
 
+impl Summary {
+    /// The summary-CSV fields: `n,median,ci_low,ci_high,mean,min,max`.
+    pub fn csv_fields(&self) -> String {
+        format!(
+            "{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            self.n, self.median, self.ci_low, self.ci_high, self.mean, self.min, self.max
+        )
+    }
+}
+
 /// Summarizes `values` (NaNs ignored); `None` when nothing is left.
 pub fn summarize(values: &[f64]) -> Option<Summary> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();

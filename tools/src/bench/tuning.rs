@@ -312,16 +312,10 @@ pub fn summary_csv(samples: &[TuningSample]) -> String {
                 if let Some(s) = summarize(&values(samples, rtt, on, metric)) {
                     let _ = writeln!(
                         csv,
-                        "{},{},{metric}_ms,{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                        "{},{},{metric}_ms,{}",
                         rtt.as_millis(),
                         if on { "on" } else { "off" },
-                        s.n,
-                        s.median,
-                        s.ci_low,
-                        s.ci_high,
-                        s.mean,
-                        s.min,
-                        s.max
+                        s.csv_fields()
                     );
                 }
             }
