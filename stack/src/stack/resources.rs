@@ -11,8 +11,8 @@ use super::*;
 /// peers send.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resources {
-    /// smoltcp sockets in the socket set (listeners, handshakes, connections,
-    /// connections whose RST is still to go out).
+    /// smoltcp sockets, each in its connection's cell (listeners,
+    /// handshakes, connections, connections whose RST is still to go out).
     pub sockets: usize,
     /// Connections in SYN-RECEIVED on our listeners.
     pub half_open: usize,
@@ -42,9 +42,9 @@ pub struct Resources {
 }
 
 impl<D: Device> Stack<D> {
-    /// What the stack holds now and what its bounds turned away. Counts the
-    /// socket set, so it costs one pass over the sockets: for tests and
-    /// status displays, not for every poll.
+    /// What the stack holds now and what its bounds turned away. Sums the
+    /// listeners' accept queues: for tests and status displays, not for
+    /// every poll.
     pub fn resources(&self) -> Resources {
         Resources {
             sockets: self.cells.len(),
