@@ -7,7 +7,10 @@
 //! flood of spoofed SYNs cannot lock legitimate clients out), each for at
 //! most `half_open_timeout`, and per listener at most `accept_backlog`
 //! connections completed but not accepted: while that many wait, new SYNs
-//! go unanswered, and a handshake completing into a full queue is dropped.
+//! go unanswered, and the ACK that would complete a handshake into a full
+//! queue is dropped, as Linux does (the handshake stays half-open, our
+//! SYN-ACK is sent again, and a later ACK completes it once there is room;
+//! it times out as any half-open connection does).
 //! Eviction spares handshakes whose SYN retransmitted one we dropped (see
 //! [`half_open`](super::half_open)). Sockets of evicted or expired
 //! handshakes never carried a byte: they are
@@ -22,6 +25,7 @@ pub(super) struct AdmissionStats {
     pub(super) syns_dropped_backlog: u64,
     pub(super) syns_dropped_overload: u64,
     pub(super) completed_dropped_backlog: u64,
+    pub(super) handshakes_deferred_backlog: u64,
     pub(super) half_open_evicted: u64,
     pub(super) half_open_expired: u64,
 }

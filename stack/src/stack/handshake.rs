@@ -30,6 +30,10 @@ impl<D: Device> Stack<D> {
                 self.deliver_for(known, packet);
                 return;
             }
+            if self.completes_into_full_queue(handle, &seg) {
+                self.defer_handshake(now, handle, packet);
+                return;
+            }
             if self.on_connection_segment(now, handle, &seg) {
                 // The segment may have ended the connection's cell (a
                 // refused resume): then smoltcp's default answer applies.
@@ -120,6 +124,14 @@ impl<D: Device> Stack<D> {
                             info!(%tifid, "resume refused after a complete exchange: closed");
                             self.drop_connection(handle);
                             self.finish_closed(now, id);
+                        } else if self.first_connection_unconfirmed(id) {
+                            // The responder has not taken the handshake's
+                            // ACK yet (its accept queue was full: it keeps
+                            // the handshake half-open), so it cannot know
+                            // the flow. The first connection, kept as the
+                            // suspect, completes once it does: retry.
+                            debug!(%tifid, "resume refused before the responder confirmed the flow: will retry");
+                            self.life_input(now, id, Input::AttemptFailed { refused: false });
                         } else {
                             warn!(%tifid, "resume refused by peer");
                             self.life_input(now, id, Input::AttemptFailed { refused: true });
@@ -184,6 +196,110 @@ impl<D: Device> Stack<D> {
                 true
             }
         }
+    }
+
+    /// The stream's flow was never confirmed by the responder: its first
+    /// connection (attached or kept as the suspect) is still attaching the
+    /// confirmation, i.e. no segment from the peer followed its SYN-ACK.
+    fn first_connection_unconfirmed(&self, id: StreamId) -> bool {
+        let Some(s) = self.streams.get(&id) else {
+            return false;
+        };
+        s.stats.resumes == 0
+            && s.suspect
+                .map(|suspect| suspect.handle)
+                .into_iter()
+                .chain(s.conn)
+                .filter_map(|h| self.conns.get(&h))
+                .any(|c| matches!(&c.phase, Phase::Confirming(i) if !i.is_resume()))
+    }
+
+    /// Holds the segment that would complete the handshake on `handle`
+    /// into a full accept queue, as Linux does (its ACK is not taken, the
+    /// connection stays in SYN-RECEIVED): dropping the connection instead
+    /// would leave a client that took our SYN-ACK with a connection, and a
+    /// TI-flow, we never had. The client is real (it answered our SYN-ACK):
+    /// its handshake waits for room from now on and is evicted last. The
+    /// latest such segment of each connection is kept and replayed when
+    /// the application accepts ([`Stack::replay_deferred`]).
+    fn defer_handshake(&mut self, now: Instant, handle: ConnId, packet: Vec<u8>) {
+        self.admission.handshakes_deferred_backlog += 1;
+        let Some(conn) = self.conns.get(&handle) else {
+            self.device.recycle(packet);
+            return;
+        };
+        let tuple = conn.tuple;
+        self.half_open.remove(&tuple);
+        self.half_open.insert(tuple, now, half_open::Attempt::Retry);
+        let waiting = self.deferred.entry(tuple.local.port()).or_default();
+        if let Some(slot) = waiting
+            .iter_mut()
+            .find(|(h, t, _)| (*h, *t) == (handle, tuple))
+        {
+            let old = std::mem::replace(&mut slot.2, packet);
+            self.device.recycle(old);
+        } else {
+            waiting.push_back((handle, tuple, packet));
+        }
+        // Bounded: entries of handshakes that ended since go first.
+        if waiting.len() > self.config.max_half_open {
+            let (conns, by_tuple) = (&self.conns, &self.by_tuple);
+            waiting.retain(|(h, t, _)| conns.contains_key(h) && by_tuple.get(t) == Some(h));
+        }
+    }
+
+    /// The application accepted from the listener on `port`: the oldest
+    /// deferred handshake's segment is inspected again in the next poll.
+    pub(super) fn replay_deferred(&mut self, port: u16) {
+        let Some(waiting) = self.deferred.get_mut(&port) else {
+            return;
+        };
+        // The oldest whose handshake is still waiting.
+        while let Some((handle, tuple, packet)) = waiting.pop_front() {
+            if self.by_tuple.get(&tuple) == Some(&handle) {
+                self.replay.push_back(packet);
+                return;
+            }
+            self.device.recycle(packet);
+        }
+    }
+
+    /// Inspects the replayed segments again.
+    pub(super) fn take_replays(&mut self, now: Instant) {
+        while let Some(packet) = self.replay.pop_front() {
+            self.on_ingress(now, packet);
+        }
+    }
+
+    /// `seg` would complete a new (not resumed) handshake on `handle` while
+    /// its listener's accept queue is full. A TI handshake joins the queue
+    /// when its ACK is taken; a legacy one only once smoltcp took the ACK,
+    /// later in the poll, so those let through in this poll count too.
+    fn completes_into_full_queue(&mut self, handle: ConnId, seg: &Segment) -> bool {
+        let Some(conn) = self.conns.get(&handle) else {
+            return false;
+        };
+        let (new_handshake, legacy) = match &conn.phase {
+            Phase::SynReceived(Some(responder)) => (!responder.is_resume(), false),
+            Phase::SynReceived(None) => (true, true),
+            _ => (false, false),
+        };
+        if !new_handshake || conn.stream.is_some() || seg.syn || seg.rst || !seg.ack {
+            return false;
+        }
+        let port = conn.tuple.local.port();
+        let queued = self
+            .listeners
+            .get(&port)
+            .map_or(0, |l| l.accept_queue.len());
+        let completing = self.completing_legacy.get(&port).copied().unwrap_or(0);
+        if queued + completing >= self.config.accept_backlog {
+            return true;
+        }
+        if legacy {
+            *self.completing_legacy.entry(port).or_default() += 1;
+        }
+        false
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -345,6 +345,15 @@ pub struct Stack<D: Device> {
     pending: HashMap<FourTuple, Option<Responder>>,
     /// The fresh listener of each SYN admitted in this poll.
     pending_cells: HashMap<FourTuple, ConnId>,
+    /// Per port, legacy handshakes whose ACK was let through in this poll
+    /// (they join the accept queue when smoltcp took it, later in the poll).
+    completing_legacy: HashMap<u16, usize>,
+    /// Per listening port, the latest segment of each handshake deferred
+    /// because its accept queue was full, oldest first (at most one per
+    /// half-open connection).
+    deferred: HashMap<u16, VecDeque<(ConnId, FourTuple, Vec<u8>)>>,
+    /// Deferred segments to inspect again at the next poll.
+    replay: VecDeque<Vec<u8>>,
     fresh_listeners: Vec<(ConnId, u16)>,
     streams: HashMap<StreamId, StreamState>,
     by_tifid: HashMap<Tifid, StreamId>,
@@ -461,6 +470,9 @@ impl<D: Device> Stack<D> {
             by_tuple: HashMap::new(),
             pending: HashMap::new(),
             pending_cells: HashMap::new(),
+            completing_legacy: HashMap::new(),
+            deferred: HashMap::new(),
+            replay: VecDeque::new(),
             fresh_listeners: Vec::new(),
             streams: HashMap::new(),
             by_tifid: HashMap::new(),
@@ -576,6 +588,10 @@ impl<D: Device> Stack<D> {
             .get_mut(&listener.0)
             .ok_or(StreamError::NoSuchStream)?;
         let id = state.accept_queue.pop_front();
+        let port = listener.0;
+        if id.is_some() {
+            self.replay_deferred(port);
+        }
         if let Some(id) = id {
             if let Some(s) = self.streams.get_mut(&id) {
                 s.awaiting_accept = false;
@@ -800,7 +816,10 @@ impl<D: Device> Stack<D> {
         if let Some(deadline) = self.half_open_deadline() {
             at = at.min(deadline);
         }
-        if self.device.pending_ingress() > 0 || self.syns_waiting() || self.timers.anything_ready()
+        if self.device.pending_ingress() > 0
+            || self.syns_waiting()
+            || self.timers.anything_ready()
+            || !self.replay.is_empty()
         {
             at = now;
         }
@@ -813,6 +832,7 @@ impl<D: Device> Stack<D> {
     /// bytes, detects failures, resumes. Returns true if anything happened.
     pub fn poll(&mut self, now: Instant) -> bool {
         TS_CLOCK_MS.with(|c| c.set(ts_clock_ms(now)));
+        self.take_replays(now);
         let mut activity = self.take_ingress(now);
         self.timers.wake_due(now);
         activity |= self.poll_interfaces(now);
@@ -820,6 +840,7 @@ impl<D: Device> Stack<D> {
         self.expire_half_open(now);
         self.reap_resets(now);
         self.service_connections(now);
+        self.completing_legacy.clear();
         for event in self.device.take_events() {
             self.on_egress_event(now, event);
         }

@@ -35,6 +35,9 @@ pub struct Resources {
     /// Handshakes that completed while their listener's accept queue was
     /// full, dropped (since the start).
     pub completed_dropped_backlog: u64,
+    /// ACKs that would have completed a handshake into a full accept queue,
+    /// dropped (the handshake stays half-open; since the start).
+    pub handshakes_deferred_backlog: u64,
     /// Handshakes dropped to make room for a newer SYN (since the start).
     pub half_open_evicted: u64,
     /// Handshakes dropped after `half_open_timeout` (since the start).
@@ -54,6 +57,7 @@ impl<D: Device> Stack<D> {
             flows: self.table.len(),
             syns_dropped_backlog: self.admission.syns_dropped_backlog,
             completed_dropped_backlog: self.admission.completed_dropped_backlog,
+            handshakes_deferred_backlog: self.admission.handshakes_deferred_backlog,
             syns_dropped_overload: self.admission.syns_dropped_overload,
             syns_waiting: self.syn_queue.len(),
             half_open_evicted: self.admission.half_open_evicted,
