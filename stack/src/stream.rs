@@ -446,12 +446,7 @@ impl<D: Device + Wait> TiStream<D> {
 
     /// Counters of this stream.
     pub fn info(&self) -> Option<StreamInfo> {
-        let id = self.id();
-        self.shared()
-            .lock()
-            .stream_infos()
-            .into_iter()
-            .find(|i| i.id == id)
+        self.shared().lock().stream_info(self.id())
     }
 }
 

@@ -724,19 +724,15 @@ impl<D: Device> Stack<D> {
         let mut infos: Vec<StreamInfo> = self
             .streams
             .iter()
-            .map(|(id, s)| StreamInfo {
-                id: *id,
-                mode: s.mode,
-                peer: s.peer,
-                stats: StreamStats {
-                    failures: s.life.as_ref().map_or(0, |l| l.failures()),
-                    ..s.stats
-                },
-                attached: s.conn.is_some() && s.failed_at.is_none(),
-            })
+            .map(|(id, s)| stream_info(*id, s))
             .collect();
         infos.sort_by_key(|i| i.id);
         infos
+    }
+
+    /// Counters and state of one stream (no walk over the others).
+    pub fn stream_info(&self, id: StreamId) -> Option<StreamInfo> {
+        self.streams.get(&id).map(|s| stream_info(id, s))
     }
 
     /// Abandons the stream's TCP connection as if it had failed (the paper's
@@ -990,6 +986,19 @@ impl<D: Device> Stack<D> {
             },
         );
         id
+    }
+}
+
+fn stream_info(id: StreamId, s: &StreamState) -> StreamInfo {
+    StreamInfo {
+        id,
+        mode: s.mode,
+        peer: s.peer,
+        stats: StreamStats {
+            failures: s.life.as_ref().map_or(0, |l| l.failures()),
+            ..s.stats
+        },
+        attached: s.conn.is_some() && s.failed_at.is_none(),
     }
 }
 
