@@ -30,7 +30,7 @@ impl<D: Device> Stack<D> {
                 self.deliver_for(known, packet);
                 return;
             }
-            if self.completes_into_full_queue(handle, &seg) {
+            if self.must_wait_for_accept_room(handle, &seg) {
                 self.defer_handshake(now, handle, packet);
                 return;
             }
@@ -271,11 +271,12 @@ impl<D: Device> Stack<D> {
         }
     }
 
-    /// `seg` would complete a new (not resumed) handshake on `handle` while
-    /// its listener's accept queue is full. A TI handshake joins the queue
-    /// when its ACK is taken; a legacy one only once smoltcp took the ACK,
-    /// later in the poll, so those let through in this poll count too.
-    fn completes_into_full_queue(&mut self, handle: ConnId, seg: &Segment) -> bool {
+    /// Whether `seg` would complete a new (not resumed) handshake on
+    /// `handle` while its listener's accept queue is full. A TI handshake
+    /// joins the queue when its ACK is taken; a legacy one only once
+    /// smoltcp took the ACK, later in the poll: a legacy completion let
+    /// through here is counted, so the next ones in this poll see it.
+    fn must_wait_for_accept_room(&mut self, handle: ConnId, seg: &Segment) -> bool {
         let Some(conn) = self.conns.get(&handle) else {
             return false;
         };

@@ -8,13 +8,12 @@
 //! I1 to I3 of DESIGN §4. It never reads a clock: time is passed in, so a
 //! simulation can drive it in virtual time. It never blocks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
@@ -337,7 +336,7 @@ pub struct Stack<D: Device> {
     timers: Timers,
     /// Streams serviced by polls since the last [`Stack::take_woken`]:
     /// whatever waits on them may go on.
-    woken: std::collections::BTreeSet<StreamId>,
+    woken: BTreeSet<StreamId>,
     table: FlowTable,
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
@@ -463,7 +462,7 @@ impl<D: Device> Stack<D> {
             device,
             cells,
             timers: Timers::default(),
-            woken: std::collections::BTreeSet::new(),
+            woken: BTreeSet::new(),
             table,
             rng,
             conns: HashMap::new(),
@@ -844,13 +843,9 @@ impl<D: Device> Stack<D> {
         self.woken.extend(streams.iter().copied());
         for &id in &streams {
             self.service_stream(now, id);
-            if let Some(s) = self.streams.get(&id) {
-                for handle in s.conn.into_iter().chain(s.suspect.map(|s| s.handle)) {
-                    self.timers.mark_conn(handle);
-                }
-            }
+            self.mark_stream_conns(id);
         }
-        activity |= self.poll_egress(now);
+        activity |= self.poll_egress(now, &[]);
         for handle in self.timers.take_ready_conns() {
             let at = self.cells.poll_delay(handle, now).map(|d| now + d);
             self.timers.set(Wake::Conn(handle), at);
@@ -892,11 +887,14 @@ impl<D: Device> Stack<D> {
     /// the egress of every marked connection.
     fn poll_interfaces(&mut self, now: Instant) -> bool {
         let mut activity = false;
+        // Their interface's poll just sent what they had to send.
+        let mut polled = Vec::new();
         while let Some(lane) = self.device.next_rx_lane() {
             let waiting = self.device.pending_ingress();
             activity |= self.cells.poll_lane(lane, now, &mut self.device);
             if let Some(handle) = self.cells.conn_of_lane(lane) {
                 self.timers.mark_conn(handle);
+                polled.push(handle);
             }
             if self.device.pending_ingress() == waiting {
                 // The device below refused to transmit: smoltcp takes no
@@ -904,14 +902,18 @@ impl<D: Device> Stack<D> {
                 break;
             }
         }
-        activity | self.poll_egress(now)
+        polled.sort_unstable();
+        activity | self.poll_egress(now, &polled)
     }
 
-    /// Sends what the marked connections have to send.
-    fn poll_egress(&mut self, now: Instant) -> bool {
+    /// Sends what the marked connections have to send, but for those in
+    /// `skip` (sorted).
+    fn poll_egress(&mut self, now: Instant, skip: &[ConnId]) -> bool {
         let mut activity = false;
         for handle in self.timers.ready_conns() {
-            activity |= self.cells.poll_cell(handle, now, &mut self.device);
+            if skip.binary_search(&handle).is_err() {
+                activity |= self.cells.poll_cell(handle, now, &mut self.device);
+            }
         }
         activity
     }
@@ -941,6 +943,12 @@ impl<D: Device> Stack<D> {
     /// application call changed what it has to do).
     fn wake_stream(&mut self, id: StreamId) {
         self.timers.mark_stream(id);
+        self.mark_stream_conns(id);
+    }
+
+    /// Marks the stream's connections (attached or attempt, and suspect)
+    /// for egress in this poll.
+    fn mark_stream_conns(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get(&id) {
             for handle in s.conn.into_iter().chain(s.suspect.map(|s| s.handle)) {
                 self.timers.mark_conn(handle);

@@ -70,18 +70,15 @@ impl Wakers {
 impl<D: Device + Wait> Shared<D> {
     /// Runs `f` on the stack and polls it, as [`Shared::act`]; when `f`
     /// returns `Pending`, the task's waker is registered for `stream` (or
-    /// for the listeners) before the stack lock is released.
+    /// for the listeners) before the stack lock is released. Callers check
+    /// [`Shared::stopped`] first; a stop wakes every registered task, and
+    /// one registered after the stop wakes itself.
     fn act_or_wait<R>(
         &self,
         cx: &Context<'_>,
         stream: Option<StreamId>,
         f: impl FnOnce(&mut Stack<D>) -> Poll<R>,
     ) -> Poll<R> {
-        if self.stopping.load(Ordering::Acquire) {
-            // Checked by every caller's `f` through the stack's errors too;
-            // here so a stopped runtime never leaves a task pending.
-            cx.waker().wake_by_ref();
-        }
         self.act(|stack, _| {
             let poll = f(stack);
             if poll.is_pending() {
@@ -89,6 +86,11 @@ impl<D: Device + Wait> Shared<D> {
                 match stream {
                     Some(id) => Wakers::register(wakers.streams.entry(id).or_default(), cx.waker()),
                     None => Wakers::register(&mut wakers.listeners, cx.waker()),
+                }
+                // A stop between the caller's check and this registration
+                // woke the wakers registered before it: wake this one.
+                if self.stopped() {
+                    cx.waker().wake_by_ref();
                 }
             }
             poll

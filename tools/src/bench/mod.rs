@@ -326,10 +326,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     }
     net::set_low_latency(args.low_latency);
     let out = &args.out;
-    let pcap_dir = out.join("pcap");
-    std::fs::create_dir_all(&pcap_dir)
-        .map_err(|e| BenchError::io(format!("create {}", pcap_dir.display()), e))?;
-    let bed = net::Testbed::new()?;
+    let (pcap_dir, bed) = pcap_dir_and_testbed(out)?;
     let started = Instant::now();
     let what = args.what;
     let mut report = String::new();
@@ -393,6 +390,14 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Creates `out/pcap` (the stacks' captures) and the two-namespace testbed.
+fn pcap_dir_and_testbed(out: &Path) -> Result<(PathBuf, net::Testbed), BenchError> {
+    let pcap_dir = out.join("pcap");
+    std::fs::create_dir_all(&pcap_dir)
+        .map_err(|e| BenchError::io(format!("create {}", pcap_dir.display()), e))?;
+    Ok((pcap_dir, net::Testbed::new()?))
+}
+
 /// Runs `tiflow bench tuning`: both settings in one run, interleaved.
 fn run_tuning(args: &BenchArgs, settings: &Settings) -> Result<(), BenchError> {
     if args.low_latency {
@@ -403,10 +408,7 @@ fn run_tuning(args: &BenchArgs, settings: &Settings) -> Result<(), BenchError> {
         ));
     }
     let out = &args.out;
-    let pcap_dir = out.join("pcap");
-    std::fs::create_dir_all(&pcap_dir)
-        .map_err(|e| BenchError::io(format!("create {}", pcap_dir.display()), e))?;
-    let bed = net::Testbed::new()?;
+    let (pcap_dir, bed) = pcap_dir_and_testbed(out)?;
     let started = Instant::now();
     let samples = tuning::run(&bed, &settings.rtts, settings.samples, &pcap_dir)?;
     drop(bed);
