@@ -353,7 +353,9 @@ impl<D: Device + Wait> TiStream<D> {
         &self.inner.wait
     }
 
-    fn id(&self) -> StreamId {
+    /// The stream's id in its stack (as [`StreamInfo`] and the
+    /// [`Stack`] calls name it).
+    pub fn id(&self) -> StreamId {
         self.inner.id
     }
 

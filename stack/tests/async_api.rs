@@ -120,3 +120,86 @@ fn async_calls_fail_once_the_runtime_stops_instead_of_hanging() {
     let err = read.expect_err("a read on a stopped runtime fails");
     assert_eq!(err.to_string(), StreamError::StackStopped.to_string());
 }
+
+/// Readiness and in-place I/O (what `tiflow up`'s relay uses): bytes move
+/// with `writable` + `try_write` one way and `readable` + `try_read_to`
+/// the other, across a failure, byte-exact; the end of stream reads as 0;
+/// an abort by the peer resolves `failed` and fails `readable`.
+#[test]
+fn readiness_and_in_place_reads_move_bytes_and_report_ends() {
+    let (client, server) = runtimes();
+    let payload = data(3 << 20, 43);
+    let expected = sha256(&payload);
+    let scenario = async move {
+        // The listener stays: the resume after the failure comes to it.
+        let listener = server.listen(9).expect("listen");
+        let accept = async { listener.accept_async().await.expect("accept") };
+        let c = client
+            .connect_async(SocketAddrV4::new(SERVER, 9))
+            .await
+            .expect("connect");
+        let s = accept.await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                s.readable().await.expect("readable");
+                // Take at most 1000 bytes a time: the rest stays for later.
+                let n = s
+                    .try_read_to(|front, _back| {
+                        let take = front.len().min(1000);
+                        got.extend_from_slice(&front[..take]);
+                        Ok(take)
+                    })
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::WouldBlock => Ok(usize::MAX),
+                        _ => Err(e),
+                    })
+                    .expect("try_read_to");
+                if n == 0 {
+                    break;
+                }
+            }
+            (got, s)
+        });
+        let mut rest = &payload[..];
+        let mut failed_once = false;
+        while !rest.is_empty() {
+            let room = c.writable().await.expect("writable");
+            assert!(room > 0);
+            match c.try_write(&rest[..rest.len().min(room).min(64 << 10)]) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("try_write: {e}"),
+            }
+            if !failed_once && rest.len() < payload.len() / 2 {
+                c.fail_transport().expect("fail");
+                failed_once = true;
+            }
+        }
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let (got, s) = reader.await.expect("reader");
+
+        assert_eq!(sha256(&got), expected, "byte-exact through a failure");
+        let resumes = c.info().map_or(0, |i| i.stats.resumes);
+        assert!(failed_once && resumes >= 1, "the flow resumed ({resumes})");
+        // A read after the end of stream keeps saying so.
+        assert_eq!(s.try_read_to(|_, _| unreachable!()).expect("eof"), 0);
+        // The peer aborts: `failed` resolves, the flow's reads fail.
+        s.abort().expect("abort");
+
+        let error = tokio::time::timeout(LIMIT, c.failed())
+            .await
+            .expect("failed resolves");
+        assert!(
+            error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<StreamError>())
+                .is_some(),
+            "a stream error: {error}"
+        );
+        assert!(c.readable().await.is_err(), "readable reports the failure");
+        assert!(c.writable().await.is_err(), "writable reports the failure");
+    };
+    let result = tasks().block_on(async { tokio::time::timeout(LIMIT, scenario).await });
+    result.expect("no lost wake-up");
+}

@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
@@ -280,6 +279,8 @@ pub fn fail(path: &Path, tifid: Option<&str>) -> Result<Vec<String>, ControlErro
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// A descriptor kept for accepting a client when none is left.
+    reserve: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl ControlServer {
@@ -315,6 +316,9 @@ impl ControlServer {
         let server = ControlServer {
             listener,
             path: path.to_owned(),
+            reserve: std::sync::Mutex::new(Some(
+                std::fs::File::open("/dev/null").map_err(bind_err)?,
+            )),
         };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
         server.listener.set_nonblocking(true).map_err(bind_err)?;
@@ -326,26 +330,69 @@ impl ControlServer {
         &self.path
     }
 
-    /// Answers requests with `handler` until `stop` is set (checked every
-    /// 50 ms). One client at a time; each gets 5 s to send its line.
-    pub fn serve(&self, stop: &AtomicBool, mut handler: impl FnMut(Request) -> Reply) {
-        while !stop.load(Ordering::Acquire) {
-            match self.listener.accept() {
+    /// Answers requests with `handler` until `stop` resolves. One client
+    /// at a time; each gets 5 s to send its line. When the process has no
+    /// file descriptor left, the one kept in reserve is given up to accept
+    /// a client (and taken back after), so the socket answers even then.
+    pub async fn serve(
+        &self,
+        stop: impl Future<Output = ()>,
+        mut handler: impl FnMut(Request) -> Reply,
+    ) {
+        let listener = match self
+            .listener
+            .try_clone()
+            .and_then(tokio::net::UnixListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the control socket");
+                return;
+            }
+        };
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut stop => return,
+            };
+            match accepted {
                 Ok((stream, _)) => {
-                    if let Err(e) = answer(stream, &mut handler) {
+                    if let Err(e) = answer(stream, &mut handler).await {
                         tracing::debug!(error = %e, "control client failed");
                     }
+                    self.take_reserve();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50));
+                Err(e) if is_out_of_descriptors(&e) && self.give_up_reserve() => {
+                    tracing::debug!("out of descriptors: the control socket uses its reserve");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
-                    std::thread::sleep(Duration::from_millis(200));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
     }
+
+    /// Closes the reserve descriptor; false if it was already closed.
+    fn give_up_reserve(&self) -> bool {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        reserve.take().is_some()
+    }
+
+    /// Opens the reserve descriptor again if it was given up.
+    fn take_reserve(&self) {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        if reserve.is_none() {
+            *reserve = std::fs::File::open("/dev/null").ok();
+        }
+    }
+}
+
+/// `EMFILE` or `ENFILE`: the process or the system has no descriptor left.
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 impl Drop for ControlServer {
@@ -354,12 +401,19 @@ impl Drop for ControlServer {
     }
 }
 
-fn answer(stream: UnixStream, handler: &mut impl FnMut(Request) -> Reply) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+async fn answer(
+    stream: tokio::net::UnixStream,
+    handler: &mut impl FnMut(Request) -> Reply,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let timed_out =
+        |_| std::io::Error::new(std::io::ErrorKind::TimedOut, "control client too slow");
+    let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_LINE));
+    tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(timed_out)??;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => handler(req),
         Err(e) => Reply::Error {
@@ -368,7 +422,9 @@ fn answer(stream: UnixStream, handler: &mut impl FnMut(Request) -> Reply) -> std
     };
     let mut text = serde_json::to_string(&reply).map_err(std::io::Error::other)?;
     text.push('\n');
-    (&stream).write_all(text.as_bytes())
+    tokio::time::timeout(IO_TIMEOUT, write.write_all(text.as_bytes()))
+        .await
+        .map_err(timed_out)?
 }
 
 /// Parses a TIFID as `tiflow status` prints it: 1 to 12 hex digits.
@@ -617,6 +673,7 @@ fn outage_text(f: &FlowStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn report() -> StatusReport {
         StatusReport {
@@ -755,15 +812,24 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let stop = AtomicBool::new(false);
+        let stopped = async {
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
-                server.serve(&stop, |req| match req {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(server.serve(stopped, |req| match req {
                     Request::Status => Reply::Status(report()),
                     Request::Fail { tifid: Some(t) } => Reply::Error {
                         message: format!("no TI-flow {t}"),
                     },
                     Request::Fail { tifid: None } => Reply::Failed { tifids: vec![] },
-                })
+                }))
             });
             assert_eq!(status(&path).expect("status"), report());
             assert_eq!(fail(&path, None).expect("fail all"), Vec::<String>::new());

@@ -41,6 +41,19 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The process's thread count, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 /// Raises this process's soft open-file limit to its hard limit (it holds
 /// both ends of every connection).
 fn raise_nofile() {
@@ -117,6 +130,20 @@ fn two_thousand_idle_connections_through_a_tiflow_up_pair() {
     let (server_status, client_status) = (server_up.status(), client_up.status());
     let status_took = asked.elapsed();
     let rss_during = (rss_kib(server_up.child.id()), rss_kib(client_up.child.id()));
+    // No thread per connection: the stack's driver, the event loop's
+    // workers (one per core at most) and the stdin watcher.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (side, pid) in [
+        ("server", server_up.child.id()),
+        ("client", client_up.child.id()),
+    ] {
+        let threads = threads(pid);
+        eprintln!("[many] {side}: {threads} threads with {CONNECTIONS} connections");
+        assert!(
+            threads <= cores + 2,
+            "{side}: {threads} threads for {CONNECTIONS} connections on {cores} cores"
+        );
+    }
     eprintln!(
         "[many] {CONNECTIONS} connections greeted in {:.1} s; status answered in {} ms; \
          RSS KiB server {} -> {}, client {} -> {} ({:.1} / {:.1} KiB per connection)",
@@ -136,6 +163,15 @@ fn two_thousand_idle_connections_through_a_tiflow_up_pair() {
             "{side}: every connection is a flow"
         );
         let ti = status.flows.iter().filter(|f| f.tifid.is_some()).count();
+        let via = if side == "server" {
+            "serve "
+        } else {
+            "forward "
+        };
+        assert!(
+            status.flows.iter().all(|f| f.via.starts_with(via)),
+            "{side}: every flow shows the connection it carries"
+        );
         assert_eq!(ti, CONNECTIONS, "{side}: every flow is a TI-flow");
         let failures: u64 = status.flows.iter().map(|f| f.failures).sum();
         let resumes: u64 = status.flows.iter().map(|f| f.resumes).sum();

@@ -626,13 +626,30 @@ impl<D: Device> Stack<D> {
     /// Reads delivered bytes. `Ok(0)` with `data` non-empty means end of
     /// stream; `Err(WouldBlock)`-like `Ok(None)` means nothing yet.
     pub fn read(&mut self, id: StreamId, data: &mut [u8]) -> Result<Option<usize>, StreamError> {
-        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
-        if !s.recv_buf.is_empty() {
-            let n = data.len().min(s.recv_buf.len());
-            let (front, back) = s.recv_buf.as_slices();
+        self.read_in_place(id, |front, back| {
+            let n = data.len().min(front.len() + back.len());
             let from_front = n.min(front.len());
             data[..from_front].copy_from_slice(&front[..from_front]);
             data[from_front..n].copy_from_slice(&back[..n - from_front]);
+            n
+        })
+    }
+
+    /// Offers the delivered bytes to `sink` where they lie (the receive
+    /// buffer's two halves, in order; the first is never empty) and
+    /// consumes as many as `sink` returns (at most what it was offered):
+    /// a relay writes them to a kernel socket without another copy.
+    /// `sink` is not called when nothing is ready. Returns what
+    /// [`Stack::read`] returns.
+    pub fn read_in_place(
+        &mut self,
+        id: StreamId,
+        sink: impl FnOnce(&[u8], &[u8]) -> usize,
+    ) -> Result<Option<usize>, StreamError> {
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        if !s.recv_buf.is_empty() {
+            let (front, back) = s.recv_buf.as_slices();
+            let n = sink(front, back).min(s.recv_buf.len());
             s.recv_buf.drain(..n);
             // Room in the receive buffer: more can come out of the socket.
             self.wake_stream(id);
@@ -645,6 +662,16 @@ impl<D: Device> Stack<D> {
             return Err(e);
         }
         Ok(None)
+    }
+
+    /// The peer ended its stream (bytes may still wait to be read).
+    pub fn is_eof(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.eof)
+    }
+
+    /// Our sending direction was shut down ([`Stack::shutdown_write`]).
+    pub fn is_write_shutdown(&self, id: StreamId) -> bool {
+        self.streams.get(&id).is_some_and(|s| s.shutdown_write)
     }
 
     /// Bytes ready to read.

@@ -165,6 +165,114 @@ impl<D: Device + Wait> AsyncWrite for TiStream<D> {
     }
 }
 
+/// Readiness and in-place I/O, for relays that move bytes between a
+/// [`TiStream`] and another socket without a buffer of their own (the
+/// pattern of tokio's `TcpStream::readable` and `try_read`): wait for
+/// readiness, then try; `WouldBlock` means wait again.
+impl<D: Device + Wait> TiStream<D> {
+    /// Waits until a read would not block: bytes are ready, the peer ended
+    /// its stream, or the stream failed (the error).
+    pub async fn readable(&self) -> io::Result<()> {
+        let id = self.id();
+        self.wait_until(|stack| {
+            if stack.readable(id) > 0 || stack.is_eof(id) {
+                return Some(Ok(()));
+            }
+            stack.error(id).map(|e| Err(e.into()))
+        })
+        .await
+    }
+
+    /// Waits until a write would take bytes; returns how many it would
+    /// take. Fails when the stream failed or was shut down for writing.
+    pub async fn writable(&self) -> io::Result<usize> {
+        let id = self.id();
+        self.wait_until(|stack| {
+            if let Some(e) = stack.error(id) {
+                return Some(Err(e.into()));
+            }
+            if stack.is_write_shutdown(id) {
+                return Some(Err(StreamError::WriteAfterShutdown.into()));
+            }
+            let room = stack.writable(id);
+            (room > 0).then_some(Ok(room))
+        })
+        .await
+    }
+
+    /// Resolves with the stream's error once it has failed (never, for a
+    /// stream that ends well): a relay that waits on the other socket
+    /// watches the flow with it.
+    pub async fn failed(&self) -> io::Error {
+        let id = self.id();
+        let failed = self.wait_until(|stack| stack.error(id).map(|e| Ok(io::Error::from(e))));
+        match failed.await {
+            Ok(e) | Err(e) => e,
+        }
+    }
+
+    /// Offers the bytes ready to `sink` where they lie in the stream's
+    /// receive buffer (two slices, in order; the first never empty) and
+    /// consumes as many as it returns: no copy besides `sink`'s own.
+    /// `Ok(0)` is the end of stream; `WouldBlock` means nothing is ready;
+    /// `sink`'s error is returned as it is, with nothing consumed.
+    pub fn try_read_to(
+        &self,
+        sink: impl FnOnce(&[u8], &[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let id = self.id();
+        let mut sink_error = None;
+        let read = self.shared().act(|stack, _| {
+            stack.read_in_place(id, |front, back| match sink(front, back) {
+                Ok(n) => n,
+                Err(e) => {
+                    sink_error = Some(e);
+                    0
+                }
+            })
+        });
+        if let Some(e) = sink_error {
+            return Err(e);
+        }
+        match read {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Queues as much of `data` as the send buffer has room for, without
+    /// waiting; `WouldBlock` when it is full.
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let id = self.id();
+        match self.shared().act(|stack, _| stack.write(id, data)) {
+            Ok(0) if !data.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits, without blocking the thread, until `ready` returns `Some`
+    /// (checked under the stack lock, after a poll) or the runtime stops.
+    async fn wait_until<R>(
+        &self,
+        mut ready: impl FnMut(&mut Stack<D>) -> Option<io::Result<R>>,
+    ) -> io::Result<R> {
+        let id = self.id();
+        let shared = self.shared();
+        poll_fn(|cx| {
+            if shared.stopped() {
+                return Poll::Ready(Err(StreamError::StackStopped.into()));
+            }
+            shared.act_or_wait(cx, Some(id), |stack| match ready(stack) {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            })
+        })
+        .await
+    }
+}
+
 impl<D: Device + Wait> TiListener<D> {
     /// Waits, without blocking the thread, for the next connection (TI or
     /// legacy).

@@ -125,6 +125,20 @@ impl Up {
         Up::spawn_with(ns, scratch, name, args, None)
     }
 
+    /// Like [`Up::start`], with the open-file limit (soft and hard) set to
+    /// `nofile` (so `tiflow up` cannot raise it).
+    pub fn start_with_file_limit(
+        ns: &NetNs,
+        scratch: &Scratch,
+        name: &str,
+        args: &[&str],
+        nofile: u32,
+    ) -> Up {
+        let mut up = Up::spawn_limited(ns, scratch, name, args, None, Some(nofile));
+        up.wait_ready();
+        up
+    }
+
     fn spawn_with(
         ns: &NetNs,
         scratch: &Scratch,
@@ -132,11 +146,30 @@ impl Up {
         args: &[&str],
         filter: Option<&str>,
     ) -> Up {
+        Up::spawn_limited(ns, scratch, name, args, filter, None)
+    }
+
+    fn spawn_limited(
+        ns: &NetNs,
+        scratch: &Scratch,
+        name: &str,
+        args: &[&str],
+        filter: Option<&str>,
+        nofile: Option<u32>,
+    ) -> Up {
         let log = scratch.path(&format!("{name}.log"));
         let control = scratch.path(&format!("{name}.sock"));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut command = Command::new("ip");
+        // `sh` and `ip netns exec` exec in place: the child is tiflow.
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$@\""), "sh", "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
         command
             .args([
                 "netns",

@@ -1,0 +1,91 @@
+//! Why `tiflow up` failed, in words that say what to do.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+use ti_stack::StreamError;
+
+use crate::control::ControlError;
+use crate::host::{CommandError, MissingTools, PrivilegeError};
+
+/// Why `tiflow up` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// Arguments that do not fit together.
+    #[error("{0}")]
+    Usage(String),
+    /// Not privileged.
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    /// A command it needs is not installed.
+    #[error(transparent)]
+    MissingTools(#[from] MissingTools),
+    /// A `--forward` address cannot be listened on.
+    #[error("cannot listen on {addr} for --forward: {source}{}", port_hint(.source))]
+    Listen {
+        /// The address.
+        addr: SocketAddrV4,
+        /// Why.
+        source: io::Error,
+    },
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The TUN device name is in use.
+    #[error(
+        "TUN device name {name:?} is taken: {detail} (another `tiflow up` running? \
+         choose another name with --tun)"
+    )]
+    TunTaken {
+        /// The name.
+        name: String,
+        /// What holds it.
+        detail: String,
+    },
+    /// The TUN device could not be created.
+    #[error("cannot create TUN device {name:?}: {source}")]
+    Tun {
+        /// The name.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A configuration command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// IPv4 forwarding could not be turned on.
+    #[error("cannot turn on IPv4 forwarding (net.ipv4.ip_forward): {0}")]
+    Forwarding(io::Error),
+    /// The capture file.
+    #[error("cannot create capture file {}: {source}", path.display())]
+    Pcap {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The stack could not start.
+    #[error("cannot start the stack: {0}")]
+    Start(io::Error),
+    /// A `--serve` port could not be listened on.
+    #[error("cannot listen on stack port {port} for --serve: {source}")]
+    Serve {
+        /// The port.
+        port: u16,
+        /// Why.
+        source: StreamError,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install SIGINT/SIGTERM handlers: {0}")]
+    Signals(io::Error),
+}
+
+fn port_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => " (another program listens there: pick another port)",
+        io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need root)",
+        _ => "",
+    }
+}

@@ -1,0 +1,337 @@
+//! `tiflow up`: a TI-flow stack on a TUN device of a live host, forwarding
+//! ports both ways so unmodified programs get resilient connections.
+//!
+//! Owns the [`Runtime`] on the device, the event loop that carries
+//! connections (tokio: one relay task per connection, at most one worker
+//! thread per core besides the stack's driver thread), and the orderly
+//! shutdown on SIGINT/SIGTERM. The parts: [`args`] (the command line),
+//! `host_setup` (the TUN device and the host's rules, reverted at exit by
+//! [`host::Undo`]), `accept` (where connections come from), `relay` (how
+//! bytes and ends pass), `registry` and `status` (what `tiflow status`
+//! shows).
+//!
+//! It never makes a protocol decision (the stack does), and every task
+//! ends when `tiflow up` stops.
+//!
+//! Ends pass through as what they are (DESIGN §4 "Abort"; see `relay`): FIN
+//! for FIN, and a reset for a reset, a failed write to the local program,
+//! an aborted or a lost flow; never a clean end of stream for a
+//! conversation that did not end.
+
+mod accept;
+pub mod args;
+mod error;
+mod host_setup;
+mod registry;
+mod relay;
+mod status;
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::Device;
+use ti_stack::Runtime;
+use ti_stack::device::Wait;
+use ti_stack::device::pcap_tap::PcapTap;
+use ti_stack::device::tun::TunDevice;
+use tracing::{debug, info, warn};
+
+pub use args::{
+    Expose, Forward, Serve, UP_HELP, UpArgs, parse_duration, parse_option_kind, parse_tun_name,
+};
+pub use error::UpError;
+
+use crate::control::ControlServer;
+use crate::host::{self, Undo};
+use accept::{Carry, Descriptors, accept_forwards, accept_serves};
+use host_setup::{configure_host, open_tun, raise_open_file_limit};
+use registry::Conns;
+
+/// At shutdown, how long connections get to pass their last bytes and FINs.
+const GRACE: Duration = Duration::from_secs(3);
+/// How often `tiflow up` looks whether its streams have all gone, to return
+/// freed memory to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+/// How often the stop flag (set by signal handlers) is looked at.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// `tiflow up` is stopping: a cheap handle every task holds.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Resolves once `tiflow up` stops.
+    async fn stopped(&mut self) {
+        // An error means the sender is gone: stopping too.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// `tiflow up`: runs until SIGINT or SIGTERM (or stdin closing, when asked).
+pub fn run(args: &UpArgs) -> Result<(), UpError> {
+    args.validate().map_err(UpError::Usage)?;
+    host::check_net_admin()?;
+    let mut tools = vec![host::IP];
+    if args.masquerade || !args.exposes.is_empty() {
+        tools.push(host::IPTABLES);
+    }
+    host::require(&tools)?;
+
+    raise_open_file_limit();
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop).map_err(UpError::Signals)?;
+    if args.exit_on_stdin_close {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+                info!("standard input closed: stopping");
+                stop.store(true, Ordering::Release);
+            })
+            .map_err(UpError::Start)?;
+    }
+
+    // Everything that can fail for a reason the user controls, before the
+    // host is changed: ports, the control socket, the TUN name.
+    let mut listeners = Vec::new();
+    for f in &args.forwards {
+        let listener = TcpListener::bind(f.listen).map_err(|source| UpError::Listen {
+            addr: f.listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| UpError::Listen {
+                addr: f.listen,
+                source,
+            })?;
+        listeners.push((*f, listener));
+    }
+    let control = ControlServer::bind(&args.control_path())?;
+    let mut undo = Undo::default();
+    let tun = open_tun(args)?;
+    configure_host(args, &mut undo)?;
+
+    let setup = Setup {
+        args: args.clone(),
+        stop,
+        listeners,
+        control,
+        started: Instant::now(),
+    };
+    let result = match &args.pcap {
+        Some(path) => {
+            let tap = PcapTap::create(tun, path).map_err(|source| UpError::Pcap {
+                path: path.clone(),
+                source,
+            })?;
+            serve(setup, tap)
+        }
+        None => serve(setup, tun),
+    };
+    drop(undo);
+    result
+}
+
+struct Setup {
+    args: UpArgs,
+    stop: Arc<AtomicBool>,
+    listeners: Vec<(Forward, TcpListener)>,
+    control: ControlServer,
+    started: Instant,
+}
+
+/// Worker threads for the relays: one per core, less the one the stack's
+/// driver thread keeps busy; at least one.
+fn relay_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// The event loop: on one core's worth of machine or two, the calling
+/// thread alone runs every relay; on more, a worker per core less one.
+fn event_loop() -> io::Result<tokio::runtime::Runtime> {
+    let threads = relay_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads).thread_name("tiflow-relay");
+        b
+    };
+    builder.enable_all().build()
+}
+
+fn serve<D>(setup: Setup, device: D) -> Result<(), UpError>
+where
+    D: Device + Wait + Flush + Send + 'static,
+{
+    let Setup {
+        args,
+        stop,
+        listeners,
+        control,
+        started,
+    } = setup;
+    let descriptors = Arc::new(Descriptors::reserve().map_err(UpError::Start)?);
+    let events = event_loop().map_err(UpError::Start)?;
+    let runtime = Arc::new(Runtime::start(args.stack_config(), device).map_err(UpError::Start)?);
+    let conns = Conns::default();
+    let mut ti_listeners = Vec::new();
+    for s in &args.serves {
+        let listener = runtime.listen(s.port).map_err(|source| UpError::Serve {
+            port: s.port,
+            source,
+        })?;
+        ti_listeners.push((*s, listener));
+    }
+    print_banner(&args, &listeners, &ti_listeners, &control);
+
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+    let carry = Carry {
+        runtime: runtime.clone(),
+        conns: conns.clone(),
+        stop: Stop(stop_rx),
+        descriptors,
+    };
+    events.block_on(async {
+        for (f, listener) in listeners {
+            tokio::spawn(accept_forwards(f, listener, carry.clone()));
+        }
+        for (s, listener) in ti_listeners {
+            tokio::spawn(accept_serves(s, listener, carry.clone()));
+        }
+        tokio::spawn(release_memory_when_idle(
+            runtime.clone(),
+            carry.stop.clone(),
+        ));
+        let stopped = async {
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(STOP_CHECK).await;
+            }
+        };
+        control
+            .serve(stopped, |req| {
+                status::handle(req, &args, &runtime, &conns, started)
+            })
+            .await;
+        info!("stopping");
+        let _ = stopping.send(true);
+        // Relays pass their ends on; give the flows time to deliver them.
+        let deadline = tokio::time::Instant::now() + GRACE;
+        while tokio::time::Instant::now() < deadline
+            && !(conns.is_empty() && runtime.stream_infos().is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    events.shutdown_timeout(Duration::from_secs(1));
+    drop(carry);
+    runtime.with_stack(|stack, _| stack.device().flush_capture());
+    match Arc::try_unwrap(runtime) {
+        Ok(runtime) => runtime.stop(),
+        Err(_) => warn!("connections still busy at exit; stopping anyway"),
+    }
+    drop(control);
+    println!("tiflow up: stopped");
+    Ok(())
+}
+
+/// What `tiflow up` runs with, on standard output.
+fn print_banner<D: Device + Wait>(
+    args: &UpArgs,
+    listeners: &[(Forward, TcpListener)],
+    ti_listeners: &[(Serve, ti_stack::TiListener<D>)],
+    control: &ControlServer,
+) {
+    println!(
+        "tiflow up: TUN {}, stack {}, kernel side {}, MTU {}, {}",
+        args.tun,
+        args.address,
+        args.kernel_address(),
+        args.mtu,
+        if args.no_ti {
+            "plain TCP (--no-ti)".to_owned()
+        } else {
+            format!("TI-flows on (option kind {})", args.option_kind)
+        }
+    );
+    for (f, _) in listeners {
+        println!("  forward {} -> {}", f.listen, f.remote);
+    }
+    for (s, _) in ti_listeners {
+        println!("  serve   {}:{} -> {}", args.address.addr, s.port, s.target);
+    }
+    for e in &args.exposes {
+        println!(
+            "  expose  host port {} -> stack port {}",
+            e.host_port, e.port
+        );
+    }
+    if args.masquerade {
+        println!("  masquerade {} behind this host's address", args.address);
+    }
+    if let Some(p) = &args.pcap {
+        println!("  pcap    {}", p.display());
+    }
+    println!("  control {}", control.path().display());
+    println!("tiflow up: ready (Ctrl-C to stop)");
+}
+
+/// Hands freed memory back to the system each time the stack's streams
+/// have all gone (checked every [`TRIM_EVERY`]): the buffers of a burst of
+/// connections otherwise stay resident in the allocator's arenas.
+async fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
+    runtime: Arc<Runtime<D>>,
+    mut stop: Stop,
+) {
+    let mut busy_since_trim = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TRIM_EVERY) => {}
+            () = stop.stopped() => return,
+        }
+        let streams = runtime.resources().streams;
+        if streams > 0 {
+            busy_since_trim = true;
+        } else if busy_since_trim {
+            busy_since_trim = false;
+            let released = ti_stack::memory::release_free_memory();
+            debug!(released, "idle: freed memory returned to the system");
+        }
+    }
+}
+
+/// A device whose capture (if any) can be flushed.
+trait Flush {
+    fn flush_capture(&self);
+}
+
+impl Flush for TunDevice {
+    fn flush_capture(&self) {}
+}
+
+impl<D: Device> Flush for PcapTap<D> {
+    fn flush_capture(&self) {
+        if let Err(e) = self.flush() {
+            warn!(error = %e, "cannot flush the capture file");
+        }
+    }
+}
+
+/// Installs SIGINT and SIGTERM handlers that set `stop`; a second signal
+/// exits at once with status 1.
+pub fn stop_on_signals(stop: &Arc<AtomicBool>) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(())
+}
