@@ -257,6 +257,12 @@ impl UpProcess {
         })
     }
 
+    /// Its process id (the `tiflow up` process itself: `ip netns exec`
+    /// execs in place).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the control socket answers (bounded).
     pub(crate) fn wait_ready(&mut self, stop: &AtomicBool) -> Result<(), DemoError> {
         let deadline = Instant::now() + READY_TIMEOUT;

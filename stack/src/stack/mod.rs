@@ -36,6 +36,7 @@ mod liveness;
 mod ports;
 mod pump;
 mod resources;
+mod ring;
 mod syn_queue;
 mod timers;
 mod validate;
@@ -45,6 +46,7 @@ pub use resources::Resources;
 use accept::AdmissionStats;
 use cells::{Addressing, Cells, ConnId};
 use half_open::{Attempt, HalfOpen};
+use ring::ByteRing;
 use syn_queue::{RetryFilter, SynQueue};
 use timers::{Timers, Wake};
 
@@ -238,7 +240,7 @@ struct StreamState {
     /// silent, kept while resume attempts run (in `conn`).
     suspect: Option<Suspect>,
     /// Bytes from `snd_una` on (TI mode) or from the oldest unacknowledged byte.
-    send_buf: VecDeque<u8>,
+    send_buf: ByteRing,
     /// TI position one past the highest byte ever handed to a socket.
     sent_high: Seq48,
     recv_buf: VecDeque<u8>,
@@ -290,7 +292,7 @@ impl StreamState {
         dropped: u64,
     ) -> (Duration, u64) {
         let drop_bytes = (dropped as usize).min(self.send_buf.len());
-        self.send_buf.drain(..drop_bytes);
+        self.send_buf.drain_front(drop_bytes);
         let resent = self.sent_high.bytes_since(send_from).unwrap_or(0);
         let downtime = self.failed_at.map_or(Duration::ZERO, |t| std_dur(now - t));
         let detect = match (self.gap_from, self.failed_at) {
@@ -603,6 +605,34 @@ impl<D: Device> Stack<D> {
 
     /// Queues bytes for sending; returns how many fit in the send buffer.
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let mut written = 0;
+        // Twice at most: the buffer's free space may wrap around its end.
+        while written < data.len() {
+            let rest = &data[written..];
+            let n = self.write_in_place(id, rest.len(), |spare| {
+                spare.copy_from_slice(&rest[..spare.len()]);
+                spare.len()
+            })?;
+            if n == 0 {
+                break;
+            }
+            written += n;
+        }
+        Ok(written)
+    }
+
+    /// Lends `source` free space of the send buffer (at most `max` bytes,
+    /// at least one if there is room; none when the buffer is full) and
+    /// queues the bytes it says it wrote there (its return value, at most
+    /// what it was lent): a relay reads a kernel socket straight into the
+    /// buffer. `source` is not called when there is no room. Returns how
+    /// many bytes were queued.
+    pub fn write_in_place(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        source: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<usize, StreamError> {
         let limit = self.config.send_buffer;
         let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
         if let Some(e) = s.error {
@@ -611,8 +641,13 @@ impl<D: Device> Stack<D> {
         if s.shutdown_write {
             return Err(StreamError::WriteAfterShutdown);
         }
-        let n = data.len().min(limit.saturating_sub(s.send_buf.len()));
-        s.send_buf.extend(&data[..n]);
+        let room = max.min(limit.saturating_sub(s.send_buf.len()));
+        if room == 0 {
+            return Ok(0);
+        }
+        let spare = s.send_buf.spare_mut(room);
+        let n = source(spare).min(spare.len());
+        s.send_buf.commit(n);
         s.stats.bytes_written += n as u64;
         if let Some(flow) = s.tifid.and_then(|t| self.table.get_mut(t)) {
             let _ = flow.on_write(n as u64);
@@ -1002,7 +1037,7 @@ impl<D: Device> Stack<D> {
                 tifid: None,
                 conn: None,
                 suspect: None,
-                send_buf: VecDeque::new(),
+                send_buf: ByteRing::new(),
                 sent_high: Seq48::ZERO,
                 recv_buf: VecDeque::new(),
                 shutdown_write: false,

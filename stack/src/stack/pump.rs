@@ -96,7 +96,7 @@ impl<D: Device> Stack<D> {
         } else if newly > 0 {
             conn.acked = acked_total;
             let n = (newly as usize).min(s.send_buf.len());
-            s.send_buf.drain(..n);
+            s.send_buf.drain_front(n);
             if let Some(flow) = flow.as_deref_mut() {
                 let una = flow.positions().snd_una + newly;
                 let _ = flow.on_acked(una);

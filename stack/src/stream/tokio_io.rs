@@ -241,6 +241,33 @@ impl<D: Device + Wait> TiStream<D> {
         }
     }
 
+    /// Lends `source` up to `max` bytes of the send buffer's free space
+    /// and queues what it wrote there (its `Ok(n)`): a relay reads a kernel
+    /// socket straight into the buffer, no copy besides the kernel's.
+    /// `WouldBlock` when the buffer is full (`source` is not called);
+    /// `source`'s own result otherwise, `Ok(0)` included.
+    pub fn try_write_from(
+        &self,
+        max: usize,
+        source: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let id = self.id();
+        let mut called = false;
+        let mut result = Ok(0);
+        let queued = self.shared().act(|stack, _| {
+            stack.write_in_place(id, max, |spare| {
+                called = true;
+                result = source(spare);
+                *result.as_ref().unwrap_or(&0)
+            })
+        });
+        match queued {
+            Err(e) => Err(e.into()),
+            Ok(_) if !called => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(_) => result,
+        }
+    }
+
     /// Queues as much of `data` as the send buffer has room for, without
     /// waiting; `WouldBlock` when it is full.
     pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {

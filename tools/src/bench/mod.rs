@@ -12,6 +12,7 @@
 //! deletes them when done, on error too.
 
 pub mod bulk;
+pub mod forward;
 pub mod latency;
 pub mod net;
 pub mod pcap;
@@ -69,6 +70,11 @@ pub enum What {
     /// connection, as the number of idle connections grows (two stacks in
     /// memory, no root) [default connections: 1,100,1000,10000].
     Scale,
+    /// The forward path users run: kernel TCP programs through a `tiflow
+    /// up` pair vs kernel TCP, through the same NAT and stateful firewall,
+    /// interleaved: 1 and 100 streams each way, CPU per GB of both `tiflow
+    /// up`, ping-pong round trip [default: 5 repetitions of 3 s].
+    Forward,
     /// No measurement, no root: the README's performance tables from the
     /// committed results files (--results); printed, written into the
     /// README's marked regions (--readme), or checked against them
@@ -139,6 +145,13 @@ pub struct BenchArgs {
     /// [default: 60; --quick: 5].
     #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_secs)]
     pub no_fault_secs: Option<f64>,
+    /// forward: parallel stream counts, comma-separated [default: 1,100;
+    /// --quick: 1,4].
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub streams: Option<Vec<usize>>,
+    /// forward: seconds each bulk sample writes [default: 3; --quick: 1].
+    #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_secs)]
+    pub secs: Option<f64>,
     /// report: the directory of the results files.
     #[arg(long, value_name = "DIR", default_value = "benches/results")]
     pub results: PathBuf,
@@ -305,6 +318,32 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     if args.what == What::Tuning {
         return run_tuning(args, &settings);
     }
+    if args.what == What::Forward {
+        let streams = match (&args.streams, args.quick) {
+            (Some(s), _) => s.clone(),
+            (None, true) => vec![1, 4],
+            (None, false) => forward::DEFAULT_STREAMS.to_vec(),
+        };
+        if streams.is_empty() || streams.contains(&0) {
+            return Err(BenchError::Check(
+                "--streams: give counts of at least 1".into(),
+            ));
+        }
+        let settings = forward::Settings {
+            reps: args
+                .reps
+                .unwrap_or(if args.quick { 1 } else { forward::DEFAULT_REPS })
+                .max(1),
+            secs: args.secs.unwrap_or(if args.quick {
+                1.0
+            } else {
+                forward::DEFAULT_SECS
+            }),
+            streams,
+        };
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        return forward::run(&settings, &args.out, &command);
+    }
     if args.what == What::Scale {
         let counts = match (&args.connections, args.quick) {
             (Some(c), _) => c.clone(),
@@ -377,6 +416,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::Recovery => "recovery",
         What::Tuning => "tuning",
         What::Scale => "scale",
+        What::Forward => "forward",
         What::Report => "report",
     };
     let command: Vec<String> = std::env::args().collect();

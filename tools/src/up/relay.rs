@@ -11,18 +11,17 @@
 //!   resets the local program's connection (`SO_LINGER` zero, then close):
 //!   a conversation that did not end never looks complete.
 //!
-//! Owns no buffer per connection: it waits for readiness and then moves
-//! bytes with `try_` calls (tokio's pattern). Towards the flow, bytes go
-//! through one scratch buffer per thread into the stream's send buffer;
-//! towards the program, they go from the stream's receive buffer straight
-//! into the kernel socket (`writev`). An idle connection costs its task and
-//! its two sockets, not two threads and their stacks.
+//! Owns no buffer: it waits for readiness and then moves bytes with `try_`
+//! calls (tokio's pattern), between the kernel socket and the stream's own
+//! buffers with no copy besides the kernel's: a `read` straight into the
+//! stream's send buffer, a `writev` straight from its receive buffer. An
+//! idle connection costs its task and its two sockets, not two threads and
+//! their stacks.
 //!
 //! While a direction waits on one end it watches the other for what would
 //! otherwise go unseen: waiting for room in the flow, a reset of the local
 //! connection; waiting for the program to take data, a failure of the flow.
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddrV4};
 use std::pin::pin;
@@ -39,14 +38,8 @@ use tracing::{debug, info, warn};
 
 use super::Stop;
 
-/// Size of each thread's scratch buffer (program to flow).
-const SCRATCH: usize = 64 * 1024;
-
-thread_local! {
-    /// Bytes read from a local program on their way into a flow; never
-    /// held across an `await`.
-    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
-}
+/// Most bytes moved from the program into the flow by one read.
+const BATCH: usize = 256 * 1024;
 
 /// How a direction of the relay ended.
 #[derive(Debug)]
@@ -134,44 +127,24 @@ async fn kernel_to_ti<D: Device + Wait>(
     fin_sent: &AtomicBool,
     flow: &FlowLabel,
 ) -> End {
-    // Bytes read but not yet taken by the flow (only if its room shrank
-    // between the check and the write, which a failure alone does).
-    let mut pending: Vec<u8> = Vec::new();
     loop {
-        // Room in the flow first, so what is read can be handed over whole;
-        // meanwhile a reset of the local connection is seen at once.
-        let room = tokio::select! {
+        // Room in the flow first, so what is read goes straight into its
+        // buffer; meanwhile a reset of the local connection is seen at once.
+        tokio::select! {
             biased;
-            room = ti.writable() => match room {
-                Ok(room) => room,
-                Err(e) => return End::FlowBroke(e),
+            room = ti.writable() => if let Err(e) = room {
+                return End::FlowBroke(e);
             },
             ready = kernel.ready(Interest::ERROR) => return End::LocalBroke(local_error(kernel, ready.err())),
-        };
-        if !pending.is_empty() {
-            match ti.try_write(&pending) {
-                Ok(n) => drop(pending.drain(..n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return End::FlowBroke(e),
-            }
-            continue;
         }
         if let Err(e) = kernel.readable().await {
             return End::LocalBroke(e);
         }
-        let moved = SCRATCH_BUF.with_borrow_mut(|buf| {
-            let want = room.min(buf.len());
-            let n = kernel.try_read(&mut buf[..want])?;
-            if n > 0 {
-                let taken = ti.try_write(&buf[..n]).unwrap_or(0);
-                pending.extend_from_slice(&buf[taken..n]);
-            }
-            Ok::<usize, io::Error>(n)
-        });
-        match moved {
+        match ti.try_write_from(BATCH, |spare| kernel.try_read(spare)) {
             Ok(0) => return local_finished(kernel, ti, fin_sent, flow),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if stream_error(&e).is_some() => return End::FlowBroke(e),
             Err(e) => return End::LocalBroke(e),
         }
     }

@@ -1,0 +1,699 @@
+//! `tiflow bench forward`: the path users run. Kernel TCP programs at both
+//! ends, carried through a `tiflow up` pair (client: `--forward`, server:
+//! `--serve` + `--expose`) across an nftables NAT and stateful firewall,
+//! against kernel TCP between the same two namespaces through the same
+//! middlebox; interleaved, path order alternating per repetition.
+//!
+//! ```text
+//!  client ns                middlebox ns                 server ns
+//!  program -> 127.0.0.1:6000 (tiflow up) ...... NAT ...... 10.10.2.2:5002 (tiflow up) -> 127.0.0.1:5002 program
+//!  program -> 10.10.2.2:5001 ................... NAT ...... 10.10.2.2:5001 program      (kernel TCP)
+//! ```
+//!
+//! Per repetition and path: throughput of 1 and of 100 parallel streams
+//! each way (bytes the receiver got over the time from start to the last
+//! byte), the CPU time both `tiflow up` processes used per GB carried, and
+//! the round-trip time of 64-byte messages ping-ponged on one connection.
+//! Owns its namespaces, `tiflow up` processes and program threads; writes
+//! `forward.csv` (every sample) and `forward-report.txt`.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ti_testnet::middlebox::Middlebox;
+use ti_testnet::netns::NetNs;
+use ti_testnet::topology::{Cidr, Line, LinePlan};
+
+use super::stats::{Summary, summarize};
+use super::{BenchError, check_interrupted, write_file};
+use crate::demo::UpProcess;
+
+/// Default repetitions.
+pub const DEFAULT_REPS: usize = 5;
+/// Default seconds each stream writes.
+pub const DEFAULT_SECS: f64 = 3.0;
+/// Default stream counts.
+pub const DEFAULT_STREAMS: [usize; 2] = [1, 100];
+/// Goal: throughput through the `tiflow up` pair over kernel TCP's.
+pub const GOAL_THROUGHPUT_RATIO: f64 = 0.5;
+/// Goal: ping-pong round trip through the pair over kernel TCP's.
+pub const GOAL_LATENCY_RATIO: f64 = 2.0;
+
+/// Messages ping-ponged per sample.
+const PING_PONGS: usize = 2_000;
+/// Bytes per ping-pong message.
+const MESSAGE: usize = 64;
+/// Bytes per write of a bulk stream.
+const CHUNK: usize = 128 * 1024;
+/// Longest a connection or a sample's end may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const CLIENT: &str = "10.10.1.2";
+const INSIDE: &str = "10.10.1.1";
+const OUTSIDE: &str = "10.10.2.1";
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 10, 2, 2);
+/// The server program's kernel TCP port.
+const KERNEL_PORT: u16 = 5001;
+/// The server program's port behind the server's `tiflow up`.
+const TI_PORT: u16 = 5002;
+/// The client `tiflow up`'s `--forward` port.
+const FORWARD_PORT: u16 = 6000;
+/// NAT (masquerade out of m1) and a stateful firewall: replies and new
+/// connections from inside pass, nothing else.
+const RULESET: &str = r#"table ip tiflow_forward {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "m1" ip saddr 10.10.1.0/24 masquerade
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "m0" oifname "m1" ct state new accept
+    }
+}
+"#;
+
+/// Which way the bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
+}
+
+impl Dir {
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Up => "up",
+            Dir::Down => "down",
+        }
+    }
+}
+
+/// Which route carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Kernel TCP through the middlebox.
+    Kernel,
+    /// Kernel TCP to a `tiflow up` pair, TI-flows through the middlebox.
+    Tiflow,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Kernel => "kernel",
+            Route::Tiflow => "tiflow",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    rep: usize,
+    path: Route,
+    /// `None` for a ping-pong sample.
+    dir: Option<Dir>,
+    streams: usize,
+    /// Bulk: Gbit/s; ping-pong: median round trip in microseconds.
+    value: f64,
+    /// Bulk through `tiflow up`: CPU seconds of both processes per GB.
+    cpu_s_per_gb: Option<f64>,
+}
+
+/// The run's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Repetitions.
+    pub reps: usize,
+    /// Seconds each bulk sample writes.
+    pub secs: f64,
+    /// Stream counts.
+    pub streams: Vec<usize>,
+}
+
+/// The server program: answers each connection by its first byte: `U`
+/// reads to the end and replies with the count, `D` writes until the
+/// connection fails, `P` echoes 64-byte messages.
+struct ServerProgram {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServerProgram {
+    fn start(listeners: Vec<TcpListener>) -> ServerProgram {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = listeners
+            .into_iter()
+            .map(|listener| {
+                let stop = stop.clone();
+                std::thread::spawn(move || accept_loop(&listener, &stop))
+            })
+            .collect();
+        ServerProgram { stop, threads }
+    }
+}
+
+impl Drop for ServerProgram {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_nodelay(true);
+                std::thread::spawn(move || serve_connection(s));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+fn serve_connection(mut s: TcpStream) {
+    let _ = s.set_read_timeout(Some(TIMEOUT));
+    let mut command = [0u8; 1];
+    if s.read_exact(&mut command).is_err() {
+        return;
+    }
+    match command[0] {
+        b'U' => {
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    let _ = s.write_all(&total.to_le_bytes());
+                    return;
+                }
+                total += n as u64;
+            }
+        }
+        b'D' => {
+            let buf = vec![0x5au8; CHUNK];
+            let _ = s.set_write_timeout(Some(TIMEOUT));
+            while s.write_all(&buf).is_ok() {}
+        }
+        b'P' => {
+            let mut msg = [0u8; MESSAGE];
+            while s.read_exact(&mut msg).is_ok() {
+                if s.write_all(&msg).is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The namespaces, the middlebox's table, the `tiflow up` pair and the
+/// server program.
+struct Bed {
+    line: Line,
+    client_up: UpProcess,
+    server_up: UpProcess,
+    _program: ServerProgram,
+}
+
+impl Bed {
+    fn build(work: &Path) -> Result<Bed, BenchError> {
+        let addr = |a: &str| a.parse::<Ipv4Addr>().map(Cidr::slash24);
+        let parse_err = |e: std::net::AddrParseError| BenchError::Check(e.to_string());
+        let plan = LinePlan {
+            client: addr(CLIENT).map_err(parse_err)?,
+            inside: addr(INSIDE).map_err(parse_err)?,
+            outside: addr(OUTSIDE).map_err(parse_err)?,
+            outside_secondary: &[],
+            server: Cidr::slash24(SERVER),
+            server_gateway: None,
+        };
+        let line = Line::build("tifwd", &plan, &Middlebox::Nftables(RULESET.to_owned()))?;
+        let listeners = vec![
+            listen_in(&line.server, &format!("0.0.0.0:{KERNEL_PORT}"))?,
+            listen_in(&line.server, &format!("127.0.0.1:{TI_PORT}"))?,
+        ];
+        let program = ServerProgram::start(listeners);
+        let serve = format!("{TI_PORT}=127.0.0.1:{TI_PORT}");
+        let expose = TI_PORT.to_string();
+        let forward = format!("127.0.0.1:{FORWARD_PORT}={SERVER}:{TI_PORT}");
+        let mut server_up = UpProcess::spawn(
+            &line.server,
+            "server",
+            work,
+            &[
+                "--address",
+                "10.0.2.1/24",
+                "--serve",
+                &serve,
+                "--expose",
+                &expose,
+            ],
+        )?;
+        let mut client_up = UpProcess::spawn(
+            &line.client,
+            "client",
+            work,
+            &[
+                "--address",
+                "10.0.1.1/24",
+                "--masquerade",
+                "--forward",
+                &forward,
+            ],
+        )?;
+        server_up.wait_ready(super::interrupt_flag())?;
+        client_up.wait_ready(super::interrupt_flag())?;
+        Ok(Bed {
+            line,
+            client_up,
+            server_up,
+            _program: program,
+        })
+    }
+
+    fn target(path: Route) -> SocketAddr {
+        match path {
+            Route::Kernel => SocketAddr::from((SERVER, KERNEL_PORT)),
+            Route::Tiflow => SocketAddr::from((Ipv4Addr::LOCALHOST, FORWARD_PORT)),
+        }
+    }
+
+    /// CPU seconds both `tiflow up` processes have used.
+    fn up_cpu(&self) -> f64 {
+        cpu_seconds(self.client_up.pid()) + cpu_seconds(self.server_up.pid())
+    }
+
+    /// Opens `n` connections on `path`, each with its own first byte sent
+    /// later (so no data moves before the clock starts).
+    fn connect(&self, path: Route, n: usize) -> Result<Vec<TcpStream>, BenchError> {
+        let to = Bed::target(path);
+        (0..n)
+            .map(|_| {
+                let s = self
+                    .line
+                    .client
+                    .enter(|| TcpStream::connect_timeout(&to, TIMEOUT))?
+                    .map_err(|e| BenchError::io(format!("connect to {to}"), e))?;
+                let _ = s.set_nodelay(true);
+                s.set_read_timeout(Some(TIMEOUT))
+                    .map_err(|e| BenchError::io("set a read timeout", e))?;
+                s.set_write_timeout(Some(TIMEOUT))
+                    .map_err(|e| BenchError::io("set a write timeout", e))?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// Bulk: Gbit/s of `n` parallel streams on `path` going `dir`.
+    fn bulk(&self, path: Route, dir: Dir, n: usize, secs: f64) -> Result<f64, BenchError> {
+        let streams = self.connect(path, n)?;
+        let window = Duration::from_secs_f64(secs);
+        let start = Instant::now();
+        let results: Vec<Result<(u64, Instant), io::Error>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = streams
+                .into_iter()
+                .map(|s| scope.spawn(move || stream_bulk(s, dir, start, window)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("stream thread panicked")))
+                })
+                .collect()
+        });
+        let mut bytes = 0u64;
+        let mut last = start;
+        for r in results {
+            let (b, end) = r.map_err(|e| {
+                BenchError::io(format!("{} {} stream on {}", n, dir.name(), path.name()), e)
+            })?;
+            bytes += b;
+            last = last.max(end);
+        }
+        let elapsed = last.duration_since(start).as_secs_f64().max(1e-9);
+        Ok(bytes as f64 * 8.0 / elapsed / 1e9)
+    }
+
+    /// Ping-pong: median round trip in microseconds on one connection.
+    fn ping_pong(&self, path: Route) -> Result<f64, BenchError> {
+        let mut s = self
+            .connect(path, 1)?
+            .pop()
+            .ok_or_else(|| BenchError::Check("no connection".into()))?;
+        let io_err = |e| BenchError::io(format!("ping-pong on {}", path.name()), e);
+        s.write_all(b"P").map_err(io_err)?;
+        let mut msg = [0x33u8; MESSAGE];
+        let mut rtts = Vec::with_capacity(PING_PONGS);
+        for i in 0..PING_PONGS + 100 {
+            let t = Instant::now();
+            s.write_all(&msg).map_err(io_err)?;
+            s.read_exact(&mut msg).map_err(io_err)?;
+            if i >= 100 {
+                // The first hundred warm the path up.
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        summarize(&rtts)
+            .map(|s| s.median)
+            .ok_or_else(|| BenchError::Check("no round trip measured".into()))
+    }
+}
+
+/// One bulk stream: sends its command at `start`, then writes (up) or
+/// reads (down) for `window`. Returns the bytes the receiver got and when
+/// the last of them arrived.
+fn stream_bulk(
+    mut s: TcpStream,
+    dir: Dir,
+    start: Instant,
+    window: Duration,
+) -> io::Result<(u64, Instant)> {
+    let deadline = start + window;
+    match dir {
+        Dir::Up => {
+            s.write_all(b"U")?;
+            let buf = vec![0xa5u8; CHUNK];
+            while Instant::now() < deadline {
+                s.write_all(&buf)?;
+            }
+            s.shutdown(Shutdown::Write)?;
+            let mut count = [0u8; 8];
+            s.read_exact(&mut count)?;
+            Ok((u64::from_le_bytes(count), Instant::now()))
+        }
+        Dir::Down => {
+            s.write_all(b"D")?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            while Instant::now() < deadline {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                total += n as u64;
+            }
+            Ok((total, Instant::now()))
+        }
+    }
+}
+
+fn listen_in(ns: &NetNs, addr: &str) -> Result<TcpListener, BenchError> {
+    let listener = ns
+        .enter(|| TcpListener::bind(addr))?
+        .map_err(|e| BenchError::io(format!("listen on {addr} in {}", ns.name()), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| BenchError::io("make a listener non-blocking", e))?;
+    Ok(listener)
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / hz,
+        _ => 0.0,
+    }
+}
+
+/// Runs the benchmark; writes its files to `out`.
+pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchError> {
+    ti_testnet::netns::check_privileges()?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| BenchError::io(format!("create {}", out.display()), e))?;
+    let work = out.join("forward-logs");
+    std::fs::create_dir_all(&work)
+        .map_err(|e| BenchError::io(format!("create {}", work.display()), e))?;
+    let started = Instant::now();
+    eprintln!(
+        "tiflow bench forward: {} repetitions, streams {:?}, {:.1} s each; building namespaces",
+        settings.reps, settings.streams, settings.secs
+    );
+    let bed = Bed::build(&work)?;
+    let mut samples = Vec::new();
+    for rep in 1..=settings.reps {
+        let order = if rep % 2 == 1 {
+            [Route::Kernel, Route::Tiflow]
+        } else {
+            [Route::Tiflow, Route::Kernel]
+        };
+        for &n in &settings.streams {
+            for dir in [Dir::Up, Dir::Down] {
+                for path in order {
+                    check_interrupted()?;
+                    let cpu_before = bed.up_cpu();
+                    let gbit = bed.bulk(path, dir, n, settings.secs)?;
+                    let cpu = bed.up_cpu() - cpu_before;
+                    let gb = gbit * settings.secs / 8.0;
+                    let cpu_s_per_gb = (path == Route::Tiflow && gb > 0.0).then(|| cpu / gb);
+                    eprintln!(
+                        "[{:>4.0} s] rep {rep}: {:>6} {:>4} x{n:<3} {gbit:>7.3} Gbit/s{}",
+                        started.elapsed().as_secs_f64(),
+                        path.name(),
+                        dir.name(),
+                        cpu_s_per_gb
+                            .map_or(String::new(), |c| format!(", tiflow up CPU {c:.2} s/GB"))
+                    );
+                    samples.push(Sample {
+                        rep,
+                        path,
+                        dir: Some(dir),
+                        streams: n,
+                        value: gbit,
+                        cpu_s_per_gb,
+                    });
+                    // Let the last stream's connections close.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+        for path in order {
+            check_interrupted()?;
+            let us = bed.ping_pong(path)?;
+            eprintln!(
+                "[{:>4.0} s] rep {rep}: {:>6} ping-pong {us:.1} us",
+                started.elapsed().as_secs_f64(),
+                path.name()
+            );
+            samples.push(Sample {
+                rep,
+                path,
+                dir: None,
+                streams: 1,
+                value: us,
+                cpu_s_per_gb: None,
+            });
+        }
+    }
+    let failures = failures_detected(&bed);
+    drop(bed);
+    write_file(&out.join("forward.csv"), &csv(&samples))?;
+    let report = report(&samples, settings, command, started.elapsed(), failures);
+    write_file(&out.join("forward-report.txt"), &report)?;
+    print!("{report}");
+    println!("Results in {}", out.display());
+    Ok(())
+}
+
+/// Failures each `tiflow up` detected since it started, for the report.
+fn failures_detected(bed: &Bed) -> String {
+    let of = |up: &UpProcess| match crate::control::status(&up.control) {
+        Ok(report) => report.failures.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    format!(
+        "client {}, server {}",
+        of(&bed.client_up),
+        of(&bed.server_up)
+    )
+}
+
+fn csv(samples: &[Sample]) -> String {
+    let mut s = String::from("rep,path,kind,streams,value,unit,tiflow_cpu_s_per_gb\n");
+    for x in samples {
+        let (kind, unit) = match x.dir {
+            Some(d) => (d.name(), "gbit_s"),
+            None => ("ping-pong", "rtt_us"),
+        };
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{:.4},{},{}",
+            x.rep,
+            x.path.name(),
+            kind,
+            x.streams,
+            x.value,
+            unit,
+            x.cpu_s_per_gb.map_or(String::new(), |c| format!("{c:.3}"))
+        );
+    }
+    s
+}
+
+/// The values of the samples matching, in repetition order.
+fn values(samples: &[Sample], path: Route, dir: Option<Dir>, streams: usize) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s.path == path && s.dir == dir && s.streams == streams)
+        .map(|s| s.value)
+        .collect()
+}
+
+/// Per-repetition ratios tiflow / kernel (paired by repetition).
+fn ratios(samples: &[Sample], dir: Option<Dir>, streams: usize) -> Vec<f64> {
+    let k = values(samples, Route::Kernel, dir, streams);
+    let t = values(samples, Route::Tiflow, dir, streams);
+    k.iter()
+        .zip(&t)
+        .filter(|(k, _)| **k > 0.0)
+        .map(|(k, t)| t / k)
+        .collect()
+}
+
+fn fmt_summary(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) if s.n >= 9 => format!(
+            "{:.d$} [{:.d$}, {:.d$}]",
+            s.median,
+            s.ci_low,
+            s.ci_high,
+            d = digits
+        ),
+        Some(s) => format!(
+            "{:.d$} (range {:.d$}-{:.d$}, n={})",
+            s.median,
+            s.min,
+            s.max,
+            s.n,
+            d = digits
+        ),
+        None => "-".into(),
+    }
+}
+
+fn verdict(ratio: Option<Summary>, goal: f64, at_least: bool) -> &'static str {
+    let Some(r) = ratio else {
+        return "not measured";
+    };
+    let meets = |v: f64| if at_least { v >= goal } else { v <= goal };
+    let (worst, best) = if at_least {
+        (r.min, r.median)
+    } else {
+        (r.max, r.median)
+    };
+    if meets(worst) {
+        "met"
+    } else if meets(best) {
+        "met (median)"
+    } else {
+        "MISSED"
+    }
+}
+
+fn report(
+    samples: &[Sample],
+    settings: &Settings,
+    command: &str,
+    took: Duration,
+    failures: String,
+) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "tiflow bench forward\ncommand: {command}");
+    let _ = writeln!(
+        r,
+        "\n== forward path: kernel TCP programs through a tiflow up pair vs kernel TCP, \
+         same NAT + stateful firewall (nftables), interleaved; {} repetitions of {:.1} s; \
+         median{}",
+        settings.reps,
+        settings.secs,
+        if settings.reps >= 9 {
+            " [95% CI]"
+        } else {
+            " (range: fewer than 9 repetitions)"
+        }
+    );
+    let _ = writeln!(
+        r,
+        "{:<6} {:>7}  {:<30} {:<30} {:<30} tiflow up CPU s/GB",
+        "dir", "streams", "kernel Gbit/s", "tiflow Gbit/s", "tiflow / kernel"
+    );
+    for &n in &settings.streams {
+        for dir in [Dir::Up, Dir::Down] {
+            let cpu: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.path == Route::Tiflow && s.dir == Some(dir) && s.streams == n)
+                .filter_map(|s| s.cpu_s_per_gb)
+                .collect();
+            let _ = writeln!(
+                r,
+                "{:<6} {:>7}  {:<30} {:<30} {:<30} {}",
+                dir.name(),
+                n,
+                fmt_summary(summarize(&values(samples, Route::Kernel, Some(dir), n)), 3),
+                fmt_summary(summarize(&values(samples, Route::Tiflow, Some(dir), n)), 3),
+                fmt_summary(summarize(&ratios(samples, Some(dir), n)), 3),
+                fmt_summary(summarize(&cpu), 2),
+            );
+        }
+    }
+    let _ = writeln!(
+        r,
+        "\nping-pong of {MESSAGE}-byte messages, one connection, median round trip of {PING_PONGS} (us):"
+    );
+    let _ = writeln!(
+        r,
+        "  kernel {}   tiflow {}   tiflow / kernel {}",
+        fmt_summary(summarize(&values(samples, Route::Kernel, None, 1)), 1),
+        fmt_summary(summarize(&values(samples, Route::Tiflow, None, 1)), 1),
+        fmt_summary(summarize(&ratios(samples, None, 1)), 2),
+    );
+    let _ = writeln!(r, "\ngoals (issue 13):");
+    for &n in &settings.streams {
+        for dir in [Dir::Up, Dir::Down] {
+            let ratio = summarize(&ratios(samples, Some(dir), n));
+            let _ = writeln!(
+                r,
+                "  {} x{n}: tiflow / kernel >= {GOAL_THROUGHPUT_RATIO}: {} {}",
+                dir.name(),
+                fmt_summary(ratio, 3),
+                verdict(ratio, GOAL_THROUGHPUT_RATIO, true)
+            );
+        }
+    }
+    let ratio = summarize(&ratios(samples, None, 1));
+    let _ = writeln!(
+        r,
+        "  ping-pong: tiflow / kernel <= {GOAL_LATENCY_RATIO}: {} {}",
+        fmt_summary(ratio, 2),
+        verdict(ratio, GOAL_LATENCY_RATIO, false)
+    );
+    let _ = writeln!(
+        r,
+        "\nfailures detected by the tiflow up pair during the run (none expected): {failures}"
+    );
+    let _ = writeln!(r, "took {:.0} s.", took.as_secs_f64());
+    r
+}
