@@ -10,6 +10,7 @@ pub mod link;
 pub mod pcap_tap;
 pub mod pipe;
 pub mod tun;
+mod tun_sys;
 pub mod vnet;
 
 use std::io::{self, Read, Write};
