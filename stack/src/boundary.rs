@@ -297,6 +297,16 @@ impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
             .consume(out.len(), |buf| buf.copy_from_slice(out));
         result
     }
+
+    /// Passes smoltcp's metadata (the segment size of a TCP segment the
+    /// device is to cut) on. A segment that large never gets our option:
+    /// options ride only on handshake and confirming segments, which the
+    /// stack keeps within one MSS, and `add_flow_option` refuses a packet
+    /// over the MTU (the segment then leaves without it and the flow falls
+    /// back to legacy, never an invalid header).
+    fn set_meta(&mut self, meta: phy::PacketMeta) {
+        self.token.set_meta(meta);
+    }
 }
 
 impl<D: Device> Device for Boundary<D> {

@@ -198,9 +198,10 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
         "Linux never sends our option"
     );
     eprintln!(
-        "[kernel] interop ours->Linux: legacy, byte-exact ({} MiB each way), {} segments captured",
+        "[kernel] interop ours->Linux: legacy, byte-exact ({} MiB each way), {} segments captured, TUN {:?}",
         FLOW_BYTES >> 20,
-        segs.len()
+        segs.len(),
+        peer.host.tun()
     );
 }
 
@@ -256,9 +257,10 @@ fn linux_client_to_our_listener_is_legacy() {
         );
     }
     eprintln!(
-        "[kernel] interop Linux->ours: legacy, byte-exact ({} MiB each way), no option on {} segments",
+        "[kernel] interop Linux->ours: legacy, byte-exact ({} MiB each way), no option on {} segments, TUN {:?}",
         FLOW_BYTES >> 20,
-        segs.len()
+        segs.len(),
+        peer.host.tun()
     );
 }
 

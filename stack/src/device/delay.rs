@@ -32,6 +32,8 @@ const PULL_LIMIT: usize = 1024;
 struct Held {
     release: Instant,
     packet: Vec<u8>,
+    /// smoltcp's metadata (a segment size for the device to cut to).
+    meta: phy::PacketMeta,
 }
 
 /// One direction of the delay line: a FIFO of held packets and spare buffers.
@@ -74,10 +76,11 @@ impl Line {
 
     /// Holds `packet` until `now + delay`. Timestamps are monotonic and the delay
     /// constant, so FIFO order is release order.
-    fn hold(&mut self, now: Instant, packet: Vec<u8>) {
+    fn hold(&mut self, now: Instant, packet: Vec<u8>, meta: phy::PacketMeta) {
         self.queue.push_back(Held {
             release: now + self.delay,
             packet,
+            meta,
         });
     }
 
@@ -85,9 +88,9 @@ impl Line {
         self.queue.front().map(|h| h.release)
     }
 
-    fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+    fn pop_due(&mut self, now: Instant) -> Option<(Vec<u8>, phy::PacketMeta)> {
         if self.queue.front()?.release <= now {
-            self.queue.pop_front().map(|h| h.packet)
+            self.queue.pop_front().map(|h| (h.packet, h.meta))
         } else {
             None
         }
@@ -165,12 +168,13 @@ impl<D: Device> Delay<D> {
 
     fn release_egress(inner: &mut D, egress: &mut Line, now: Instant) {
         while egress.next_release().is_some_and(|t| t <= now) {
-            let Some(token) = inner.transmit(now) else {
+            let Some(mut token) = inner.transmit(now) else {
                 return;
             };
-            let Some(packet) = egress.pop_due(now) else {
+            let Some((packet, meta)) = egress.pop_due(now) else {
                 return;
             };
+            phy::TxToken::set_meta(&mut token, meta);
             phy::TxToken::consume(token, packet.len(), |buf| buf.copy_from_slice(&packet));
             Line::recycle(&mut egress.spare, packet);
         }
@@ -186,8 +190,9 @@ impl<D: Device> Delay<D> {
                 return;
             };
             let mut buf = ingress.buffer();
+            let meta = phy::RxToken::meta(&rx);
             phy::RxToken::consume(rx, |packet| buf.extend_from_slice(packet));
-            ingress.hold(now, buf);
+            ingress.hold(now, buf, meta);
         }
     }
 }
@@ -227,6 +232,7 @@ impl<D: Device> Device for Delay<D> {
                 DelayTxToken(TxKind::Held {
                     line: egress,
                     now: timestamp,
+                    meta: phy::PacketMeta::default(),
                 }),
             ));
         }
@@ -241,11 +247,13 @@ impl<D: Device> Device for Delay<D> {
             DelayTxToken(TxKind::Held {
                 line: egress,
                 now: timestamp,
+                meta: phy::PacketMeta::default(),
             })
         };
-        let packet = ingress.pop_due(timestamp)?;
+        let (packet, meta) = ingress.pop_due(timestamp)?;
         let rx = DelayRxToken(RxKind::Held {
             packet,
+            meta,
             spare: &mut ingress.spare,
         });
         Some((rx, tx))
@@ -265,6 +273,7 @@ impl<D: Device> Device for Delay<D> {
         Some(DelayTxToken(TxKind::Held {
             line: &mut self.egress,
             now: timestamp,
+            meta: phy::PacketMeta::default(),
         }))
     }
 
@@ -285,6 +294,7 @@ enum RxKind<'a, R> {
     /// A held packet; its buffer returns to the pool after use.
     Held {
         packet: Vec<u8>,
+        meta: phy::PacketMeta,
         spare: &'a mut Vec<Vec<u8>>,
     },
 }
@@ -296,7 +306,7 @@ impl<R: phy::RxToken> phy::RxToken for DelayRxToken<'_, R> {
     {
         match self.0 {
             RxKind::Direct(rx) => rx.consume(f),
-            RxKind::Held { packet, spare } => {
+            RxKind::Held { packet, spare, .. } => {
                 let result = f(&packet);
                 Line::recycle(spare, packet);
                 result
@@ -307,7 +317,7 @@ impl<R: phy::RxToken> phy::RxToken for DelayRxToken<'_, R> {
     fn meta(&self) -> phy::PacketMeta {
         match &self.0 {
             RxKind::Direct(rx) => rx.meta(),
-            RxKind::Held { .. } => phy::PacketMeta::default(),
+            RxKind::Held { meta, .. } => *meta,
         }
     }
 }
@@ -322,7 +332,11 @@ enum TxKind<'a, T> {
     /// Pass-through: the inner device's token.
     Direct(T),
     /// The packet is held in the egress line; `now` is when smoltcp sent it.
-    Held { line: &'a mut Line, now: Instant },
+    Held {
+        line: &'a mut Line,
+        now: Instant,
+        meta: phy::PacketMeta,
+    },
 }
 
 impl<T: phy::TxToken> phy::TxToken for DelayTxToken<'_, T> {
@@ -332,19 +346,20 @@ impl<T: phy::TxToken> phy::TxToken for DelayTxToken<'_, T> {
     {
         match self.0 {
             TxKind::Direct(tx) => tx.consume(len, f),
-            TxKind::Held { line, now } => {
+            TxKind::Held { line, now, meta } => {
                 let mut buf = line.buffer();
                 buf.resize(len, 0);
                 let result = f(&mut buf);
-                line.hold(now, buf);
+                line.hold(now, buf, meta);
                 result
             }
         }
     }
 
     fn set_meta(&mut self, meta: phy::PacketMeta) {
-        if let TxKind::Direct(tx) = &mut self.0 {
-            tx.set_meta(meta);
+        match &mut self.0 {
+            TxKind::Direct(tx) => tx.set_meta(meta),
+            TxKind::Held { meta: held, .. } => *held = meta,
         }
     }
 }

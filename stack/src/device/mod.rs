@@ -1,4 +1,5 @@
-//! Devices: in-memory link, TUN, delay line, pcap tap, in-process pipe.
+//! Devices: in-memory link, TUN (with its virtio-net header codec), delay
+//! line, pcap tap, in-process pipe.
 //!
 //! Each wrapper does one thing and composes with the others
 //! (`PcapTap<Delay<TunDevice>>`). Real-time devices also implement [`Wait`],
@@ -9,6 +10,8 @@ pub mod link;
 pub mod pcap_tap;
 pub mod pipe;
 pub mod tun;
+mod tun_sys;
+pub mod vnet;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,27 +1,81 @@
 //! `TunDevice`: a smoltcp [`Device`] (`Medium::Ip`) over a Linux TUN interface.
 //!
-//! Owns one TUN file descriptor (opened with `tun-tap`, TUN mode, no packet-info
-//! header, non-blocking) and two reused packet buffers. It never configures the
-//! kernel side of the interface (addresses, link state, MTU): that is the caller's
-//! job (see `ti_testnet::NetNs::open_tun`). It must never block in `receive` or
-//! `transmit`, and never panic on an I/O error: a failed write is a dropped packet,
-//! counted in [`TunStats`].
+//! Owns one TUN file descriptor (TUN mode, no packet-info header,
+//! non-blocking; opened by [`super::tun_sys`]) and two reused packet buffers.
+//! With offloads ([`Offloads::Active`]) every packet carries a virtio-net
+//! header ([`super::vnet`]): smoltcp may emit TCP segments of up to 64 KiB,
+//! which the kernel cuts to the segment size smoltcp asked for (the path's
+//! MSS, so peers never see more), and the kernel hands us coalesced segments
+//! of up to 64 KiB, taken whole. The MTU smoltcp is told stays the path's:
+//! the MSS smoltcp advertises and the MSS it cuts to are unchanged. When the
+//! kernel refuses the header or the offloads, the device falls back to plain
+//! packets and says so at INFO.
+//!
+//! It never configures the kernel side of the interface (addresses, link
+//! state, MTU): that is the caller's job (see `ti_testnet::NetNs::open_tun`).
+//! It must never block in `receive` or `transmit`, and never panic on an I/O
+//! error or a bad header: a failed write is a dropped packet and a bad read
+//! a dropped one, each counted in [`TunStats`].
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, Device, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
-use tun_tap::{Iface, Mode};
+
+use super::tun_sys;
+use super::vnet::{self, HEADER_LEN, Ingress, VnetHeader};
 
 /// The MTU a [`TunDevice`] assumes unless told otherwise.
 pub const DEFAULT_MTU: usize = 1500;
 
-/// Size of the receive buffer: the largest IP packet, so a kernel-side MTU larger
-/// than ours never truncates a packet silently.
-const RX_BUFFER_LEN: usize = 65535;
+/// The largest IP packet: the receive buffer holds one (so a kernel-side MTU
+/// larger than ours, or a coalesced segment, is never truncated), and with
+/// offloads smoltcp may build TCP/IPv4 segments this large.
+const MAX_IP_PACKET: usize = 65535;
+
+/// Offloads asked of the kernel: checksums and TCP/IPv4 segmentation.
+/// (No TSO6: the stack speaks IPv4 only, and smoltcp cannot emit IPv6
+/// segments larger than the MTU.)
+const OFFLOAD_FLAGS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+
+/// Bad packets skipped in one `receive` call before it returns `None`
+/// (bounds the call; the rest wait for the next one).
+const BAD_READS_PER_CALL: usize = 64;
+
+/// Whether to try the kernel's offloads when opening a [`TunDevice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffloadRequest {
+    /// Use them when the kernel allows (the default).
+    #[default]
+    Auto,
+    /// Plain packets of at most the MTU, whatever the kernel offers.
+    Off,
+}
+
+/// The mode a [`TunDevice`] runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offloads {
+    /// Virtio-net header, checksum offload and TCP/IPv4 segmentation both
+    /// ways.
+    Active,
+    /// Plain packets of at most the MTU, and why.
+    Off(OffloadOff),
+}
+
+/// Why a [`TunDevice`] runs without offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadOff {
+    /// [`OffloadRequest::Off`] was asked for.
+    NotRequested,
+    /// The kernel refused `IFF_VNET_HDR`.
+    VnetHeaderRefused,
+    /// The kernel refused `TUNSETOFFLOAD`.
+    OffloadRefused,
+}
 
 /// Packet and error counters of a [`TunDevice`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +88,25 @@ pub struct TunStats {
     /// no buffer (`ENOBUFS`).
     pub tx_dropped: u64,
     /// Packets lost to any other write error (for example `EIO` while the
-    /// interface is down).
+    /// interface is down), or that could not be written as they were (larger
+    /// than the MTU without a segment size).
     pub tx_errors: u64,
     /// Read errors other than "no packet" (`EAGAIN`).
     pub rx_errors: u64,
+    /// Of `tx_packets`: TCP segments larger than one MSS written for the
+    /// kernel to cut (offloads only).
+    pub tx_gso_packets: u64,
+    /// The largest segment size (`gso_size`) asked of the kernel: the
+    /// payload of the segments it cut, which peers see.
+    pub tx_gso_size_max: u16,
+    /// Of `rx_packets`: coalesced TCP segments the kernel handed us whole
+    /// (offloads only).
+    pub rx_coalesced: u64,
+    /// Of `rx_packets`: packets whose partial checksum was completed here.
+    pub rx_checksums_completed: u64,
+    /// Packets read and dropped for a bad virtio-net header (truncated,
+    /// unknown flags or GSO type, checksum field outside the packet).
+    pub rx_bad_header: u64,
 }
 
 /// A TUN interface as a smoltcp device (`Medium::Ip`).
@@ -46,8 +115,10 @@ pub struct TunStats {
 /// packet queued. Use [`TunDevice::wait`] to sleep until one arrives.
 #[derive(Debug)]
 pub struct TunDevice {
-    iface: Iface,
+    fd: OwnedFd,
+    name: String,
     mtu: usize,
+    offloads: Offloads,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     stats: TunStats,
@@ -57,18 +128,45 @@ pub struct TunDevice {
 impl TunDevice {
     /// Creates (or attaches to) the TUN interface `name` in the network namespace
     /// of the calling thread, without packet-info header, non-blocking, with an
-    /// MTU of [`DEFAULT_MTU`].
+    /// MTU of [`DEFAULT_MTU`], with offloads when the kernel allows
+    /// ([`OffloadRequest::Auto`]).
     ///
     /// Needs `CAP_NET_ADMIN`. The kernel may pick another name (for example for
     /// `"ti%d"`): see [`TunDevice::name`].
     pub fn open(name: &str) -> io::Result<Self> {
-        let iface = Iface::without_packet_info(name, Mode::Tun)?;
-        iface.set_non_blocking()?;
+        Self::open_with(name, OffloadRequest::Auto)
+    }
+
+    /// [`TunDevice::open`], with offloads as `request` says. Which mode the
+    /// device runs in is [`TunDevice::offloads`] (logged at INFO).
+    pub fn open_with(name: &str, request: OffloadRequest) -> io::Result<Self> {
+        let (fd, given, offloads) = match request {
+            OffloadRequest::Off => {
+                let (fd, given) = tun_sys::open(name, false)?;
+                (fd, given, Offloads::Off(OffloadOff::NotRequested))
+            }
+            OffloadRequest::Auto => open_offloading(name)?,
+        };
+        match offloads {
+            Offloads::Active => tracing::info!(
+                tun = %given,
+                "tun offloads on: virtio-net header, checksum offload, TCP/IPv4 segmentation (64 KiB segments both ways)"
+            ),
+            Offloads::Off(why) => {
+                tracing::info!(tun = %given, reason = ?why, "tun offloads off: plain packets");
+            }
+        }
+        let header = match offloads {
+            Offloads::Active => HEADER_LEN,
+            Offloads::Off(_) => 0,
+        };
         Ok(Self {
-            iface,
+            fd,
+            name: given,
             mtu: DEFAULT_MTU,
-            rx_buf: vec![0; RX_BUFFER_LEN],
-            tx_buf: Vec::with_capacity(DEFAULT_MTU),
+            offloads,
+            rx_buf: vec![0; header + MAX_IP_PACKET],
+            tx_buf: Vec::with_capacity(header + DEFAULT_MTU),
             stats: TunStats::default(),
             warned: false,
         })
@@ -94,7 +192,12 @@ impl TunDevice {
 
     /// The interface name the kernel gave the device.
     pub fn name(&self) -> &str {
-        self.iface.name()
+        &self.name
+    }
+
+    /// The mode the device runs in.
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     /// Packet and error counters since the device was opened.
@@ -107,21 +210,21 @@ impl TunDevice {
     /// (or reports an error condition that the next read will surface),
     /// `Ok(false)` on timeout or when a signal interrupted the wait.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        // SAFETY: the fd is owned by `self.iface`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.iface.as_raw_fd()) };
-        wait_readable(fd, timeout)
+        wait_readable(self.fd.as_fd(), timeout)
     }
 
     /// A duplicate of the device's fd, to wait on from another thread
     /// while the device itself is borrowed elsewhere.
     pub fn wait_fd(&self) -> io::Result<OwnedFd> {
-        // SAFETY: the fd is owned by `self.iface`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.iface.as_raw_fd()) };
-        fd.try_clone_to_owned()
+        self.fd.try_clone()
+    }
+
+    fn vnet(&self) -> bool {
+        self.offloads == Offloads::Active
     }
 
     /// Warns once about an unexpected I/O error; later ones are only counted.
-    fn warn_once(warned: &mut bool, what: &str, err: &io::Error) {
+    fn warn_once(warned: &mut bool, what: &str, err: &dyn std::fmt::Display) {
         if !*warned {
             *warned = true;
             tracing::warn!(error = %err, "tun {what} failed (further errors only counted)");
@@ -129,10 +232,53 @@ impl TunDevice {
     }
 }
 
+/// Opens `name` with a virtio-net header and offloads, or falls back to
+/// plain packets when the kernel refuses either.
+fn open_offloading(name: &str) -> io::Result<(OwnedFd, String, Offloads)> {
+    let (fd, given) = match tun_sys::open(name, true) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            // Plain fails too when the cause was not the header (no
+            // permission, no /dev/net/tun): that error is returned.
+            let (fd, given) = tun_sys::open(name, false)?;
+            tracing::info!(error = %refused, tun = %given, "kernel refused IFF_VNET_HDR");
+            return Ok((fd, given, Offloads::Off(OffloadOff::VnetHeaderRefused)));
+        }
+    };
+    match tun_sys::set_offload(fd.as_fd(), OFFLOAD_FLAGS) {
+        Ok(()) => Ok((fd, given, Offloads::Active)),
+        Err(e) => {
+            tracing::info!(error = %e, tun = %given, "kernel refused TUNSETOFFLOAD");
+            // Reattach without the header: closing first lets a
+            // non-persistent interface go, and nothing is configured on it
+            // yet.
+            drop(fd);
+            let (fd, given) = tun_sys::open(&given, false)?;
+            Ok((fd, given, Offloads::Off(OffloadOff::OffloadRefused)))
+        }
+    }
+}
+
 impl AsRawFd for TunDevice {
     fn as_raw_fd(&self) -> RawFd {
-        self.iface.as_raw_fd()
+        self.fd.as_raw_fd()
     }
+}
+
+/// One read(2) into `buf`.
+fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable slice for its whole length, alive for
+    // the call; the fd is borrowed, so it stays open.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// One write(2) of `buf`.
+fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid readable slice for its whole length, alive for
+    // the call; the fd is borrowed, so it stays open.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 impl Device for TunDevice {
@@ -146,21 +292,11 @@ impl Device for TunDevice {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        loop {
-            match self.iface.recv(&mut self.rx_buf) {
-                Ok(len) => {
-                    self.stats.rx_packets += 1;
-                    let rx = TunRxToken {
-                        packet: &self.rx_buf[..len],
-                    };
-                    let tx = TunTxToken {
-                        iface: &self.iface,
-                        buf: &mut self.tx_buf,
-                        stats: &mut self.stats,
-                        warned: &mut self.warned,
-                    };
-                    return Some((rx, tx));
-                }
+        let vnet = self.vnet();
+        let mut bad = 0;
+        let packet = loop {
+            let len = match read_fd(self.fd.as_fd(), &mut self.rx_buf) {
+                Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -168,13 +304,54 @@ impl Device for TunDevice {
                     Self::warn_once(&mut self.warned, "read", &e);
                     return None;
                 }
+            };
+            if !vnet {
+                break 0..len;
             }
-        }
+            let read = &mut self.rx_buf[..len];
+            let prepared = VnetHeader::parse(read)
+                .and_then(|header| vnet::prepare_ingress(&header, &mut read[HEADER_LEN..]));
+            match prepared {
+                Ok(kind) => {
+                    match kind {
+                        Ingress::Plain => {}
+                        Ingress::ChecksumCompleted => self.stats.rx_checksums_completed += 1,
+                        Ingress::Coalesced => self.stats.rx_coalesced += 1,
+                    }
+                    break HEADER_LEN..len;
+                }
+                Err(e) => {
+                    self.stats.rx_bad_header += 1;
+                    tracing::debug!(error = %e, "tun: dropped a packet with a bad virtio-net header");
+                    bad += 1;
+                    if bad >= BAD_READS_PER_CALL {
+                        return None;
+                    }
+                }
+            }
+        };
+        self.stats.rx_packets += 1;
+        let rx = TunRxToken {
+            packet: &self.rx_buf[packet],
+        };
+        let tx = TunTxToken {
+            fd: self.fd.as_fd(),
+            vnet,
+            mtu: self.mtu,
+            gso_size: None,
+            buf: &mut self.tx_buf,
+            stats: &mut self.stats,
+            warned: &mut self.warned,
+        };
+        Some((rx, tx))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         Some(TunTxToken {
-            iface: &self.iface,
+            fd: self.fd.as_fd(),
+            vnet: self.vnet(),
+            mtu: self.mtu,
+            gso_size: None,
             buf: &mut self.tx_buf,
             stats: &mut self.stats,
             warned: &mut self.warned,
@@ -185,6 +362,14 @@ impl Device for TunDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
+        if self.vnet() {
+            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_IP_PACKET);
+            // smoltcp segments only when the device checksums TCP (and it
+            // must, for segments it cuts): every TCP packet leaves with a
+            // partial checksum the kernel completes. Captures above this
+            // device show TCP checksums as zero, as with any offloading NIC.
+            caps.checksum.tcp = Checksum::Rx;
+        }
         caps
     }
 }
@@ -204,27 +389,79 @@ impl phy::RxToken for TunRxToken<'_> {
     }
 }
 
-/// Transmit token of a [`TunDevice`]: fills the reused transmit buffer, then
-/// writes it with one write(2).
+/// Transmit token of a [`TunDevice`]: fills the reused transmit buffer
+/// (after a virtio-net header, with offloads), then writes it with one
+/// write(2).
 #[derive(Debug)]
 pub struct TunTxToken<'a> {
-    iface: &'a Iface,
+    fd: BorrowedFd<'a>,
+    vnet: bool,
+    mtu: usize,
+    /// smoltcp's segment size for this packet (`PacketMeta`).
+    gso_size: Option<NonZeroU16>,
     buf: &'a mut Vec<u8>,
     stats: &'a mut TunStats,
     warned: &'a mut bool,
 }
 
+impl TunTxToken<'_> {
+    /// Fills in the virtio-net header for the packet after it; `false` when
+    /// the packet must not be written.
+    fn finish_header(&mut self) -> bool {
+        let (header, packet) = self
+            .buf
+            .split_at_mut(if self.vnet { HEADER_LEN } else { 0 });
+        let vnet_header = if self.vnet {
+            match vnet::prepare_egress(packet, self.gso_size) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.stats.tx_errors += 1;
+                    TunDevice::warn_once(self.warned, "segmentation of a packet", &e);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        let segmented = vnet_header.is_some_and(|h| h.gso_type != vnet::GSO_NONE);
+        if !segmented && packet.len() > self.mtu {
+            // A wrapper lost smoltcp's segment size, or a packet was built
+            // too large: the kernel would drop or fragment it on the path.
+            self.stats.tx_errors += 1;
+            let len = packet.len();
+            TunDevice::warn_once(
+                self.warned,
+                "write",
+                &format_args!("a {len}-byte packet exceeds the MTU and has no segment size"),
+            );
+            return false;
+        }
+        if let (Some(h), Ok(slot)) = (vnet_header, <&mut [u8; HEADER_LEN]>::try_from(header)) {
+            h.emit(slot);
+            if segmented {
+                self.stats.tx_gso_packets += 1;
+                self.stats.tx_gso_size_max = self.stats.tx_gso_size_max.max(h.gso_size);
+            }
+        }
+        true
+    }
+}
+
 impl phy::TxToken for TunTxToken<'_> {
-    fn consume<R, F>(self, len: usize, f: F) -> R
+    fn consume<R, F>(mut self, len: usize, f: F) -> R
     where
         F: FnOnce(&mut [u8]) -> R,
     {
+        let header = if self.vnet { HEADER_LEN } else { 0 };
         // Zeroed so no byte of an earlier packet can leak into this one.
         self.buf.clear();
-        self.buf.resize(len, 0);
-        let result = f(self.buf);
+        self.buf.resize(header + len, 0);
+        let result = f(&mut self.buf[header..]);
+        if !self.finish_header() {
+            return result;
+        }
         loop {
-            match self.iface.send(self.buf) {
+            match write_fd(self.fd, self.buf) {
                 Ok(_) => self.stats.tx_packets += 1,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
@@ -241,6 +478,10 @@ impl phy::TxToken for TunTxToken<'_> {
             break;
         }
         result
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.gso_size = meta.segmentation_offload_size;
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ti_stack::device::tun::TunDevice;
+use ti_stack::device::tun::{OffloadRequest, TunDevice};
 
 /// Where iproute2 keeps the named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
@@ -411,8 +411,18 @@ impl NetNs {
     /// (kernel side and smoltcp side) to `mtu`. The interface is left down and
     /// without addresses.
     pub fn open_tun(&self, name: &str, mtu: usize) -> io::Result<TunDevice> {
+        self.open_tun_with(name, mtu, OffloadRequest::Auto)
+    }
+
+    /// [`NetNs::open_tun`], with the TUN's offloads as `offload` says.
+    pub fn open_tun_with(
+        &self,
+        name: &str,
+        mtu: usize,
+        offload: OffloadRequest,
+    ) -> io::Result<TunDevice> {
         let tun = self
-            .enter(|| TunDevice::open(name))
+            .enter(|| TunDevice::open_with(name, offload))
             .map_err(io::Error::other)??;
         self.set_mtu(tun.name(), mtu).map_err(io::Error::other)?;
         Ok(tun.with_mtu(mtu))

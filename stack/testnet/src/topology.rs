@@ -10,7 +10,7 @@ use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
 
-use ti_stack::device::tun::TunDevice;
+use ti_stack::device::tun::{OffloadRequest, TunDevice};
 
 use crate::middlebox::Middlebox;
 use crate::netns::{NetNs, NetnsError};
@@ -105,7 +105,16 @@ impl TunSpec<'_> {
 /// Opens the TUN `spec` in `ns`: MTU set, kernel-side address added,
 /// queue length set if asked, link up.
 pub fn open_tun(ns: &NetNs, spec: &TunSpec<'_>) -> io::Result<TunDevice> {
-    let tun = ns.open_tun(spec.name, spec.mtu)?;
+    open_tun_with(ns, spec, OffloadRequest::Auto)
+}
+
+/// [`open_tun`], with the TUN's offloads as `offload` says.
+pub fn open_tun_with(
+    ns: &NetNs,
+    spec: &TunSpec<'_>,
+    offload: OffloadRequest,
+) -> io::Result<TunDevice> {
+    let tun = ns.open_tun_with(spec.name, spec.mtu, offload)?;
     let setup = || -> Result<(), NetnsError> {
         ns.add_addr(spec.name, &spec.gateway.to_string())?;
         if let Some(len) = spec.txqueuelen {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pcap_file::pcap::PcapReader;
 use ti_stack::device::pcap_tap::PcapTap;
-use ti_stack::device::tun::TunDevice;
+use ti_stack::device::tun::{OffloadRequest, Offloads, TunDevice, TunStats};
 use ti_stack::segment::Segment;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
 pub use ti_testnet::Middlebox;
@@ -202,6 +202,16 @@ pub fn assert_option_only_on_syns(segs: &[Captured], sender: Ipv4Addr, what: &st
 
 // ------------------------------------------------------------------ hosts
 
+/// The TUN offloads of hosts built without an explicit choice:
+/// `TI_TUN_OFFLOAD=off` runs a suite with plain packets, anything else (or
+/// nothing) with offloads where the kernel allows.
+pub fn offload_from_env() -> OffloadRequest {
+    match std::env::var("TI_TUN_OFFLOAD") {
+        Ok(v) if v.eq_ignore_ascii_case("off") => OffloadRequest::Off,
+        _ => OffloadRequest::Auto,
+    }
+}
+
 /// A namespace with a TUN "ti0" (kernel side `tun_addr/24`, forwarding on,
 /// IPv6 off) and one of our stacks on it at `stack_addr`, gateway the
 /// kernel side. Drops the stack first, then the capture, then the namespace.
@@ -212,16 +222,6 @@ pub struct Host {
 }
 
 impl Host {
-    /// Builds the host; `tweak` adjusts the stack's settings.
-    pub fn new(
-        prefix: &str,
-        tun_addr: Ipv4Addr,
-        stack_addr: Ipv4Addr,
-        tweak: impl FnOnce(&mut StackConfig),
-    ) -> Host {
-        Host::build(prefix, tun_addr, stack_addr, true, tweak)
-    }
-
     /// Builds the host, its packets captured to a file or (`capture`
     /// false: a flood would fill the disk) to nowhere.
     fn build(
@@ -229,6 +229,7 @@ impl Host {
         tun_addr: Ipv4Addr,
         stack_addr: Ipv4Addr,
         capture_to_file: bool,
+        offload: OffloadRequest,
         tweak: impl FnOnce(&mut StackConfig),
     ) -> Host {
         // As `tiflow` does at startup: socket buffers are not committed (and
@@ -237,7 +238,7 @@ impl Host {
         let ns = NetNs::create(prefix).expect("create host namespace");
         ns.disable_ipv6().expect("disable IPv6");
         ns.enable_forwarding().expect("enable forwarding");
-        let tun = topology::open_tun(&ns, &TunSpec::new("ti0", tun_addr))
+        let tun = topology::open_tun_with(&ns, &TunSpec::new("ti0", tun_addr), offload)
             .expect("open TUN in namespace, kernel side as gateway");
         let capture = CaptureFile::new(prefix);
         let device = if capture_to_file {
@@ -269,6 +270,14 @@ impl Host {
     /// The host's stack.
     pub fn runtime(&self) -> &Rt {
         self.runtime.as_ref().expect("runtime lives until drop")
+    }
+
+    /// The TUN's mode and counters.
+    pub fn tun(&self) -> (Offloads, TunStats) {
+        self.runtime().with_stack(|stack, _| {
+            let tun = stack.device().inner();
+            (tun.offloads(), tun.stats())
+        })
     }
 
     /// Flushes the capture and reads it (the stack keeps running).
@@ -345,6 +354,7 @@ impl Topology {
             CLIENT_TUN,
             CLIENT_STACK,
             capture,
+            offload_from_env(),
             client_cfg,
         );
         let server = Host::build(
@@ -352,6 +362,7 @@ impl Topology {
             SERVER_TUN,
             SERVER_STACK,
             capture,
+            offload_from_env(),
             server_cfg,
         );
         let mut topology = Topology {
@@ -523,8 +534,24 @@ pub struct LinuxPeer {
 impl LinuxPeer {
     /// Builds both namespaces; `tweak` adjusts our stack's settings.
     pub fn new(prefix: &str, tweak: impl FnOnce(&mut StackConfig)) -> LinuxPeer {
+        LinuxPeer::with_offload(prefix, offload_from_env(), tweak)
+    }
+
+    /// [`LinuxPeer::new`], our host's TUN with offloads as `offload` says.
+    pub fn with_offload(
+        prefix: &str,
+        offload: OffloadRequest,
+        tweak: impl FnOnce(&mut StackConfig),
+    ) -> LinuxPeer {
         init_logs();
-        let host = Host::new(&format!("{prefix}h"), CLIENT_TUN, CLIENT_STACK, tweak);
+        let host = Host::build(
+            &format!("{prefix}h"),
+            CLIENT_TUN,
+            CLIENT_STACK,
+            true,
+            offload,
+            tweak,
+        );
         let linux = NetNs::create(&format!("{prefix}l")).expect("create Linux namespace");
         linux.disable_ipv6().expect("disable IPv6");
         topology::link(

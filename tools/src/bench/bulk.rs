@@ -7,7 +7,9 @@
 //!   the stack configures its own (Cubic, timestamps, no Nagle, no delayed
 //!   ACK), on the same TUN, driven by a single-threaded loop: no boundary.
 //! - `stack-legacy`, `stack-ti`: our `Stack` (boundary, TI buffers) with
-//!   `ti_enabled` off / on, driven by the same single-threaded loop. Against
+//!   `ti_enabled` off / on, driven by the same single-threaded loop.
+//! - `stack-legacy-no-offload`: `stack-legacy` on a TUN with its offloads
+//!   forced off (every other mode uses them where the kernel allows). Against
 //!   Linux a TI-enabled stack falls back to legacy after the handshake, so
 //!   `stack-ti` is the boundary's cost on legacy traffic.
 //! - `runtime-legacy`, `runtime-ti`: the same through the blocking
@@ -33,10 +35,10 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
-use ti_stack::device::tun::{TunDevice, wait_readable};
+use ti_stack::device::tun::{OffloadRequest, TunDevice, wait_readable};
 use ti_stack::{Mode, Runtime, Stack, StackConfig};
 
-use super::net::{Site, Testbed, open_tun};
+use super::net::{Site, Testbed, open_tun, open_tun_with};
 use super::{BenchError, Progress};
 
 /// The Linux sink's port (reads to end of stream).
@@ -59,6 +61,9 @@ pub enum BulkMode {
     Smoltcp,
     /// Our stack, TI off, single-threaded loop.
     StackLegacy,
+    /// As `StackLegacy`, on a TUN with offloads forced off (plain
+    /// 1500-byte packets): what the offloads are worth.
+    StackLegacyNoOffload,
     /// Our stack, TI on, single-threaded loop.
     StackTi,
     /// Our stack, TI off, blocking API.
@@ -73,9 +78,10 @@ pub enum BulkMode {
 
 impl BulkMode {
     /// Every mode, in run order.
-    pub const ALL: [BulkMode; 7] = [
+    pub const ALL: [BulkMode; 8] = [
         BulkMode::Smoltcp,
         BulkMode::StackLegacy,
+        BulkMode::StackLegacyNoOffload,
         BulkMode::StackTi,
         BulkMode::RuntimeLegacy,
         BulkMode::RuntimeTi,
@@ -88,11 +94,20 @@ impl BulkMode {
         match self {
             BulkMode::Smoltcp => "smoltcp",
             BulkMode::StackLegacy => "stack-legacy",
+            BulkMode::StackLegacyNoOffload => "stack-legacy-no-offload",
             BulkMode::StackTi => "stack-ti",
             BulkMode::RuntimeLegacy => "runtime-legacy",
             BulkMode::RuntimeTi => "runtime-ti",
             BulkMode::PairLegacy => "pair-legacy",
             BulkMode::PairTi => "pair-ti",
+        }
+    }
+
+    /// The TUN offloads of the mode's device.
+    fn offload(self) -> OffloadRequest {
+        match self {
+            BulkMode::StackLegacyNoOffload => OffloadRequest::Off,
+            _ => OffloadRequest::Auto,
         }
     }
 
@@ -208,7 +223,7 @@ fn one_run(
     n: usize,
 ) -> Result<Duration, BenchError> {
     let site = client_site();
-    let tun = open_tun(&bed.a, &format!("tb{n}"), site)?;
+    let tun = open_tun_with(&bed.a, &format!("tb{n}"), site, mode.offload())?;
     let linux = |port| SocketAddrV4::new(site.gateway, port);
     let what = format!("bulk {} {}", mode.name(), direction.name());
     let ctx = |e: BenchError| BenchError::Check(format!("{what}: {e}"));
@@ -221,13 +236,15 @@ fn one_run(
             let remote = linux(SINK_PORT);
             let start = match mode {
                 BulkMode::Smoltcp => plain_up(tun, site, remote, bytes, &peer.sink_done),
-                BulkMode::StackLegacy | BulkMode::StackTi => stack_up(
-                    tun,
-                    site.config(mode == BulkMode::StackTi),
-                    remote,
-                    bytes,
-                    &peer.sink_done,
-                ),
+                BulkMode::StackLegacy | BulkMode::StackLegacyNoOffload | BulkMode::StackTi => {
+                    stack_up(
+                        tun,
+                        site.config(mode == BulkMode::StackTi),
+                        remote,
+                        bytes,
+                        &peer.sink_done,
+                    )
+                }
                 _ => runtime_up(
                     tun,
                     site.config(mode == BulkMode::RuntimeTi),
@@ -251,7 +268,7 @@ fn one_run(
             let remote = linux(SOURCE_PORT);
             let end = match mode {
                 BulkMode::Smoltcp => plain_down(tun, site, remote, bytes),
-                BulkMode::StackLegacy | BulkMode::StackTi => {
+                BulkMode::StackLegacy | BulkMode::StackLegacyNoOffload | BulkMode::StackTi => {
                     stack_down(tun, site.config(mode == BulkMode::StackTi), remote, bytes)
                 }
                 _ => runtime_down(tun, site.config(mode == BulkMode::RuntimeTi), remote, bytes),

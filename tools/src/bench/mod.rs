@@ -736,7 +736,7 @@ fn write_bulk(out: &Path, runs: &[BulkRun]) -> Result<String, BenchError> {
                 );
                 let _ = writeln!(
                     report,
-                    "{:<15} {:<5} {}",
+                    "{:<23} {:<5} {}",
                     mode.name(),
                     dir.name(),
                     fmt_summary(Some(s))
@@ -751,6 +751,11 @@ fn write_bulk(out: &Path, runs: &[BulkRun]) -> Result<String, BenchError> {
             BulkMode::StackLegacy,
             BulkMode::Smoltcp,
             "our stack / plain smoltcp (TI off)",
+        ),
+        (
+            BulkMode::StackLegacy,
+            BulkMode::StackLegacyNoOffload,
+            "TUN offloads on / off (TI off)",
         ),
         (
             BulkMode::StackTi,

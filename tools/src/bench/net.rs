@@ -21,7 +21,7 @@ use std::time::Duration;
 use ti_stack::StackConfig;
 use ti_stack::device::delay::Delay;
 use ti_stack::device::pcap_tap::PcapTap;
-use ti_stack::device::tun::TunDevice;
+use ti_stack::device::tun::{OffloadRequest, TunDevice};
 use ti_testnet::netns::{self, NetNs};
 use ti_testnet::topology::{self, Cidr, LinkEnd, TunSpec};
 
@@ -97,6 +97,16 @@ impl Site {
 
 /// Opens TUN `name` in `ns` with `site.gateway/24` on the kernel side, up.
 pub fn open_tun(ns: &NetNs, name: &str, site: Site) -> Result<TunDevice, BenchError> {
+    open_tun_with(ns, name, site, OffloadRequest::Auto)
+}
+
+/// [`open_tun`], with the TUN's offloads as `offload` says.
+pub fn open_tun_with(
+    ns: &NetNs,
+    name: &str,
+    site: Site,
+    offload: OffloadRequest,
+) -> Result<TunDevice, BenchError> {
     let spec = TunSpec {
         name,
         gateway: Cidr::slash24(site.gateway),
@@ -106,7 +116,7 @@ pub fn open_tun(ns: &NetNs, name: &str, site: Site) -> Result<TunDevice, BenchEr
         // dropped in the kernel, and smoltcp's 1 s minimum RTO would dominate.
         txqueuelen: Some(TXQUEUELEN),
     };
-    topology::open_tun(ns, &spec)
+    topology::open_tun_with(ns, &spec, offload)
         .map_err(|e| BenchError::io(format!("open TUN {name} in {}", ns.name()), e))
 }
 
