@@ -27,24 +27,53 @@ const NAT_TOOLS: [(&str, &str); 3] = [
 /// explicit `tiflow fail --all`: both directions byte-exact.
 #[test]
 fn kernel_tcp_programs_survive_middlebox_state_loss() {
+    survive_middlebox_state_loss(Offload::On);
+}
+
+/// The same with the TUN devices' offloads off (`--no-offload`): plain
+/// packets of at most the MTU.
+#[test]
+fn kernel_tcp_programs_survive_middlebox_state_loss_without_offloads() {
+    survive_middlebox_state_loss(Offload::Off);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Offload {
+    On,
+    Off,
+}
+
+fn survive_middlebox_state_loss(offload: Offload) {
     require_root(&NAT_TOOLS);
-    let scratch = Scratch::new("survive");
-    let net = NatTopology::new("tfla");
+    let (scratch_tag, ns_tag) = match offload {
+        Offload::On => ("survive", "tfla"),
+        Offload::Off => ("survive-plain", "tflp"),
+    };
+    let extra: &[&str] = match offload {
+        Offload::On => &[],
+        Offload::Off => &["--no-offload"],
+    };
+    let scratch = Scratch::new(scratch_tag);
+    let net = NatTopology::new(ns_tag);
     let echo = echo_server(listen_in(&net.server, "127.0.0.1:7000"));
     let server = Up::start(
         &net.server,
         &scratch,
         "server",
         &[
-            "--address",
-            "10.0.2.1/24",
-            "--serve",
-            "7000=127.0.0.1:7000",
-            "--expose",
-            "7000",
-            "--stall-timeout",
-            "1s",
-        ],
+            &[
+                "--address",
+                "10.0.2.1/24",
+                "--serve",
+                "7000=127.0.0.1:7000",
+                "--expose",
+                "7000",
+                "--stall-timeout",
+                "1s",
+            ][..],
+            extra,
+        ]
+        .concat(),
     );
     let pcap = scratch.path("client.pcap");
     let mut client = Up::start(
@@ -52,17 +81,29 @@ fn kernel_tcp_programs_survive_middlebox_state_loss() {
         &scratch,
         "client",
         &[
-            "--address",
-            "10.0.1.1/24",
-            "--masquerade",
-            "--forward",
-            "127.0.0.1:7000=10.10.2.2:7000",
-            "--stall-timeout",
-            "1s",
-            "--pcap",
-            pcap.to_str().expect("path"),
-        ],
+            &[
+                "--address",
+                "10.0.1.1/24",
+                "--masquerade",
+                "--forward",
+                "127.0.0.1:7000=10.10.2.2:7000",
+                "--stall-timeout",
+                "1s",
+                "--pcap",
+                pcap.to_str().expect("path"),
+            ][..],
+            extra,
+        ]
+        .concat(),
     );
+    let banner = match offload {
+        Offload::On => "offloads on",
+        Offload::Off => "offloads off (--no-offload)",
+    };
+    for up in [&server, &client] {
+        let log = up.log_text();
+        assert!(log.contains(banner), "the banner says {banner:?}:\n{log}");
+    }
 
     let conn = connect_in(&net.client, "127.0.0.1:7000");
     let reader = read_all_sha(conn.try_clone().expect("clone"));

@@ -280,6 +280,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "N", default_value = "253", value_parser = parse_option_kind)]
     pub option_kind: u8,
 
+    /// Plain packets of at most the MTU on the TUN device: no checksum or
+    /// segmentation offload (the default uses them when the kernel allows;
+    /// the banner says which).
+    #[arg(long)]
+    pub no_offload: bool,
+
     /// Plain TCP only: neither offer nor accept TI-flows.
     #[arg(long)]
     pub no_ti: bool,

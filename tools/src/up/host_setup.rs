@@ -5,7 +5,7 @@
 
 use std::io;
 
-use ti_stack::device::tun::TunDevice;
+use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunDevice};
 use tracing::{info, warn};
 
 use super::{UpArgs, UpError};
@@ -19,7 +19,12 @@ pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
             detail: "an interface of that name exists".into(),
         });
     }
-    let tun = TunDevice::open(name).map_err(|source| {
+    let request = if args.no_offload {
+        OffloadRequest::Off
+    } else {
+        OffloadRequest::Auto
+    };
+    let tun = TunDevice::open_with(name, request).map_err(|source| {
         if source.kind() == io::ErrorKind::ResourceBusy {
             UpError::TunTaken {
                 name: name.clone(),
@@ -133,5 +138,19 @@ pub(super) fn raise_open_file_limit() {
             "raised the open-file limit (soft to hard)"
         ),
         Err(e) => warn!(open_files = soft, error = %e, "could not raise the open-file limit"),
+    }
+}
+
+/// How the TUN device moves packets, for the banner and the log.
+pub(super) fn offload_text(offloads: Offloads) -> &'static str {
+    match offloads {
+        Offloads::Active => "offloads on: checksums and TCP segmentation",
+        Offloads::Off(OffloadOff::NotRequested) => "offloads off (--no-offload)",
+        Offloads::Off(OffloadOff::VnetHeaderRefused) => {
+            "offloads off: the kernel refused IFF_VNET_HDR"
+        }
+        Offloads::Off(OffloadOff::OffloadRefused) => {
+            "offloads off: the kernel refused TUNSETOFFLOAD"
+        }
     }
 }

@@ -114,6 +114,8 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
     let control = ControlServer::bind(&args.control_path())?;
     let mut undo = Undo::default();
     let tun = open_tun(args)?;
+    let offloads = host_setup::offload_text(tun.offloads());
+    info!(tun = %args.tun, "{offloads}");
     configure_host(args, &mut undo)?;
 
     let setup = Setup {
@@ -121,6 +123,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
         stop,
         listeners,
         control,
+        offloads,
         started: Instant::now(),
     };
     let result = match &args.pcap {
@@ -142,6 +145,8 @@ struct Setup {
     stop: Arc<AtomicBool>,
     listeners: Vec<(Forward, TcpListener)>,
     control: ControlServer,
+    /// How the TUN device moves packets.
+    offloads: &'static str,
     started: Instant,
 }
 
@@ -177,6 +182,7 @@ where
         stop,
         listeners,
         control,
+        offloads,
         started,
     } = setup;
     let descriptors = Arc::new(Descriptors::reserve().map_err(UpError::Start)?);
@@ -191,7 +197,7 @@ where
         })?;
         ti_listeners.push((*s, listener));
     }
-    print_banner(&args, &listeners, &ti_listeners, &control);
+    print_banner(&args, offloads, &listeners, &ti_listeners, &control);
 
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let carry = Carry {
@@ -246,13 +252,15 @@ where
 /// What `tiflow up` runs with, on standard output.
 fn print_banner<D: Device + Wait>(
     args: &UpArgs,
+    offloads: &str,
     listeners: &[(Forward, TcpListener)],
     ti_listeners: &[(Serve, ti_stack::TiListener<D>)],
     control: &ControlServer,
 ) {
     println!(
-        "tiflow up: TUN {}, stack {}, kernel side {}, MTU {}, {}",
+        "tiflow up: TUN {} ({}), stack {}, kernel side {}, MTU {}, {}",
         args.tun,
+        offloads,
         args.address,
         args.kernel_address(),
         args.mtu,
