@@ -257,6 +257,12 @@ impl UpProcess {
         })
     }
 
+    /// Its process id (`ip netns exec` execs `tiflow` in place, so this
+    /// is the `tiflow up` itself).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the control socket answers (bounded).
     pub(crate) fn wait_ready(&mut self, stop: &AtomicBool) -> Result<(), DemoError> {
         let deadline = Instant::now() + READY_TIMEOUT;
