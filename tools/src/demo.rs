@@ -257,8 +257,8 @@ impl UpProcess {
         })
     }
 
-    /// Its process id (the `tiflow up` process itself: `ip netns exec`
-    /// execs in place).
+    /// Its process id (`ip netns exec` execs `tiflow` in place, so this
+    /// is the `tiflow up` itself).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,5 +1,5 @@
 //! `tiflow bench connect --quick`, `reconnect --quick`, `tuning --quick`,
-//! `scale --quick` (in memory),
+//! `scale --quick` (in memory), `up-scale --quick`,
 //! `recovery --quick` and its no-fault check as a user runs them: the built
 //! binary, real namespaces and TUN devices (root needed: without it the
 //! test fails with the reason). Checks the files and their shape, never the timings.
@@ -94,6 +94,11 @@ fn assert_svg(path: &Path, labels: &[&str]) {
 /// The namespaces of process `pid` are gone (their names carry its pid in
 /// hex; the other test's may still exist).
 fn assert_no_namespaces_left(pid: u32) {
+    assert_no_namespaces_named("tibench", pid);
+}
+
+/// The namespaces of process `pid` whose names start with `prefix` are gone.
+fn assert_no_namespaces_named(prefix: &str, pid: u32) {
     let list = Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -103,7 +108,7 @@ fn assert_no_namespaces_left(pid: u32) {
     assert!(
         !text
             .lines()
-            .any(|l| l.starts_with("tibench") && l.contains(&tag)),
+            .any(|l| l.starts_with(prefix) && l.contains(&tag)),
         "bench namespaces left behind: {text}"
     );
 }
@@ -440,4 +445,82 @@ fn bench_scale_quick_writes_csv_report_and_svg() {
     );
     assert!(stdout.contains("per packet"), "{stdout}");
     assert_svg(&out.join("scale.svg"), &["ti", "legacy"]);
+}
+
+/// `tiflow bench up-scale --quick`: 200 connections through a `tiflow up`
+/// pair, 2 s idle. Both files written, a row per side, every connection
+/// greeted, echoed and still working after the idle time; the report has
+/// the command, the table and a verdict per target. The figures (RSS,
+/// latency, CPU) are reported, never asserted.
+#[test]
+fn bench_up_scale_quick_every_connection_works() {
+    require_privileges();
+    require_middlebox_tools();
+    let out = out_dir("bench-up-scale");
+    let (stdout, stderr, pid) = run_bench_full("up-scale", &[], &out);
+    assert!(stdout.contains("== up-scale"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("up-scale.csv"));
+    assert_eq!(
+        header[..7],
+        [
+            "connections",
+            "rep",
+            "side",
+            "connected",
+            "greeted",
+            "worked",
+            "failed"
+        ]
+    );
+    assert_eq!(rows.len(), 2, "one run, two sides: {rows:?}");
+    let sides: BTreeSet<&str> = column(&header, &rows, "side").into_iter().collect();
+    assert_eq!(sides, BTreeSet::from(["client", "server"]));
+    for name in ["connections", "connected", "greeted", "worked"] {
+        for v in column(&header, &rows, name) {
+            assert_eq!(v, "200", "{name}: every connection must work:\n{stderr}");
+        }
+    }
+    for v in column(&header, &rows, "failed") {
+        assert_eq!(v, "0", "{stderr}");
+    }
+    for v in column(&header, &rows, "outcome") {
+        assert_eq!(v, "complete", "{stderr}");
+    }
+    for name in [
+        "rss_start_kib",
+        "rss_held_kib",
+        "rss_after_kib",
+        "threads_held",
+    ] {
+        for v in column(&header, &rows, name) {
+            assert!(v.parse::<u64>().is_ok_and(|x| x > 0), "{name} {v:?}");
+        }
+    }
+    for name in [
+        "failures",
+        "resume_attempts",
+        "status_median_ms",
+        "idle_cpu_pct",
+    ] {
+        for v in column(&header, &rows, name) {
+            assert!(v.parse::<f64>().is_ok(), "{name} {v:?}: not measured");
+        }
+    }
+
+    let report = std::fs::read_to_string(out.join("up-scale-report.txt")).expect("report");
+    assert!(report.starts_with("command: "), "{report}");
+    assert!(report.contains("each row a single run"), "{report}");
+    assert!(
+        report.contains(
+            "N = 200 (single run 1) | all 200 connections work after the idle time | 200 of 200 | met"
+        ),
+        "{report}"
+    );
+    let targets = report
+        .lines()
+        .filter(|l| l.starts_with("N = 200 (single run 1) | "))
+        .count();
+    assert_eq!(targets, 5, "{report}");
+    assert_no_namespaces_named("tfus", pid);
 }

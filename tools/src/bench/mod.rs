@@ -3,6 +3,8 @@
 //! in network namespaces, with an emulated RTT sweep (paper §IV.B-C, Fig. 3).
 //! `tiflow bench recovery`: data flowing again after middlebox faults,
 //! `tiflow up` pair vs plain kernel TCP ([`recovery`]).
+//! `tiflow bench up-scale`: many idle connections through a `tiflow up`
+//! pair ([`up_scale`]).
 //!
 //! Owns the command line, the run order, the CSV files, the report and the
 //! progress display. The testbed lives in [`net`], the measurements in
@@ -22,6 +24,7 @@ pub mod report;
 pub mod scale;
 pub mod stats;
 pub mod tuning;
+pub mod up_scale;
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -75,6 +78,12 @@ pub enum What {
     /// interleaved: 1 and 100 streams each way, CPU per GB of both `tiflow
     /// up`, ping-pong round trip [default: 5 repetitions of 3 s].
     Forward,
+    /// Many idle connections through a `tiflow up` pair in network
+    /// namespaces (NAT between them): a connect storm, each connection
+    /// greeted end to end and echoed, held idle, then closed; RSS, threads,
+    /// `tiflow status` latency, failures and idle CPU of each `tiflow up`
+    /// [default connections: 10000, idle: 60s, reps: 1; --quick: 200, 2s].
+    UpScale,
     /// No measurement, no root: the README's performance tables from the
     /// committed results files (--results); printed, written into the
     /// README's marked regions (--readme), or checked against them
@@ -114,11 +123,12 @@ pub struct BenchArgs {
     pub bulk_mib: Option<u64>,
     /// Repetitions: bulk, per mode and direction [default: 5]; recovery,
     /// per scenario and direction [default: 10]; scale, measured rounds
-    /// per setup [default: 9].
+    /// per setup [default: 9]; up-scale, runs per count [default: 1].
     #[arg(long)]
     pub reps: Option<usize>,
     /// scale: connection counts, comma-separated [default:
-    /// 1,100,1000,10000; --quick: 1,100].
+    /// 1,100,1000,10000; --quick: 1,100]; up-scale: one run (or --reps)
+    /// per count [default: 10000; --quick: 200].
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     pub connections: Option<Vec<usize>>,
     /// recovery: the scenarios, comma-separated, each NAME or NAME:REPS
@@ -152,6 +162,15 @@ pub struct BenchArgs {
     /// forward: seconds each bulk sample writes [default: 3; --quick: 1].
     #[arg(long, value_name = "SECONDS", value_parser = recovery::parse_secs)]
     pub secs: Option<f64>,
+    /// up-scale: how long the connections sit idle (500ms, 60s, 2m)
+    /// [default: 60s; --quick: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::up::parse_duration)]
+    pub idle: Option<Duration>,
+    /// up-scale: kill both `tiflow up` (and record the run as aborted) when
+    /// one's RSS exceeds this, in MiB [default: a quarter of the memory
+    /// available at start].
+    #[arg(long, value_name = "MIB")]
+    pub rss_limit_mib: Option<u64>,
     /// report: the directory of the results files.
     #[arg(long, value_name = "DIR", default_value = "benches/results")]
     pub results: PathBuf,
@@ -363,6 +382,11 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         return scale::run(&counts, rounds, &args.out, &command);
     }
+    if args.what == What::UpScale {
+        let settings = up_scale::settings(args)?;
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        return up_scale::run(&settings, &args.out, &command);
+    }
     net::set_low_latency(args.low_latency);
     let out = &args.out;
     let (pcap_dir, bed) = pcap_dir_and_testbed(out)?;
@@ -417,6 +441,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         What::Tuning => "tuning",
         What::Scale => "scale",
         What::Forward => "forward",
+        What::UpScale => "up-scale",
         What::Report => "report",
     };
     let command: Vec<String> = std::env::args().collect();

@@ -283,6 +283,11 @@ pub struct ResultsFiles {
     /// `scale-before-cells-report.txt` (the same benchmark before the
     /// connection cells and the timer table).
     pub scale_before_report: String,
+    /// `up-scale-report.txt`, when measured (optional).
+    pub up_scale_report: Option<String>,
+    /// `up-scale-before-async.txt`: the same benchmark with the
+    /// thread-per-connection relay (optional).
+    pub up_scale_before_report: Option<String>,
 }
 
 impl ResultsFiles {
@@ -301,8 +306,21 @@ impl ResultsFiles {
         "scale-before-cells-report.txt",
     ];
 
-    /// Reads them from `dir`.
+    /// The optional files, in the order of the fields.
+    pub const OPTIONAL_NAMES: [&'static str; 2] =
+        ["up-scale-report.txt", "up-scale-before-async.txt"];
+
+    /// Reads them from `dir` (an optional file that does not exist is
+    /// `None`).
     pub fn read(dir: &Path) -> Result<ResultsFiles, BenchError> {
+        let optional = |name: &str| {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(BenchError::io(format!("read {}", path.display()), e)),
+            }
+        };
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path)
@@ -320,6 +338,8 @@ impl ResultsFiles {
             recovery_summary: read(Self::NAMES[8])?,
             scale_report: read(Self::NAMES[9])?,
             scale_before_report: read(Self::NAMES[10])?,
+            up_scale_report: optional(Self::OPTIONAL_NAMES[0])?,
+            up_scale_before_report: optional(Self::OPTIONAL_NAMES[1])?,
         })
     }
 }
@@ -398,7 +418,72 @@ pub fn generate(files: &ResultsFiles) -> Result<Vec<Region>, String> {
             name: "scale",
             text: scale_blocks(&files.scale_report, &files.scale_before_report)?,
         },
+        Region {
+            name: "up-scale",
+            text: up_scale_blocks(
+                files.up_scale_report.as_deref(),
+                files.up_scale_before_report.as_deref(),
+            )?,
+        },
     ])
+}
+
+/// The `tiflow up` scale benchmark: per file (the current run, then the
+/// run before the async relay), a table of its targets with a verdict per
+/// run, each run labelled as a single run, and its measurement table as
+/// written.
+pub fn up_scale_blocks(after: Option<&str>, before: Option<&str>) -> Result<String, String> {
+    let mut s = String::new();
+    for (file, text, what) in [
+        ("up-scale-report.txt", after, "Now"),
+        (
+            "up-scale-before-async.txt",
+            before,
+            "Before the async relay (a thread per connection)",
+        ),
+    ] {
+        let Some(text) = text else {
+            let _ = writeln!(
+                s,
+                "{what}: not measured (`benches/results/{file}` is absent).\n"
+            );
+            continue;
+        };
+        let command = command_of(text).ok_or_else(|| format!("{file} has no command: line"))?;
+        let _ = writeln!(
+            s,
+            "{what}, `benches/results/{file}` (`{command}`), each row a single run:\n"
+        );
+        s += &up_scale_targets(file, &section(text, "== targets")?)?;
+        s.push('\n');
+        s += &code_block(&section(text, "== up-scale")?);
+        s.push('\n');
+    }
+    s.pop();
+    Ok(s)
+}
+
+/// The targets section (`RUN | GOAL | FIGURE | VERDICT` lines) as a
+/// markdown table; every run must say it is a single run.
+fn up_scale_targets(file: &str, lines: &[&str]) -> Result<String, String> {
+    let mut t = String::from("| Run | Goal | Figure | |\n|---|---|---|---|\n");
+    for l in lines.iter().skip(1) {
+        let cells: Vec<&str> = l.split(" | ").map(str::trim).collect();
+        let [run, goal, figure, verdict] = cells[..] else {
+            return Err(format!("{file}: bad target line {l:?}"));
+        };
+        if !run.contains("single run") {
+            return Err(format!("{file}: {run:?} is not labelled as a single run"));
+        }
+        if !matches!(verdict, "met" | "MISSED") {
+            return Err(format!("{file}: bad verdict in {l:?}"));
+        }
+        let _ = writeln!(t, "| {run} | {goal} | {figure} | {verdict} |");
+    }
+    if lines.len() < 2 {
+        return Err(format!("{file}: no targets"));
+    }
+    Ok(t)
 }
 
 /// The scale benchmark's tables, after and before the connection cells,
@@ -1227,5 +1312,25 @@ mod tests {
         assert_eq!(min_n(csv, Some("0")), Ok(150));
         assert_eq!(min_n(csv, None), Ok(5));
         assert!(min_n(csv, Some("7")).is_err());
+    }
+
+    #[test]
+    fn up_scale_targets_become_a_table_of_single_runs() {
+        let report = "command: tiflow bench up-scale --connections 5\n\n\
+            == up-scale: a pair; each row a single run\n     N run side\n     5   1 client\n\n\
+            == targets (issue 12), each line a single run\n\
+            N = 5 (single run 1) | all 5 connections work after the idle time | 5 of 5 | met\n\
+            N = 5 (single run 1) | RSS <= 64 KiB per connection per side | client 70.5 KiB | MISSED\n\n";
+        let text = up_scale_blocks(None, Some(report)).expect("blocks");
+        assert!(text.starts_with("Now: not measured"), "{text}");
+        assert!(
+            text.contains("| N = 5 (single run 1) | RSS <= 64 KiB per connection per side | client 70.5 KiB | MISSED |"),
+            "{text}"
+        );
+        assert!(text.contains("     5   1 client\n```\n"), "{text}");
+        let unlabelled = report.replace("(single run 1)", "(median of 3)");
+        assert!(up_scale_blocks(Some(&unlabelled), None).is_err());
+        let bad_verdict = report.replace("| met", "| fine");
+        assert!(up_scale_blocks(Some(&bad_verdict), None).is_err());
     }
 }
