@@ -288,6 +288,9 @@ pub struct ResultsFiles {
     /// `up-scale-before-async.txt`: the same benchmark with the
     /// thread-per-connection relay (optional).
     pub up_scale_before_report: Option<String>,
+    /// `forward-report.txt`: the forward path through a `tiflow up` pair
+    /// (optional).
+    pub forward_report: Option<String>,
 }
 
 impl ResultsFiles {
@@ -307,8 +310,11 @@ impl ResultsFiles {
     ];
 
     /// The optional files, in the order of the fields.
-    pub const OPTIONAL_NAMES: [&'static str; 2] =
-        ["up-scale-report.txt", "up-scale-before-async.txt"];
+    pub const OPTIONAL_NAMES: [&'static str; 3] = [
+        "up-scale-report.txt",
+        "up-scale-before-async.txt",
+        "forward-report.txt",
+    ];
 
     /// Reads them from `dir` (an optional file that does not exist is
     /// `None`).
@@ -340,6 +346,7 @@ impl ResultsFiles {
             scale_before_report: read(Self::NAMES[10])?,
             up_scale_report: optional(Self::OPTIONAL_NAMES[0])?,
             up_scale_before_report: optional(Self::OPTIONAL_NAMES[1])?,
+            forward_report: optional(Self::OPTIONAL_NAMES[2])?,
         })
     }
 }
@@ -425,7 +432,30 @@ pub fn generate(files: &ResultsFiles) -> Result<Vec<Region>, String> {
                 files.up_scale_before_report.as_deref(),
             )?,
         },
+        Region {
+            name: "forward",
+            text: forward_blocks(files.forward_report.as_deref())?,
+        },
     ])
+}
+
+/// The forward-path benchmark's table and goals, as written in its file.
+pub fn forward_blocks(report: Option<&str>) -> Result<String, String> {
+    let Some(text) = report else {
+        return Ok("Not measured (`benches/results/forward-report.txt` is absent).\n".into());
+    };
+    let command = command_of(text).ok_or("forward-report.txt has no command: line")?;
+    let mut lines = section(text, "== forward")?;
+    lines.push("");
+    lines.extend(section(text, "ping-pong")?);
+    lines.push("");
+    lines.extend(section(text, "goals")?);
+    lines.push("");
+    lines.extend(section(text, "failures detected")?);
+    Ok(format!(
+        "`benches/results/forward-report.txt` (`{command}`):\n\n{}",
+        code_block(&lines)
+    ))
 }
 
 /// The `tiflow up` scale benchmark: per file (the current run, then the
