@@ -7,7 +7,7 @@
 //! their stream's condition variable, which a poll signals only when it
 //! visited that stream ([`Stack::take_woken`]): a thousand idle streams'
 //! threads stay asleep. Listeners wait on one shared condition variable,
-//! signalled after every poll. The driver
+//! signalled when a connection joined an accept queue. The driver
 //! sleeps on the device (fd or queue) until a packet or the stack's next
 //! deadline. It never makes a protocol decision.
 
@@ -56,12 +56,14 @@ impl Clock {
 struct Shared<D: Device + Wait> {
     stack: Mutex<Stack<D>>,
     waiter: Waiter,
-    /// Listeners' waits (every poll signals it).
+    /// Listeners' waits (signalled when a connection joined an accept
+    /// queue).
     changed: Condvar,
     /// Each stream's waits, signalled when a poll visited the stream.
     stream_waits: Mutex<HashMap<StreamId, Arc<Condvar>>>,
     /// Async tasks waiting on a stream (woken, then forgotten, when a poll
-    /// visited it) and on any listener (woken after every poll).
+    /// visited it) and on any listener (woken when a connection joined an
+    /// accept queue).
     #[cfg(feature = "tokio")]
     wakers: Mutex<tokio_io::Wakers>,
     stopping: AtomicBool,
@@ -85,21 +87,23 @@ impl<D: Device + Wait> Shared<D> {
         // call may be due before the driver's current sleep ends.
         let wake_driver = stack.device().next_deadline().is_some();
         let woken = stack.take_woken();
+        let accept_ready = stack.take_accept_ready();
         drop(stack);
         if wake_driver {
             self.waiter.wake();
         }
-        self.notify(&woken);
+        self.notify(&woken, accept_ready);
         result
     }
 
-    /// Signals the waits of the `woken` streams, and the listeners'.
-    fn notify(&self, woken: &[StreamId]) {
+    /// Signals the waits of the `woken` streams, and the listeners' when a
+    /// connection joined an accept queue (`accept_ready`).
+    fn notify(&self, woken: &[StreamId], accept_ready: bool) {
         #[cfg(feature = "tokio")]
         self.wakers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .wake(woken);
+            .wake(woken, accept_ready);
         if !woken.is_empty() {
             let waits = self.stream_waits.lock().unwrap_or_else(|e| e.into_inner());
             for id in woken {
@@ -108,7 +112,9 @@ impl<D: Device + Wait> Shared<D> {
                 }
             }
         }
-        self.changed.notify_all();
+        if accept_ready {
+            self.changed.notify_all();
+        }
     }
 
     /// Signals every wait (the runtime stops).
@@ -237,6 +243,23 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         self.shared.lock().resources()
     }
 
+    /// Gives back memory held for connections and streams that have gone
+    /// ([`Stack::shrink_to_fit`], and the runtime's own tables of waits).
+    pub fn shrink_to_fit(&self) {
+        self.shared.lock().shrink_to_fit();
+        self.shared
+            .stream_waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shrink_to_fit();
+        #[cfg(feature = "tokio")]
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shrink_to_fit();
+    }
+
     /// Runs `f` on the stack under the lock (then polls it).
     pub fn with_stack<R>(&self, f: impl FnOnce(&mut Stack<D>, Instant) -> R) -> R {
         self.shared.act(f)
@@ -282,8 +305,9 @@ fn drive<D: Device + Wait>(shared: &Shared<D>, spin_below: Duration) {
                 next = next.min(deadline);
             }
             let woken = stack.take_woken();
+            let accept_ready = stack.take_accept_ready();
             drop(stack);
-            shared.notify(&woken);
+            shared.notify(&woken, accept_ready);
             Duration::from_micros((next - now).total_micros()).min(MAX_SLEEP)
         };
         if sleep.is_zero() || sleep < spin_below {

@@ -203,3 +203,36 @@ fn readiness_and_in_place_reads_move_bytes_and_report_ends() {
     let result = tasks().block_on(async { tokio::time::timeout(LIMIT, scenario).await });
     result.expect("no lost wake-up");
 }
+
+/// A task waiting in `accept_async` sleeps until a connection joins the
+/// accept queue: counted in polls of its future, not in time (waking
+/// listener tasks after every poll made an idle accept poll itself
+/// forever, a core's worth of CPU in `tiflow up --serve`).
+#[test]
+fn an_idle_accept_is_not_polled_again_until_a_connection_arrives() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (client, server) = runtimes();
+    let scenario = async move {
+        let listener = server.listen(11).expect("listen");
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = polls.clone();
+        let mut accept = Box::pin(async move { listener.accept_async().await.map(|_| listener) });
+        let task = tokio::spawn(std::future::poll_fn(move |cx| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            accept.as_mut().poll(cx)
+        }));
+        // The driver polls the stack at least every 5 ms meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle = polls.load(Ordering::Relaxed);
+        assert!(idle <= 3, "an idle accept was polled {idle} times");
+        let _c = client
+            .connect_async(SocketAddrV4::new(SERVER, 11))
+            .await
+            .expect("connect");
+        task.await.expect("accept task").expect("accepted");
+    };
+    let result = tasks().block_on(async { tokio::time::timeout(LIMIT, scenario).await });
+    result.expect("the accept was woken");
+}

@@ -118,6 +118,15 @@ const TOUCHED_SLACK: usize = 64;
 const HALF_ATTEMPTS: usize = 64;
 
 impl FlowTable {
+    /// Gives back memory held for flows that have gone: every internal
+    /// table shrinks to what it holds (cost proportional to what is left).
+    pub fn shrink_to_fit(&mut self) {
+        self.flows.shrink_to_fit();
+        self.local_halves.shrink_to_fit();
+        self.touched.shrink_to_fit();
+        self.expiry.shrink_to_fit();
+    }
+
     /// An empty table.
     pub fn new(config: TableConfig) -> FlowTable {
         FlowTable::with_capacity(config, 0)

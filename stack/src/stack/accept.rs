@@ -232,6 +232,7 @@ impl<D: Device> Stack<D> {
         }
         if let Some(l) = self.listeners.get_mut(&port) {
             l.accept_queue.push_back(id);
+            self.accept_ready = true;
         }
     }
 }

@@ -55,7 +55,8 @@ pub(crate) struct Addressing {
 
 /// Every connection's cell and the default interface.
 pub(crate) struct Cells {
-    slots: Vec<Option<Cell>>,
+    /// Boxed: a free slot costs a pointer, not an interface.
+    slots: Vec<Option<Box<Cell>>>,
     free: Vec<u32>,
     len: usize,
     addressing: Addressing,
@@ -137,11 +138,11 @@ impl Cells {
         let iface = new_interface(&self.addressing, seed, device, now);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
-        self.slots[index as usize] = Some(Cell {
+        self.slots[index as usize] = Some(Box::new(Cell {
             iface,
             sockets,
             handle,
-        });
+        }));
         self.len += 1;
         Some(ConnId(index))
     }
@@ -156,12 +157,23 @@ impl Cells {
         }
     }
 
+    /// Gives back the slot table's memory once no cell is left (lanes are
+    /// numbered afresh from then on).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        if self.len == 0 {
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+    }
+
     fn cell(&self, id: ConnId) -> Option<&Cell> {
-        self.slots.get(id.0 as usize).and_then(Option::as_ref)
+        self.slots.get(id.0 as usize).and_then(|c| c.as_deref())
     }
 
     fn cell_mut(&mut self, id: ConnId) -> Option<&mut Cell> {
-        self.slots.get_mut(id.0 as usize).and_then(Option::as_mut)
+        self.slots
+            .get_mut(id.0 as usize)
+            .and_then(|c| c.as_deref_mut())
     }
 
     /// The cell's socket.

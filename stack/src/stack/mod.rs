@@ -339,6 +339,9 @@ pub struct Stack<D: Device> {
     /// Streams serviced by polls since the last [`Stack::take_woken`]:
     /// whatever waits on them may go on.
     woken: BTreeSet<StreamId>,
+    /// A connection joined an accept queue since the last
+    /// [`Stack::take_accept_ready`].
+    accept_ready: bool,
     table: FlowTable,
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
@@ -465,6 +468,7 @@ impl<D: Device> Stack<D> {
             cells,
             timers: Timers::default(),
             woken: BTreeSet::new(),
+            accept_ready: false,
             table,
             rng,
             conns: HashMap::new(),
@@ -860,6 +864,38 @@ impl<D: Device> Stack<D> {
             .into_iter()
             .filter(|id| self.streams.contains_key(id))
             .collect()
+    }
+
+    /// Gives back memory held for connections and streams that have gone:
+    /// every table shrinks to what it holds, the connection cells' slot
+    /// table too once no connection is left. Costs a pass over what is
+    /// left; `tiflow up` calls it when its streams have all gone.
+    pub fn shrink_to_fit(&mut self) {
+        self.cells.shrink_to_fit();
+        self.timers.shrink_to_fit();
+        self.table.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        self.by_tuple.shrink_to_fit();
+        self.pending.shrink_to_fit();
+        self.pending_cells.shrink_to_fit();
+        self.completing_legacy.shrink_to_fit();
+        self.deferred.shrink_to_fit();
+        self.replay.shrink_to_fit();
+        self.fresh_listeners.shrink_to_fit();
+        self.streams.shrink_to_fit();
+        self.by_tifid.shrink_to_fit();
+        self.listeners.shrink_to_fit();
+        self.ports.shrink_to_fit();
+        self.resetting.shrink_to_fit();
+        self.spare_sockets.shrink_to_fit();
+        self.peers_heard.shrink_to_fit();
+    }
+
+    /// Whether a connection joined an accept queue since the last call: a
+    /// runtime wakes what waits on its listeners only then (waking them
+    /// after every poll made a waiting accept task poll forever).
+    pub fn take_accept_ready(&mut self) -> bool {
+        std::mem::take(&mut self.accept_ready)
     }
 
     /// When the stack next needs a poll, at the latest (at most a second

@@ -45,6 +45,13 @@ pub(super) struct Ports {
 }
 
 impl Ports {
+    /// Shrinks the tables to what they hold.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.in_use.shrink_to_fit();
+        self.recent.shrink_to_fit();
+        self.recent_set.shrink_to_fit();
+    }
+
     /// No port taken; ports are handed out of `range`.
     pub(super) fn new(range: RangeInclusive<u16>) -> Ports {
         Ports {

@@ -38,6 +38,11 @@ pub(super) struct Timers {
 }
 
 impl Timers {
+    /// Shrinks the tables to what they hold.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.at.shrink_to_fit();
+    }
+
     /// Sets (or with `None` clears) the deadline of `key`.
     pub(super) fn set(&mut self, key: Wake, at: Option<Instant>) {
         if let Some(old) = self.at.remove(&key) {

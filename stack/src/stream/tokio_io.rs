@@ -6,7 +6,8 @@
 //! holds the stack lock, and a poll that visited its stream wakes it after
 //! releasing the lock ([`Stack::take_woken`]), so no wake-up is lost
 //! between the check and the registration. Tasks waiting on listeners are
-//! woken after every poll. Owns only the wakers.
+//! woken when a connection joined an accept queue
+//! ([`Stack::take_accept_ready`]). Owns only the wakers.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -38,17 +39,19 @@ impl Wakers {
         }
     }
 
-    /// Wakes (and forgets) the tasks of the `woken` streams and every
-    /// listener task.
-    pub(super) fn wake(&mut self, woken: &[StreamId]) {
+    /// Wakes (and forgets) the tasks of the `woken` streams, and every
+    /// listener task when a connection joined an accept queue.
+    pub(super) fn wake(&mut self, woken: &[StreamId], accept_ready: bool) {
         for id in woken {
             if let Some(list) = self.streams.remove(id) {
                 list.into_iter().for_each(Waker::wake);
             }
         }
-        std::mem::take(&mut self.listeners)
-            .into_iter()
-            .for_each(Waker::wake);
+        if accept_ready {
+            std::mem::take(&mut self.listeners)
+                .into_iter()
+                .for_each(Waker::wake);
+        }
     }
 
     /// Wakes every task (the runtime stops).
@@ -59,6 +62,12 @@ impl Wakers {
         std::mem::take(&mut self.listeners)
             .into_iter()
             .for_each(Waker::wake);
+    }
+
+    /// Shrinks the tables to what they hold.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.streams.shrink_to_fit();
+        self.listeners.shrink_to_fit();
     }
 
     /// The stream is gone: its tasks need no wake-up.

@@ -37,6 +37,12 @@ pub(super) struct ExpiryQueue {
 }
 
 impl ExpiryQueue {
+    /// Shrinks the queues to what they hold.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.deadlines.shrink_to_fit();
+        self.finished.shrink_to_fit();
+    }
+
     /// A flow's lifecycle went from `old` to `new` (`old` is `None` for a
     /// flow new to the table; `new` is `None` for a flow removed).
     pub(super) fn observe(

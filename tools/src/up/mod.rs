@@ -215,6 +215,7 @@ where
         }
         tokio::spawn(release_memory_when_idle(
             runtime.clone(),
+            conns.clone(),
             carry.stop.clone(),
         ));
         let stopped = async {
@@ -293,10 +294,11 @@ fn print_banner<D: Device + Wait>(
 }
 
 /// Hands freed memory back to the system each time the stack's streams
-/// have all gone (checked every [`TRIM_EVERY`]): the buffers of a burst of
-/// connections otherwise stay resident in the allocator's arenas.
+/// have all gone (checked every [`TRIM_EVERY`]): the tables sized for a
+/// burst of connections shrink, and the allocator's free pages go back.
 async fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
     runtime: Arc<Runtime<D>>,
+    conns: Conns,
     mut stop: Stop,
 ) {
     let mut busy_since_trim = false;
@@ -310,6 +312,8 @@ async fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
             busy_since_trim = true;
         } else if busy_since_trim {
             busy_since_trim = false;
+            runtime.shrink_to_fit();
+            conns.shrink_to_fit();
             let released = ti_stack::memory::release_free_memory();
             debug!(released, "idle: freed memory returned to the system");
         }

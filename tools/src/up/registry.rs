@@ -115,6 +115,13 @@ impl Conns {
         reg.ended_failures + reg.live_sum(infos, |s| s.failures)
     }
 
+    /// Shrinks the tables to what they hold.
+    pub(super) fn shrink_to_fit(&self) {
+        let mut reg = self.lock();
+        reg.conns.shrink_to_fit();
+        reg.by_stream.shrink_to_fit();
+    }
+
     /// No connection is carried.
     pub(super) fn is_empty(&self) -> bool {
         self.lock().conns.is_empty()
