@@ -184,8 +184,8 @@ pub struct BenchArgs {
     /// --readme says otherwise).
     #[arg(long)]
     pub check: bool,
-    /// recovery: keep the logs of the two `tiflow up` (their directory is
-    /// printed) even when the run succeeds.
+    /// recovery, up-scale: keep the logs of the two `tiflow up` (their
+    /// directory is printed) even when the run succeeds.
     #[arg(long)]
     pub keep_logs: bool,
 }

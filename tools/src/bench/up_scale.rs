@@ -105,6 +105,9 @@ pub struct Settings {
     /// RSS above which a `tiflow up` is killed and the run recorded as
     /// aborted, KiB (`None`: a quarter of the memory available at start).
     pub rss_limit_kib: Option<u64>,
+    /// Keep the logs of the two `tiflow up` of every run (their directory
+    /// is printed), not only of aborted runs.
+    pub keep_logs: bool,
 }
 
 /// The two `tiflow up` processes, in the order the files list them.
@@ -232,6 +235,7 @@ pub fn settings(args: &super::BenchArgs) -> Result<Settings, BenchError> {
             .unwrap_or(if args.quick { QUICK_IDLE } else { DEFAULT_IDLE }),
         reps: args.reps.unwrap_or(1).max(1),
         rss_limit_kib: args.rss_limit_mib.map(|m| m * 1024),
+        keep_logs: args.keep_logs,
     })
 }
 
@@ -260,7 +264,7 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                 settings.reps,
                 settings.idle.as_secs_f64()
             );
-            let run = one_run(n, rep, settings.idle, rss_limit, &work)?;
+            let run = one_run(n, rep, settings.idle, rss_limit, &work, settings.keep_logs)?;
             eprintln!("{}", progress_line(&run));
             runs.push(run);
         }
@@ -618,6 +622,7 @@ fn one_run(
     idle: Duration,
     rss_limit: u64,
     work: &Path,
+    keep_logs: bool,
 ) -> Result<Run, BenchError> {
     let mut run = Run {
         n,
@@ -876,7 +881,7 @@ fn one_run(
     drop(client_up);
     drop(server_up);
     drop(net);
-    if run.aborted.is_empty() {
+    if run.aborted.is_empty() && !keep_logs {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         // Keep the logs next to the results' directory, in the work dir's
@@ -886,6 +891,7 @@ fn one_run(
             std::process::id()
         ));
         let _ = std::fs::rename(&dir, &kept);
+        eprintln!("  logs of the two tiflow up: {}", kept.display());
     }
     Ok(run)
 }
