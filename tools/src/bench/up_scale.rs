@@ -1235,6 +1235,7 @@ mod tests {
             idle: Duration::from_secs(1),
             reps: 1,
             rss_limit_kib: None,
+            keep_logs: false,
         };
         let text = report(
             std::slice::from_ref(&good),
