@@ -406,6 +406,37 @@ fn an_idle_flow_whose_peer_answers_is_never_failed_and_stays_quiet() {
     );
 }
 
+/// An idle flow whose keepalive probe, or the answer to one, is lost
+/// once, each way in turn: a single lost packet is not a dead path (the
+/// unanswered probe is sent again within the silent budget), so neither
+/// end fails. Before, one probe per keepalive interval meant the silent
+/// budget (interval + stall) saw one chance only: a burst of synchronized
+/// probes overflowing a queue failed hundreds of idle flows at once.
+#[test]
+fn one_lost_probe_or_answer_does_not_fail_an_idle_flow() {
+    for (seed, direction) in [(211, Direction::AtoB), (212, Direction::BtoA)] {
+        let (mut sim, listener) = pair(seed, link(5));
+        let (c, s) = connect(&mut sim, listener);
+        sim.hosts[0].write(c, b"hello").expect("write");
+        // Long enough for the probes to back off to the keepalive interval.
+        sim.run_for(Duration::from_secs(40));
+        let _ = (events(&mut sim, 0, c), events(&mut sim, 1, s));
+        // The next segment this way, whichever it is: a probe or an answer.
+        sim.net.drop_matching(direction, 1, |_| true);
+        sim.run_for(Duration::from_secs(30));
+        let (client, server) = (events(&mut sim, 0, c), events(&mut sim, 1, s));
+        assert!(
+            client.is_empty() && server.is_empty(),
+            "{direction:?}: {client:?} {server:?}"
+        );
+        assert_eq!(
+            sim.hosts[0].stream_info(c).map(|i| i.stats.failures),
+            Some(0),
+            "{direction:?}: no failure detected"
+        );
+    }
+}
+
 /// A one-second blackhole in the middle of a paced client-to-server
 /// stream, over many seeds: every stream completes byte-exact.
 #[test]

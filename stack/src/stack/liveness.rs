@@ -28,7 +28,16 @@ struct Budget {
     outstanding: bool,
     liveness: Liveness,
     probe_every: Duration,
+    /// After an unanswered probe, the next one this soon.
+    retry_every: Duration,
 }
+
+/// Probes an idle connection sends again, unanswered, before its path
+/// counts as silent: one lost packet (a probe or its answer, say in a
+/// queue that a burst of synchronized probes overflowed) is not a dead
+/// path. Only once the probe interval has backed off (an idle flow): a
+/// flow that was receiving keeps its one-interval budget.
+const IDLE_PROBE_RETRIES: u32 = 2;
 
 impl<D: Device> Stack<D> {
     /// The connection's budgets now. Without an RTT sample: the configured
@@ -79,13 +88,20 @@ impl<D: Device> Stack<D> {
         } else {
             stall
         };
+        let retry_every = (stall / 3).max(PROBE_FLOOR).min(probe_every);
+        let retries = if !outstanding && conn.probe_backoff > 0 {
+            IDLE_PROBE_RETRIES
+        } else {
+            0
+        };
         Some(Budget {
             outstanding,
             liveness: Liveness {
                 stall,
-                silent: probe_every + stall,
+                silent: probe_every + stall + retry_every * retries,
             },
             probe_every,
+            retry_every,
         })
     }
 
@@ -145,10 +161,13 @@ impl<D: Device> Stack<D> {
         if !matches!(conn.phase, Phase::Open) {
             return None;
         }
-        let since = conn
-            .last_probe
-            .map_or(conn.last_rx, |p| p.max(conn.last_rx));
-        Some(since + smol(budget.probe_every))
+        match conn.last_probe {
+            // The last probe went unanswered: probe again within the silent
+            // budget (see [`IDLE_PROBE_RETRIES`]).
+            Some(p) if p > conn.last_rx => Some(p + smol(budget.retry_every)),
+            Some(p) => Some(p.max(conn.last_rx) + smol(budget.probe_every)),
+            None => Some(conn.last_rx + smol(budget.probe_every)),
+        }
     }
 
     /// When the stream's connection is next due a probe.

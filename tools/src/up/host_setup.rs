@@ -9,6 +9,9 @@ use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunDevice};
 use tracing::{info, warn};
 
 use super::{UpArgs, UpError};
+
+/// Packets the kernel queues toward the stack on the TUN device.
+const TXQUEUELEN: &str = "4096";
 use crate::host::{self, Undo};
 
 pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
@@ -51,7 +54,21 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
     let tun = args.tun.as_str();
     let kernel = format!("{}/{}", args.kernel_address(), args.address.prefix);
     let mtu = args.mtu.to_string();
-    host::run("ip", &["link", "set", "dev", tun, "mtu", &mtu])?;
+    // A longer queue toward the stack than the default 500 packets: the
+    // keepalive probes of thousands of idle flows come in bursts.
+    host::run(
+        "ip",
+        &[
+            "link",
+            "set",
+            "dev",
+            tun,
+            "mtu",
+            &mtu,
+            "txqueuelen",
+            TXQUEUELEN,
+        ],
+    )?;
     host::run("ip", &["addr", "add", &kernel, "dev", tun])?;
     host::run("ip", &["link", "set", "dev", tun, "up"])?;
     // The stack speaks IPv4 only: keep the kernel's IPv6 chatter off the device.
