@@ -257,6 +257,51 @@ impl UpProcess {
         })
     }
 
+    /// The benches' `tiflow up` pair, both ready: in `server`, a stack at
+    /// 10.0.2.1/24 serving its `port` to `target` (exposed on the host's
+    /// `port`); in `client`, a stack at 10.0.1.1/24, masqueraded,
+    /// forwarding `listen` to `remote`. Returns (server, client); `stop`
+    /// interrupts the wait.
+    pub(crate) fn spawn_pair(
+        (client, server): (&NetNs, &NetNs),
+        dir: &Path,
+        (port, target): (u16, &str),
+        (listen, remote): (&str, &str),
+        stop: &AtomicBool,
+    ) -> Result<(UpProcess, UpProcess), DemoError> {
+        let serve = format!("{port}={target}");
+        let expose = port.to_string();
+        let forward = format!("{listen}={remote}");
+        let mut server_up = UpProcess::spawn(
+            server,
+            "server",
+            dir,
+            &[
+                "--address",
+                "10.0.2.1/24",
+                "--serve",
+                &serve,
+                "--expose",
+                &expose,
+            ],
+        )?;
+        let mut client_up = UpProcess::spawn(
+            client,
+            "client",
+            dir,
+            &[
+                "--address",
+                "10.0.1.1/24",
+                "--masquerade",
+                "--forward",
+                &forward,
+            ],
+        )?;
+        server_up.wait_ready(stop)?;
+        client_up.wait_ready(stop)?;
+        Ok((server_up, client_up))
+    }
+
     /// Its process id (`ip netns exec` execs `tiflow` in place, so this
     /// is the `tiflow up` itself).
     pub(crate) fn pid(&self) -> u32 {

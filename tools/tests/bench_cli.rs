@@ -524,3 +524,65 @@ fn bench_up_scale_quick_every_connection_works() {
     assert_eq!(targets, 5, "{report}");
     assert_no_namespaces_named("tfus", pid);
 }
+
+/// `tiflow bench forward --quick`: both paths (kernel TCP and the `tiflow
+/// up` pair) measured in the same run, each way, 1 and 4 streams, plus
+/// the ping-pong; every sample moved bytes, the tiflow samples have the
+/// CPU of both `tiflow up`, and the report has the goals and their
+/// verdicts. The figures are reported, never asserted.
+#[test]
+fn bench_forward_quick_measures_both_paths_each_way() {
+    require_privileges();
+    require_middlebox_tools();
+    let out = out_dir("bench-forward");
+    let (stdout, _stderr, pid) = run_bench_full("forward", &[], &out);
+    assert!(stdout.contains("== forward path"), "{stdout}");
+
+    let (header, rows) = csv(&out.join("forward.csv"));
+    assert_eq!(
+        header,
+        [
+            "rep",
+            "path",
+            "kind",
+            "streams",
+            "value",
+            "unit",
+            "tiflow_cpu_s_per_gb"
+        ]
+    );
+    let mut seen = BTreeSet::new();
+    for row in &rows {
+        let (path, kind, streams) = (&row[1], &row[2], &row[3]);
+        seen.insert((path.clone(), kind.clone(), streams.clone()));
+        let value: f64 = row[4].parse().expect("value");
+        assert!(value > 0.0, "{row:?}");
+        let cpu = &row[6];
+        assert_eq!(
+            path == "tiflow" && kind != "ping-pong",
+            !cpu.is_empty(),
+            "CPU per GB exactly for the tiflow bulk samples: {row:?}"
+        );
+    }
+    for path in ["kernel", "tiflow"] {
+        for kind in ["up", "down"] {
+            for streams in ["1", "4"] {
+                assert!(
+                    seen.contains(&(path.into(), kind.into(), streams.into())),
+                    "{path} {kind} x{streams} missing: {rows:?}"
+                );
+            }
+        }
+        assert!(seen.contains(&(path.into(), "ping-pong".into(), "1".into())));
+    }
+    assert_eq!(rows.len(), 10, "{rows:?}");
+
+    let report = std::fs::read_to_string(out.join("forward-report.txt")).expect("report");
+    assert!(report.contains("command: "), "{report}");
+    assert!(report.contains("goals (issue 13):"), "{report}");
+    assert!(
+        report.contains("failures detected by the tiflow up pair"),
+        "{report}"
+    );
+    assert_no_namespaces_named("tifwd", pid);
+}

@@ -245,36 +245,16 @@ impl Bed {
             listen_in(&line.server, &format!("127.0.0.1:{TI_PORT}"))?,
         ];
         let program = ServerProgram::start(listeners);
-        let serve = format!("{TI_PORT}=127.0.0.1:{TI_PORT}");
-        let expose = TI_PORT.to_string();
-        let forward = format!("127.0.0.1:{FORWARD_PORT}={SERVER}:{TI_PORT}");
-        let mut server_up = UpProcess::spawn(
-            &line.server,
-            "server",
+        let (server_up, client_up) = UpProcess::spawn_pair(
+            (&line.client, &line.server),
             work,
-            &[
-                "--address",
-                "10.0.2.1/24",
-                "--serve",
-                &serve,
-                "--expose",
-                &expose,
-            ],
+            (TI_PORT, &format!("127.0.0.1:{TI_PORT}")),
+            (
+                &format!("127.0.0.1:{FORWARD_PORT}"),
+                &format!("{SERVER}:{TI_PORT}"),
+            ),
+            super::interrupt_flag(),
         )?;
-        let mut client_up = UpProcess::spawn(
-            &line.client,
-            "client",
-            work,
-            &[
-                "--address",
-                "10.0.1.1/24",
-                "--masquerade",
-                "--forward",
-                &forward,
-            ],
-        )?;
-        server_up.wait_ready(super::interrupt_flag())?;
-        client_up.wait_ready(super::interrupt_flag())?;
         Ok(Bed {
             line,
             client_up,

@@ -1744,36 +1744,16 @@ fn run_in(settings: &Settings, out: &Path, work: &Path) -> Result<(), BenchError
     let mut net = Net::build()?;
     let plain_listener = listen_in(&net.line.server, &format!("0.0.0.0:{PLAIN_PORT}"))?;
     let ti_listener = listen_in(&net.line.server, &format!("127.0.0.1:{TI_PORT}"))?;
-    let serve = format!("{TI_PORT}=127.0.0.1:{TI_PORT}");
-    let expose = TI_PORT.to_string();
-    let forward = format!("127.0.0.1:{FORWARD_PORT}={SERVER}:{TI_PORT}");
-    let mut server_up = UpProcess::spawn(
-        &net.line.server,
-        "server",
+    let (server_up, client_up) = UpProcess::spawn_pair(
+        (&net.line.client, &net.line.server),
         work,
-        &[
-            "--address",
-            "10.0.2.1/24",
-            "--serve",
-            &serve,
-            "--expose",
-            &expose,
-        ],
+        (TI_PORT, &format!("127.0.0.1:{TI_PORT}")),
+        (
+            &format!("127.0.0.1:{FORWARD_PORT}"),
+            &format!("{SERVER}:{TI_PORT}"),
+        ),
+        super::interrupt_flag(),
     )?;
-    let mut client_up = UpProcess::spawn(
-        &net.line.client,
-        "client",
-        work,
-        &[
-            "--address",
-            "10.0.1.1/24",
-            "--masquerade",
-            "--forward",
-            &forward,
-        ],
-    )?;
-    server_up.wait_ready(super::interrupt_flag())?;
-    client_up.wait_ready(super::interrupt_flag())?;
 
     let mut samples = Vec::new();
     let mut no_fault = Vec::new();

@@ -640,36 +640,13 @@ fn one_run(
     listener
         .set_nonblocking(true)
         .map_err(|e| BenchError::io("make the listener non-blocking", e))?;
-    let serve = format!("{PORT}={PORT}");
-    let expose = PORT.to_string();
-    let forward = format!("127.0.0.1:{PORT}=10.10.2.2:{PORT}");
-    let mut server_up = UpProcess::spawn(
-        &net.server,
-        "server",
+    let (server_up, client_up) = UpProcess::spawn_pair(
+        (&net.client, &net.server),
         &dir,
-        &[
-            "--address",
-            "10.0.2.1/24",
-            "--serve",
-            &serve,
-            "--expose",
-            &expose,
-        ],
+        (PORT, &PORT.to_string()),
+        (&format!("127.0.0.1:{PORT}"), &format!("10.10.2.2:{PORT}")),
+        super::interrupt_flag(),
     )?;
-    let mut client_up = UpProcess::spawn(
-        &net.client,
-        "client",
-        &dir,
-        &[
-            "--address",
-            "10.0.1.1/24",
-            "--masquerade",
-            "--forward",
-            &forward,
-        ],
-    )?;
-    server_up.wait_ready(super::interrupt_flag())?;
-    client_up.wait_ready(super::interrupt_flag())?;
     let ups = [&client_up, &server_up];
     let pids = [client_up.pid(), server_up.pid()];
     std::thread::sleep(Duration::from_secs(1));

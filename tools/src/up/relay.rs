@@ -130,12 +130,8 @@ async fn kernel_to_ti<D: Device + Wait>(
     loop {
         // Room in the flow first, so what is read goes straight into its
         // buffer; meanwhile a reset of the local connection is seen at once.
-        tokio::select! {
-            biased;
-            room = ti.writable() => if let Err(e) = room {
-                return End::FlowBroke(e);
-            },
-            ready = kernel.ready(Interest::ERROR) => return End::LocalBroke(local_error(kernel, ready.err())),
+        if let Err(end) = or_local_reset(kernel, ti.writable()).await {
+            return end;
         }
         if let Err(e) = kernel.readable().await {
             return End::LocalBroke(e);
@@ -184,12 +180,8 @@ async fn ti_to_kernel<D: Device + Wait>(
     loop {
         // While the flow is quiet, watch the local connection for a reset
         // (the other direction may be waiting on the flow, not reading).
-        tokio::select! {
-            biased;
-            ready = ti.readable() => if let Err(e) = ready {
-                return End::FlowBroke(e);
-            },
-            ready = kernel.ready(Interest::ERROR) => return End::LocalBroke(local_error(kernel, ready.err())),
+        if let Err(end) = or_local_reset(kernel, ti.readable()).await {
+            return end;
         }
         // While the program does not take data, watch the flow for a failure.
         tokio::select! {
@@ -216,6 +208,21 @@ async fn ti_to_kernel<D: Device + Wait>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if stream_error(&e).is_some() => return End::FlowBroke(e),
             Err(e) => return End::LocalBroke(e),
+        }
+    }
+}
+
+/// Waits for `flow` (a readiness of the TI stream) while watching the
+/// local connection for a reset: whichever comes first.
+async fn or_local_reset<T>(
+    kernel: &TcpStream,
+    flow: impl Future<Output = io::Result<T>>,
+) -> Result<T, End> {
+    tokio::select! {
+        biased;
+        ready = flow => ready.map_err(End::FlowBroke),
+        ready = kernel.ready(Interest::ERROR) => {
+            Err(End::LocalBroke(local_error(kernel, ready.err())))
         }
     }
 }
