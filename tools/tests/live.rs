@@ -103,6 +103,10 @@ fn survive_middlebox_state_loss(offload: Offload) {
     for up in [&server, &client] {
         let log = up.log_text();
         assert!(log.contains(banner), "the banner says {banner:?}:\n{log}");
+        assert!(
+            log.contains("timeouts: stall 1s, keepalive 5s"),
+            "the banner echoes the timeouts:\n{log}"
+        );
     }
 
     let conn = connect_in(&net.client, "127.0.0.1:7000");
@@ -595,5 +599,9 @@ fn up_raises_the_open_file_limit_to_the_hard_limit() {
     assert!(
         text.contains("raised the open-file limit") && text.contains("from=1024"),
         "{text}"
+    );
+    assert!(
+        text.contains("nothing to forward or serve: add --forward"),
+        "a hint when there is nothing to carry:\n{text}"
     );
 }

@@ -55,9 +55,7 @@ impl FromStr for Forward {
             format!("{s:?} is not LISTEN=REMOTE (like 127.0.0.1:2222=10.0.2.2:22)")
         })?;
         let listen = endpoint(listen, "LISTEN")?;
-        let remote: SocketAddrV4 = remote
-            .parse()
-            .map_err(|_| format!("REMOTE {remote:?} is not IPV4:PORT (like 10.0.2.2:22)"))?;
+        let remote = host_port(remote, "REMOTE")?;
         if remote.port() == 0 || remote.ip().is_unspecified() {
             return Err(format!("REMOTE {remote} needs an address and a port"));
         }
@@ -122,13 +120,36 @@ fn endpoint(s: &str, what: &str) -> Result<SocketAddrV4, String> {
     if let Ok(port) = s.parse::<u16>() {
         return port_number(s, what).map(|_| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     }
-    let addr: SocketAddrV4 = s
-        .parse()
-        .map_err(|_| format!("{what} {s:?} is not IPV4:PORT or PORT"))?;
+    let addr = host_port(s, what)?;
     if addr.port() == 0 {
         return Err(format!("{what} {s:?} needs a port other than 0"));
     }
     Ok(addr)
+}
+
+/// `IPV4:PORT`, or `NAME:PORT` resolved now to the name's first IPv4
+/// address (`localhost:22`).
+fn host_port(s: &str, what: &str) -> Result<SocketAddrV4, String> {
+    if let Ok(addr) = s.parse::<SocketAddrV4>() {
+        return Ok(addr);
+    }
+    let form = || format!("{what} {s:?} is not IPV4:PORT, NAME:PORT or PORT (like 10.0.2.2:22)");
+    let (name, port) = s.rsplit_once(':').ok_or_else(form)?;
+    let port: u16 = port.parse().map_err(|_| form())?;
+    if name.is_empty() || name.contains(['[', ']', ':']) {
+        return Err(form());
+    }
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
+        .map_err(|e| format!("{what} {s:?}: cannot resolve {name:?} ({e})"))?;
+    addrs
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .next()
+        .ok_or_else(|| {
+            format!("{what} {s:?}: {name:?} has no IPv4 address (the stack speaks IPv4)")
+        })
 }
 
 /// Parses `500ms`, `3s`, `2m` or a bare number of seconds; zero is refused.
@@ -223,13 +244,15 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..=9000))]
     pub mtu: u16,
 
-    /// Carry kernel TCP connections accepted at LISTEN (IP:PORT, or PORT for
-    /// 127.0.0.1) to REMOTE (IPV4:PORT) as TI-flows. Repeatable.
+    /// Carry kernel TCP connections accepted at LISTEN (IP:PORT, NAME:PORT,
+    /// or PORT for 127.0.0.1) to REMOTE (IPV4:PORT or NAME:PORT, resolved at
+    /// start to an IPv4 address) as TI-flows. Repeatable.
     #[arg(long = "forward", value_name = "LISTEN=REMOTE")]
     pub forwards: Vec<Forward>,
 
     /// Accept TI-flows (and plain TCP) on the stack's PORT and connect each
-    /// to TARGET (IP:PORT, or PORT for 127.0.0.1) with kernel TCP. Repeatable.
+    /// to TARGET (IP:PORT, NAME:PORT, or PORT for 127.0.0.1) with kernel
+    /// TCP. Repeatable.
     #[arg(long = "serve", value_name = "PORT=TARGET")]
     pub serves: Vec<Serve>,
 
@@ -467,12 +490,26 @@ mod tests {
             }
         );
         assert_eq!(a.validate(), Ok(()));
+        // Names resolve to their IPv4 address.
+        let a = parse(&[
+            "--forward",
+            "localhost:2222=localhost:22",
+            "--serve",
+            "22=localhost:22",
+        ])
+        .expect("names");
+        assert!(a.forwards[0].listen.ip().is_loopback());
+        assert_eq!(a.serves[0].target, "127.0.0.1:22".parse().expect("addr"));
     }
 
     #[test]
     fn bad_arguments_have_clear_messages() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 13] = [
             (&["--forward", "2222"], "is not LISTEN=REMOTE"),
+            (
+                &["--forward", "2222=no-such-host.invalid:22"],
+                "cannot resolve",
+            ),
             (&["--forward", "2222=10.0.2.2"], "is not IPV4:PORT"),
             (&["--forward", "0=10.0.2.2:22"], "not a port number"),
             (&["--serve", "22"], "is not PORT=TARGET"),

@@ -286,6 +286,16 @@ fn print_banner<D: Device + Wait>(
     if args.masquerade {
         println!("  masquerade {} behind this host's address", args.address);
     }
+    println!(
+        "  timeouts: stall {:?}, keepalive {:?}, resume {:?}, plain TCP user timeout {:?}",
+        args.stall_timeout, args.keepalive, args.resume_timeout, args.user_timeout
+    );
+    if listeners.is_empty() && ti_listeners.is_empty() {
+        println!(
+            "  nothing to forward or serve: add --forward LISTEN=REMOTE (client side) \
+             or --serve PORT=TARGET (server side); see tiflow up --help"
+        );
+    }
     if let Some(p) = &args.pcap {
         println!("  pcap    {}", p.display());
     }
