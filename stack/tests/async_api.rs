@@ -236,3 +236,28 @@ fn an_idle_accept_is_not_polled_again_until_a_connection_arrives() {
     let result = tasks().block_on(async { tokio::time::timeout(LIMIT, scenario).await });
     result.expect("the accept was woken");
 }
+
+/// A connect that nobody answers ends with the stack's connect timeout,
+/// and the waiting task hears of it: the handshake's end is noticed on a
+/// connection timer, and the stream must be woken then (the blocking API
+/// re-checked every 100 ms and hid a missing wake-up; an async task would
+/// wait forever).
+#[test]
+fn an_unanswered_async_connect_ends_at_the_connect_timeout() {
+    let (a, b) = Pipe::pair(1500);
+    let mut config = StackConfig::new(Ipv4Addr::new(10, 9, 0, 1));
+    config.connect_timeout = Duration::from_millis(500);
+    let client = Runtime::start(config, a).expect("client");
+    let _server = Runtime::start(StackConfig::new(SERVER), b).expect("server");
+    let scenario = async move {
+        // An address nobody on the link has: the SYNs go unanswered.
+        let nobody = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 99), 7);
+        tokio::time::timeout(Duration::from_secs(10), client.connect_async(nobody)).await
+    };
+    let outcome = tasks().block_on(scenario);
+    match outcome {
+        Ok(Err(StreamError::TimedOut | StreamError::ConnectionRefused)) => {}
+        Ok(other) => panic!("unexpected outcome: {:?}", other.map(|s| s.mode())),
+        Err(_) => panic!("the connect's end never woke the task"),
+    }
+}
