@@ -27,6 +27,9 @@ use super::{Forward, Serve, Stop};
 
 /// How long a `--serve` connection to its local target may take.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a `--serve` acceptor looks at its accept queue even without
+/// a wake-up (a bound on a lost one; the look costs one stack poll).
+const ACCEPT_RECHECK: Duration = Duration::from_millis(250);
 /// How long an acceptor waits before trying again when it cannot even
 /// refuse (no descriptor in reserve).
 const RETRY: Duration = Duration::from_millis(100);
@@ -37,6 +40,10 @@ pub(super) struct Carry<D: Device + Wait + Send + 'static> {
     pub(super) conns: Conns,
     pub(super) stop: Stop,
     pub(super) descriptors: Arc<Descriptors>,
+    /// Longest a flow's connect may take before the local connection is
+    /// reset (the stack's connect timeout, and some slack: a bound that
+    /// holds even if the stack's answer were lost).
+    pub(super) connect_limit: Duration,
 }
 
 impl<D: Device + Wait + Send + 'static> Clone for Carry<D> {
@@ -46,6 +53,7 @@ impl<D: Device + Wait + Send + 'static> Clone for Carry<D> {
             conns: self.conns.clone(),
             stop: self.stop.clone(),
             descriptors: self.descriptors.clone(),
+            connect_limit: self.connect_limit,
         }
     }
 }
@@ -101,7 +109,10 @@ async fn forward_one<D: Device + Wait + Send + 'static>(
     let via = format!("forward {} <- {client}", forward.listen);
     let n = carry.conns.add(via);
     info!(%client, remote = %forward.remote, "forwarding a connection");
-    let connected = carry.runtime.connect_async(forward.remote).await;
+    let limit = carry.connect_limit;
+    let connected = tokio::time::timeout(limit, carry.runtime.connect_async(forward.remote))
+        .await
+        .unwrap_or(Err(ti_stack::StreamError::TimedOut));
     let ti = match connected {
         Ok(ti) => ti,
         Err(e) => {
@@ -131,6 +142,8 @@ pub(super) async fn accept_serves<D: Device + Wait + Send + 'static>(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept_async() => accepted,
+            // A bound on a lost wake-up: look at the accept queue again.
+            () = tokio::time::sleep(ACCEPT_RECHECK) => continue,
             () = stop.stopped() => return,
         };
         match accepted {

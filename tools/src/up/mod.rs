@@ -205,6 +205,7 @@ where
         conns: conns.clone(),
         stop: Stop(stop_rx),
         descriptors,
+        connect_limit: args.stack_config().connect_timeout + Duration::from_secs(5),
     };
     events.block_on(async {
         for (f, listener) in listeners {
