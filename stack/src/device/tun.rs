@@ -17,7 +17,8 @@
 //! error or a bad header: a failed write is a dropped packet and a bad read
 //! a dropped one, each counted in [`TunStats`].
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::num::{NonZeroU16, NonZeroUsize};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -115,7 +116,8 @@ pub struct TunStats {
 /// packet queued. Use [`TunDevice::wait`] to sleep until one arrives.
 #[derive(Debug)]
 pub struct TunDevice {
-    fd: OwnedFd,
+    /// The TUN file (read and written with std's `Read`/`Write` for `&File`).
+    fd: File,
     name: String,
     mtu: usize,
     offloads: Offloads,
@@ -161,7 +163,7 @@ impl TunDevice {
             Offloads::Off(_) => 0,
         };
         Ok(Self {
-            fd,
+            fd: File::from(fd),
             name: given,
             mtu: DEFAULT_MTU,
             offloads,
@@ -216,7 +218,7 @@ impl TunDevice {
     /// A duplicate of the device's fd, to wait on from another thread
     /// while the device itself is borrowed elsewhere.
     pub fn wait_fd(&self) -> io::Result<OwnedFd> {
-        self.fd.try_clone()
+        self.fd.as_fd().try_clone_to_owned()
     }
 
     fn vnet(&self) -> bool {
@@ -265,22 +267,6 @@ impl AsRawFd for TunDevice {
     }
 }
 
-/// One read(2) into `buf`.
-fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid writable slice for its whole length, alive for
-    // the call; the fd is borrowed, so it stays open.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// One write(2) of `buf`.
-fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is a valid readable slice for its whole length, alive for
-    // the call; the fd is borrowed, so it stays open.
-    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
 impl Device for TunDevice {
     type RxToken<'a>
         = TunRxToken<'a>
@@ -295,7 +281,7 @@ impl Device for TunDevice {
         let vnet = self.vnet();
         let mut bad = 0;
         let packet = loop {
-            let len = match read_fd(self.fd.as_fd(), &mut self.rx_buf) {
+            let len = match (&self.fd).read(&mut self.rx_buf) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -335,7 +321,7 @@ impl Device for TunDevice {
             packet: &self.rx_buf[packet],
         };
         let tx = TunTxToken {
-            fd: self.fd.as_fd(),
+            fd: &self.fd,
             vnet,
             mtu: self.mtu,
             gso_size: None,
@@ -348,7 +334,7 @@ impl Device for TunDevice {
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
         Some(TunTxToken {
-            fd: self.fd.as_fd(),
+            fd: &self.fd,
             vnet: self.vnet(),
             mtu: self.mtu,
             gso_size: None,
@@ -394,7 +380,7 @@ impl phy::RxToken for TunRxToken<'_> {
 /// write(2).
 #[derive(Debug)]
 pub struct TunTxToken<'a> {
-    fd: BorrowedFd<'a>,
+    fd: &'a File,
     vnet: bool,
     mtu: usize,
     /// smoltcp's segment size for this packet (`PacketMeta`).
@@ -461,7 +447,7 @@ impl phy::TxToken for TunTxToken<'_> {
             return result;
         }
         loop {
-            match write_fd(self.fd, self.buf) {
+            match self.fd.write(self.buf) {
                 Ok(_) => self.stats.tx_packets += 1,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
