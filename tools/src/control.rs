@@ -363,7 +363,7 @@ impl ControlServer {
                     }
                     self.take_reserve();
                 }
-                Err(e) if is_out_of_descriptors(&e) && self.give_up_reserve() => {
+                Err(e) if crate::host::is_out_of_descriptors(&e) && self.give_up_reserve() => {
                     tracing::debug!("out of descriptors: the control socket uses its reserve");
                 }
                 Err(e) => {
@@ -387,12 +387,6 @@ impl ControlServer {
             *reserve = std::fs::File::open("/dev/null").ok();
         }
     }
-}
-
-/// `EMFILE` or `ENFILE`: the process or the system has no descriptor left.
-fn is_out_of_descriptors(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 impl Drop for ControlServer {

@@ -346,6 +346,12 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
+/// `EMFILE` or `ENFILE`: the process or the system has no descriptor left.
+pub(crate) fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,8 +165,9 @@ impl<D: Device> Stack<D> {
             // The last probe went unanswered: probe again within the silent
             // budget (see [`IDLE_PROBE_RETRIES`]).
             Some(p) if p > conn.last_rx => Some(p + smol(budget.retry_every)),
-            Some(p) => Some(p.max(conn.last_rx) + smol(budget.probe_every)),
-            None => Some(conn.last_rx + smol(budget.probe_every)),
+            // Answered (or none sent): the interval runs from the last sign
+            // of life.
+            _ => Some(conn.last_rx + smol(budget.probe_every)),
         }
     }
 

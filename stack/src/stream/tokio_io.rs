@@ -79,15 +79,18 @@ impl Wakers {
 impl<D: Device + Wait> Shared<D> {
     /// Runs `f` on the stack and polls it, as [`Shared::act`]; when `f`
     /// returns `Pending`, the task's waker is registered for `stream` (or
-    /// for the listeners) before the stack lock is released. Callers check
-    /// [`Shared::stopped`] first; a stop wakes every registered task, and
-    /// one registered after the stop wakes itself.
-    fn act_or_wait<R>(
+    /// for the listeners) before the stack lock is released. Once the
+    /// runtime stops, `StackStopped` instead: a stop wakes every
+    /// registered task, and one registered after the stop wakes itself.
+    fn act_or_wait<R, E: From<StreamError>>(
         &self,
         cx: &Context<'_>,
         stream: Option<StreamId>,
-        f: impl FnOnce(&mut Stack<D>) -> Poll<R>,
-    ) -> Poll<R> {
+        f: impl FnOnce(&mut Stack<D>) -> Poll<Result<R, E>>,
+    ) -> Poll<Result<R, E>> {
+        if self.stopped() {
+            return Poll::Ready(Err(StreamError::StackStopped.into()));
+        }
         self.act(|stack, _| {
             let poll = f(stack);
             if poll.is_pending() {
@@ -121,11 +124,7 @@ impl<D: Device + Wait> AsyncRead for TiStream<D> {
             return Poll::Ready(Ok(()));
         }
         let id = self.id();
-        let shared = self.shared();
-        if shared.stopped() {
-            return Poll::Ready(Err(StreamError::StackStopped.into()));
-        }
-        shared.act_or_wait(cx, Some(id), |stack| {
+        self.shared().act_or_wait(cx, Some(id), |stack| {
             match stack.read(id, buf.initialize_unfilled()) {
                 Ok(Some(n)) => {
                     buf.advance(n);
@@ -148,15 +147,12 @@ impl<D: Device + Wait> AsyncWrite for TiStream<D> {
             return Poll::Ready(Ok(0));
         }
         let id = self.id();
-        let shared = self.shared();
-        if shared.stopped() {
-            return Poll::Ready(Err(StreamError::StackStopped.into()));
-        }
-        shared.act_or_wait(cx, Some(id), |stack| match stack.write(id, buf) {
-            Ok(0) => Poll::Pending,
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(e.into())),
-        })
+        self.shared()
+            .act_or_wait(cx, Some(id), |stack| match stack.write(id, buf) {
+                Ok(0) => Poll::Pending,
+                Ok(n) => Poll::Ready(Ok(n)),
+                Err(e) => Poll::Ready(Err(e.into())),
+            })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -297,9 +293,6 @@ impl<D: Device + Wait> TiStream<D> {
         let id = self.id();
         let shared = self.shared();
         poll_fn(|cx| {
-            if shared.stopped() {
-                return Poll::Ready(Err(StreamError::StackStopped.into()));
-            }
             shared.act_or_wait(cx, Some(id), |stack| match ready(stack) {
                 Some(r) => Poll::Ready(r),
                 None => Poll::Pending,
@@ -316,9 +309,6 @@ impl<D: Device + Wait> TiListener<D> {
         let id = self.id;
         let shared = &self.shared;
         let stream = poll_fn(|cx| {
-            if shared.stopped() {
-                return Poll::Ready(Err(StreamError::StackStopped));
-            }
             shared.act_or_wait(cx, None, |stack| match stack.accept(id) {
                 Ok(Some(s)) => Poll::Ready(Ok(s)),
                 Ok(None) => Poll::Pending,
@@ -339,9 +329,6 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         let stream = TiStream::new(self.shared.clone(), id);
         let shared = &self.shared;
         poll_fn(|cx| {
-            if shared.stopped() {
-                return Poll::Ready(Err(StreamError::StackStopped));
-            }
             shared.act_or_wait(cx, Some(id), |stack| {
                 if let Some(e) = stack.error(id) {
                     return Poll::Ready(Err(e));

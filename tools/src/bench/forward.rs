@@ -26,10 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ti_testnet::middlebox::Middlebox;
-use ti_testnet::netns::NetNs;
 use ti_testnet::topology::{Cidr, Line, LinePlan};
 
+use super::recovery::listen_in;
 use super::stats::{Summary, summarize};
+use super::up_scale::cpu_seconds;
 use super::{BenchError, check_interrupted, write_file};
 use crate::demo::UpProcess;
 
@@ -272,7 +273,8 @@ impl Bed {
 
     /// CPU seconds both `tiflow up` processes have used.
     fn up_cpu(&self) -> f64 {
-        cpu_seconds(self.client_up.pid()) + cpu_seconds(self.server_up.pid())
+        let of = |pid| cpu_seconds(pid).unwrap_or(0.0);
+        of(self.client_up.pid()) + of(self.server_up.pid())
     }
 
     /// Opens `n` connections on `path`, each with its own first byte sent
@@ -387,35 +389,6 @@ fn stream_bulk(
             }
             Ok((total, Instant::now()))
         }
-    }
-}
-
-fn listen_in(ns: &NetNs, addr: &str) -> Result<TcpListener, BenchError> {
-    let listener = ns
-        .enter(|| TcpListener::bind(addr))?
-        .map_err(|e| BenchError::io(format!("listen on {addr} in {}", ns.name()), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| BenchError::io("make a listener non-blocking", e))?;
-    Ok(listener)
-}
-
-/// CPU seconds (user + system) process `pid` has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    let hz = rustix::param::clock_ticks_per_second() as f64;
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / hz,
-        _ => 0.0,
     }
 }
 

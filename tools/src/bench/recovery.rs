@@ -613,7 +613,8 @@ impl Drop for Net {
     }
 }
 
-fn listen_in(ns: &NetNs, addr: &str) -> Result<TcpListener, BenchError> {
+/// A non-blocking kernel listener on `addr` inside `ns`.
+pub(super) fn listen_in(ns: &NetNs, addr: &str) -> Result<TcpListener, BenchError> {
     let listener = ns
         .enter(|| TcpListener::bind(addr))?
         .map_err(|e| BenchError::io(format!("listen on {addr} in {}", ns.name()), e))?;

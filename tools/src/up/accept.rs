@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::registry::Conns;
 use super::relay::{relay, reset_on_close};
 use super::{Forward, Serve, Stop};
+use crate::host::is_out_of_descriptors;
 
 /// How long a `--serve` connection to its local target may take.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,35 +179,28 @@ async fn serve_one<D: Device + Wait + Send + 'static>(
     let kernel = match connected {
         Ok(Ok(kernel)) => {
             carry.descriptors.accepting_again();
-            kernel
+            Some(kernel)
         }
         Ok(Err(e)) if is_out_of_descriptors(&e) => {
             carry.descriptors.note_refusal();
-            let _ = ti.abort();
-            carry.conns.remove(n);
-            return;
+            None
         }
         Ok(Err(e)) => {
             warn!(%target, error = %e, "cannot reach the local target: aborting flow");
-            let _ = ti.abort();
-            carry.conns.remove(n);
-            return;
+            None
         }
         Err(_) => {
             warn!(%target, "the local target did not answer in time: aborting flow");
-            let _ = ti.abort();
-            carry.conns.remove(n);
-            return;
+            None
         }
+    };
+    let Some(kernel) = kernel else {
+        let _ = ti.abort();
+        carry.conns.remove(n);
+        return;
     };
     let last = relay(kernel, ti, carry.stop.clone()).await;
     carry.conns.finish(n, last);
-}
-
-/// `EMFILE` or `ENFILE`: the process or the system has no descriptor left.
-pub(super) fn is_out_of_descriptors(e: &io::Error) -> bool {
-    use rustix::io::Errno;
-    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// A file descriptor kept in reserve, and the refusals made while none

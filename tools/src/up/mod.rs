@@ -187,7 +187,9 @@ where
     } = setup;
     let descriptors = Arc::new(Descriptors::reserve().map_err(UpError::Start)?);
     let events = event_loop().map_err(UpError::Start)?;
-    let runtime = Arc::new(Runtime::start(args.stack_config(), device).map_err(UpError::Start)?);
+    let config = args.stack_config();
+    let connect_limit = config.connect_timeout + Duration::from_secs(5);
+    let runtime = Arc::new(Runtime::start(config, device).map_err(UpError::Start)?);
     let conns = Conns::default();
     let mut ti_listeners = Vec::new();
     for s in &args.serves {
@@ -205,7 +207,7 @@ where
         conns: conns.clone(),
         stop: Stop(stop_rx),
         descriptors,
-        connect_limit: args.stack_config().connect_timeout + Duration::from_secs(5),
+        connect_limit,
     };
     events.block_on(async {
         for (f, listener) in listeners {
