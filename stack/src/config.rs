@@ -42,7 +42,13 @@ pub struct StackConfig {
     /// the stack dropped go last), so a SYN flood does not lock out
     /// legitimate clients (DESIGN §5).
     pub max_half_open: usize,
-    /// A connection still in SYN-RECEIVED this long after its SYN is dropped.
+    /// A connection still in SYN-RECEIVED this long after its SYN is
+    /// dropped. Long enough for the SYN-ACK to be sent again four times
+    /// (1, 3, 7 and 15 s after the first, smoltcp's backoff), since a lost
+    /// final ACK is recovered only by those: a client that took our SYN-ACK
+    /// holds a connection the stack would otherwise forget (its first
+    /// segment then meets a reset). `max_half_open` is what bounds a SYN
+    /// flood, not this.
     pub half_open_timeout: Duration,
     /// Per listener, most connections the stack completed and the
     /// application has not accepted yet: while that many wait, new SYNs are
@@ -90,7 +96,7 @@ impl StackConfig {
             send_buffer: 4 << 20,
             recv_buffer: 4 << 20,
             max_half_open: 256,
-            half_open_timeout: Duration::from_secs(3),
+            half_open_timeout: Duration::from_secs(20),
             accept_backlog: 128,
             user_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(20),

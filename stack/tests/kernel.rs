@@ -1036,7 +1036,14 @@ fn regression_tcp_initial_sequence_numbers_are_predictable() {
 #[test]
 fn regression_syns_smoltcp_rejects_leak_a_listener_each() {
     require_privileges();
-    let mut topology = Topology::new("kbl", Middlebox::Router);
+    // A short half-open timeout (the default is 20 s), so each round ends
+    // with every handshake given up.
+    let mut topology = Topology::with_configs(
+        "kbl",
+        Middlebox::Router,
+        |_| {},
+        |c| c.half_open_timeout = Duration::from_secs(3),
+    );
     let attacker = topology.add_attacker();
     // The attacker's kernel would reset every SYN-ACK (it has no socket):
     // silenced, the control's handshakes stay half-open until the timeout.
@@ -1080,7 +1087,7 @@ fn regression_syns_smoltcp_rejects_leak_a_listener_each() {
         }
         std::thread::sleep(Duration::from_millis(300));
         let during = runtime.resources();
-        // Beyond the half-open timeout (3 s): every handshake given up.
+        // Beyond the half-open timeout (3 s here): every handshake given up.
         std::thread::sleep(Duration::from_secs(4));
         (during, runtime.resources())
     };

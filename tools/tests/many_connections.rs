@@ -1,14 +1,19 @@
 //! Many connections through a `tiflow up` pair (issue 12): 2,000 local
-//! connections carried as TI-flows through a NAT namespace, each greeted
-//! end to end, held idle, then closed. No failure may be detected on an
-//! idle path, `tiflow status` keeps answering, and every flow goes away
-//! after the close. Root and the NAT tools are needed; without them the
-//! test fails with what is missing.
+//! connections carried as TI-flows through a NAT namespace that drops 2 %
+//! of the packets, each greeted end to end (the server program speaks
+//! first), held idle, then closed. Every connection must be greeted; a
+//! failure detected on the idle path (a lost probe and its retries) must
+//! be resumed or recovered; `tiflow status` keeps answering, and every
+//! flow goes away after the close. Root and the NAT tools are needed;
+//! without them the test fails with what is missing.
 //!
 //! The connect storm overflows the server stack's accept queue (128):
 //! those handshakes wait half-open until `tiflow up` accepts (before, they
 //! were dropped after the client took our SYN-ACK, and those flows were
-//! lost).
+//! lost). With loss, a held handshake lives on our SYN-ACK sent again (the
+//! client sends nothing more): a 3 s half-open timeout dropped some, and
+//! their clients, connected and waiting for the greeting, waited forever
+//! (seen in CI, and at once with 3 % loss).
 
 mod common;
 
@@ -18,13 +23,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const NAT_TOOLS: [(&str, &str); 3] = [
+const NAT_TOOLS: [(&str, &str); 4] = [
     ("ip", "iproute2"),
     ("iptables", "iptables"),
+    ("nft", "nftables"),
     ("conntrack", "conntrack"),
 ];
 const PORT: u16 = 7300;
 const CONNECTIONS: usize = 2_000;
+/// Packets the middlebox drops, in percent, each way: handshakes lose
+/// their SYN, SYN-ACK or ACK now and then, as on a real path (the storm
+/// overflows the server's accept queue as well, so held handshakes must
+/// outlast lost packets).
+const LOSS_PERCENT: u8 = 2;
 /// How long the connections sit idle.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -74,7 +85,7 @@ fn raise_nofile() {
     );
 }
 
-/// The WARN and ERROR lines of a log (at most 40).
+/// The WARN and ERROR lines of a log (at most 12).
 fn warnings(log: &str) -> String {
     log.lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
@@ -83,13 +94,36 @@ fn warnings(log: &str) -> String {
         .join("\n")
 }
 
+/// What one side of the pair says when connections got stuck: its flow
+/// counts and resources, the flows of the stuck connections (found by the
+/// local address in their `via`), and the side's warnings.
+fn stuck_report(side: &str, up: &Up, locals: &[String]) -> String {
+    let status = up.status();
+    let established = status.flows.iter().filter(|f| f.tifid.is_some()).count();
+    let stuck: Vec<String> = status
+        .flows
+        .iter()
+        .filter(|f| locals.iter().any(|l| f.via.ends_with(&format!(" {l}"))))
+        .map(|f| format!("{f:?}"))
+        .collect();
+    format!(
+        "{side}: {} flows ({established} with a TIFID), resources {:?}\n{side}: flows of the stuck connections: {stuck:#?}\n{side} warnings:\n{}",
+        status.flows.len(),
+        status.resources,
+        warnings(&up.log_text())
+    )
+}
+
 #[test]
 fn two_thousand_idle_connections_through_a_tiflow_up_pair() {
     require_root(&NAT_TOOLS);
     raise_nofile();
     let net = NatTopology::new("tfmc");
+    ti_testnet::middlebox::random_loss(&net.middlebox, LOSS_PERCENT).expect("lossy middlebox");
     let scratch = Scratch::new("many");
-    let (server_up, client_up) = up_pair(&net, &scratch, PORT, &[], None);
+    // TI_MANY_LOG: a RUST_LOG filter for both sides, to look into a failure.
+    let log = std::env::var("TI_MANY_LOG").ok();
+    let (server_up, client_up) = up_pair(&net, &scratch, PORT, &[], log.as_deref());
     let rss_before = (rss_kib(server_up.child.id()), rss_kib(client_up.child.id()));
     // The server program: accepts and greets every connection, keeps them.
     let listener = listen_in(&net.server, &format!("127.0.0.1:{PORT}"));
@@ -106,24 +140,38 @@ fn two_thousand_idle_connections_through_a_tiflow_up_pair() {
     let mut clients: Vec<TcpStream> = (0..CONNECTIONS)
         .map(|_| connect_in(&net.client, &format!("127.0.0.1:{PORT}")))
         .collect();
+    // Every connection must be greeted; after the first that is not, the
+    // others get a short wait, so the report says how many were stuck.
+    let mut stuck = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
-        c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let wait = if stuck.is_empty() {
+            DEADLINE
+        } else {
+            Duration::from_secs(2)
+        };
+        c.set_read_timeout(Some(wait)).expect("timeout");
         let mut greeting = [0u8; 2];
-        if let Err(e) = c.read_exact(&mut greeting) {
-            let r = server_up.status().resources;
-            panic!(
-                "connection {i} got no greeting: {e}\nserver: SYNs dropped {} (backlog) {} (overload), half-open evicted {}, timed out {}\nserver warnings:\n{}\nclient warnings:\n{}",
-                r.syns_dropped_backlog,
-                r.syns_dropped_overload,
-                r.half_open_evicted,
-                r.half_open_expired,
-                warnings(&server_up.log_text()),
-                warnings(&client_up.log_text())
-            );
+        match c.read_exact(&mut greeting) {
+            Ok(()) => assert_eq!(&greeting, b"hi"),
+            Err(e) => {
+                let local = c.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                stuck.push((i, local, e.kind()));
+            }
         }
-        assert_eq!(&greeting, b"hi");
+    }
+    if !stuck.is_empty() {
+        let locals: Vec<String> = stuck.iter().take(5).map(|s| s.1.clone()).collect();
+        panic!(
+            "{} of {CONNECTIONS} connections got no greeting; the first: {:?}\n{}\n{}",
+            stuck.len(),
+            &stuck[..stuck.len().min(5)],
+            stuck_report("server", &server_up, &[]),
+            stuck_report("client", &client_up, &locals),
+        );
     }
     let kept = server.join().expect("server program");
+    let dropped = ti_testnet::middlebox::random_loss_dropped(&net.middlebox).unwrap_or(0);
+    eprintln!("[many] the middlebox dropped {dropped} packets");
     let greeted_in = started.elapsed();
     std::thread::sleep(IDLE);
     let asked = Instant::now();

@@ -129,11 +129,49 @@ impl<D: Device> Stack<D> {
         while let Some(tuple) = self.half_open.pop_expired(now, timeout) {
             self.admission.half_open_expired += 1;
             debug!(peer = %tuple.remote, port = tuple.local.port(), "half-open connection timed out");
+            self.reset_answered_handshake(now, tuple);
             self.drop_half_open(tuple);
         }
         for handle in std::mem::take(&mut self.spare_sockets) {
             self.remove_cell(handle);
         }
+    }
+
+    /// A handshake given up whose client answered our SYN-ACK (its ACK is
+    /// held for room in the accept queue) holds a connection, and a
+    /// TI-flow, on the client's side: tell it with a RST at the client's
+    /// `rcv_nxt` (our ISN + 1), or a client waiting for us to speak first
+    /// would wait forever. Handshakes of unanswered SYN-ACKs (a spoofed
+    /// flood among them) are dropped silently, as Linux drops them.
+    fn reset_answered_handshake(&mut self, now: Instant, tuple: FourTuple) {
+        let answered = self
+            .deferred
+            .get(&tuple.local.port())
+            .is_some_and(|waiting| {
+                waiting
+                    .iter()
+                    .any(|(h, t, _)| *t == tuple && self.by_tuple.get(t) == Some(h))
+            });
+        let our_isn = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|h| self.conns.get(h))
+            .and_then(|c| c.iss)
+            .or_else(|| self.device.sent_isn(&tuple));
+        let (true, Some(isn)) = (answered, our_isn) else {
+            return;
+        };
+        debug!(peer = %tuple.remote, port = tuple.local.port(), "answered handshake given up: reset sent");
+        let rst = segment::build_segment(&segment::SegmentSpec {
+            tuple,
+            seq: isn.wrapping_add(1),
+            ack: None,
+            syn: false,
+            rst: true,
+            option: &[],
+            payload: &[],
+        });
+        self.device.send_raw(now, &rst);
     }
 
     /// When the oldest handshake in progress times out.

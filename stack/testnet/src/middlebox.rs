@@ -165,6 +165,30 @@ pub fn nft_load(ns: &NetNs, ruleset: &str) -> Result<(), NetnsError> {
     ns.run_with_input(&["nft", "-f", "-"], ruleset).map(drop)
 }
 
+/// Makes `ns` drop `percent` % of the packets it forwards, at random and
+/// independently (nftables `numgen random`): a lossy path, both ways.
+/// Lives in its own table (`inet ti_loss`), removed with the namespace.
+pub fn random_loss(ns: &NetNs, percent: u8) -> Result<(), NetnsError> {
+    nft_load(
+        ns,
+        &format!(
+            "table inet ti_loss {{\n  chain forward {{\n    type filter hook forward priority -10; policy accept;\n    numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+        ),
+    )
+}
+
+/// The packets `random_loss` dropped in `ns` so far.
+pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
+    let out = ns.run(&["nft", "list", "table", "inet", "ti_loss"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
+}
+
 /// Empties the conntrack table of `ns` (`conntrack -F`): the middlebox
 /// forgets every connection.
 pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
