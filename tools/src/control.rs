@@ -3,21 +3,34 @@
 //!
 //! Owns the protocol (one JSON request line, one JSON reply line, per
 //! connection, over a Unix stream socket), the client side of it, the socket's
-//! life (created mode 0600 at start, removed at exit, a stale one replaced, a
-//! live one never), and the status table. It never touches a flow itself: the
-//! server side hands each request to a handler `tiflow up` provides.
+//! life, who may use it, and the status table. It never touches a flow
+//! itself: the server side hands each request to a handler `tiflow up`
+//! provides.
+//!
+//! The socket is by default the *abstract* Unix socket `@tiflow/NAME` (NAME
+//! the TUN device): abstract names belong to the network namespace, so each
+//! namespace of a host has its own `tiflow up` on `tiflow0`, and `tiflow
+//! status` without flags finds the one of the namespace it runs in. A
+//! second `tiflow up` on the same name in the same namespace is refused
+//! (the name is taken). An abstract socket has no file permissions, so the
+//! server checks each client's credentials (`SO_PEERCRED`): root, or the
+//! user `tiflow up` runs as; anyone else gets an error reply. `--control
+//! PATH` gives a socket file instead (created mode 0600 at start, removed at
+//! exit, a stale one replaced, a live one never), with the same check.
 
+use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 use serde::{Deserialize, Serialize};
 
-/// Where `tiflow up` puts its control socket unless told otherwise.
-pub const DEFAULT_DIR: &str = "/run/tiflow";
+/// The prefix of the default (abstract) control socket names: `@tiflow/NAME`.
+pub const ABSTRACT_PREFIX: &str = "tiflow/";
 
 /// How long a client waits for a reply, and a server for a request.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,9 +38,83 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request or reply line accepted.
 const MAX_LINE: u64 = 16 << 20;
 
-/// The default control socket of the TUN device `tun`.
-pub fn default_path(tun: &str) -> PathBuf {
-    Path::new(DEFAULT_DIR).join(format!("{tun}.sock"))
+/// A control socket: an abstract name (of the network namespace) or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ControlAddr {
+    /// An abstract Unix socket, by its name without the leading NUL
+    /// (`tiflow/tiflow0`; shown `@tiflow/tiflow0`). Scoped to the network
+    /// namespace of whoever binds or connects.
+    Abstract(String),
+    /// A socket file.
+    Path(PathBuf),
+}
+
+impl ControlAddr {
+    /// The default control socket of the TUN device `tun`: the abstract
+    /// `@tiflow/TUN` of the current network namespace.
+    pub fn default_for(tun: &str) -> ControlAddr {
+        ControlAddr::Abstract(format!("{ABSTRACT_PREFIX}{tun}"))
+    }
+
+    /// `--control` as given: `@NAME` is an abstract socket, anything else
+    /// a file.
+    pub fn parse(arg: &Path) -> ControlAddr {
+        match arg.to_str().and_then(|s| s.strip_prefix('@')) {
+            Some(name) if !name.is_empty() => ControlAddr::Abstract(name.to_owned()),
+            _ => ControlAddr::Path(arg.to_owned()),
+        }
+    }
+
+    /// The socket address to bind or connect.
+    fn socket_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            ControlAddr::Abstract(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            ControlAddr::Path(path) => SocketAddr::from_pathname(path),
+        }
+    }
+
+    /// Connects to the socket.
+    fn connect(&self) -> std::io::Result<UnixStream> {
+        UnixStream::connect_addr(&self.socket_addr()?)
+    }
+
+    /// Whether this is an abstract socket (of the network namespace).
+    pub fn is_abstract(&self) -> bool {
+        matches!(self, ControlAddr::Abstract(_))
+    }
+}
+
+impl fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlAddr::Abstract(name) => write!(f, "@{name}"),
+            ControlAddr::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl From<&Path> for ControlAddr {
+    fn from(path: &Path) -> ControlAddr {
+        ControlAddr::parse(path)
+    }
+}
+
+impl From<&PathBuf> for ControlAddr {
+    fn from(path: &PathBuf) -> ControlAddr {
+        ControlAddr::parse(path)
+    }
+}
+
+impl From<PathBuf> for ControlAddr {
+    fn from(path: PathBuf) -> ControlAddr {
+        ControlAddr::parse(&path)
+    }
+}
+
+impl From<&ControlAddr> for ControlAddr {
+    fn from(addr: &ControlAddr) -> ControlAddr {
+        addr.clone()
+    }
 }
 
 /// A request to `tiflow up`.
@@ -166,67 +253,98 @@ pub enum Reply {
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// No `tiflow up` answers at the path.
-    #[error(
-        "cannot reach `tiflow up` at {}: {source} (is it running? for another TUN device \
-         use --tun NAME, or give the socket with --control PATH)",
-        path.display()
-    )]
+    /// No `tiflow up` answers at the socket.
+    #[error("cannot reach `tiflow up` at {}: {source} ({})", where_(.addr), unreachable_hint(.addr))]
     Unreachable {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket.
+        addr: ControlAddr,
         /// Why.
         source: std::io::Error,
     },
     /// The conversation failed after connecting.
-    #[error("control socket {}: {source}", path.display())]
+    #[error("control socket {addr}: {source}")]
     Io {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket.
+        addr: ControlAddr,
         /// Why.
         source: std::io::Error,
     },
     /// The other side sent something that is not the protocol.
-    #[error("control socket {}: unreadable reply: {detail}", path.display())]
+    #[error("control socket {addr}: unreadable reply: {detail}")]
     Protocol {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket.
+        addr: ControlAddr,
         /// What was wrong.
         detail: String,
     },
     /// `tiflow up` refused the request.
     #[error("{0}")]
     Refused(String),
-    /// Another `tiflow up` already answers at the path.
-    #[error(
-        "another `tiflow up` already answers at {} (stop it, or use another --tun or --control)",
-        .0.display()
-    )]
-    InUse(PathBuf),
+    /// Another `tiflow up` already answers at the socket.
+    #[error("{}", in_use_text(.0))]
+    InUse(ControlAddr),
     /// The socket could not be created.
-    #[error("cannot create control socket {}: {source}", path.display())]
+    #[error("cannot create control socket {addr}: {source}")]
     Bind {
-        /// The socket path.
-        path: PathBuf,
+        /// The socket.
+        addr: ControlAddr,
         /// Why.
         source: std::io::Error,
     },
 }
 
-/// Sends one request to the `tiflow up` at `path` and returns its reply.
-pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
+/// `@tiflow/tiflow0 (the abstract socket of this network namespace)` or a path.
+fn where_(addr: &ControlAddr) -> String {
+    match addr {
+        ControlAddr::Abstract(_) => {
+            format!("{addr} (an abstract socket: one per network namespace)")
+        }
+        ControlAddr::Path(_) => addr.to_string(),
+    }
+}
+
+fn unreachable_hint(addr: &ControlAddr) -> &'static str {
+    match addr {
+        ControlAddr::Abstract(_) => {
+            "is it running in this network namespace? run `tiflow status` inside the \
+             namespace of the `tiflow up` (ip netns exec NS ...); for another TUN device \
+             use --tun NAME, or give its socket with --control PATH"
+        }
+        ControlAddr::Path(_) => {
+            "is it running? for another TUN device use --tun NAME, or give the socket \
+             with --control PATH"
+        }
+    }
+}
+
+fn in_use_text(addr: &ControlAddr) -> String {
+    match addr {
+        ControlAddr::Abstract(_) => format!(
+            "another `tiflow up` serves {addr} in this network namespace (stop it, or use \
+             another --tun or --control)"
+        ),
+        ControlAddr::Path(_) => format!(
+            "another `tiflow up` already answers at {addr} (stop it, or use another --tun \
+             or --control)"
+        ),
+    }
+}
+
+/// Sends one request to the `tiflow up` at `addr` and returns its reply.
+pub fn request(addr: impl Into<ControlAddr>, request: &Request) -> Result<Reply, ControlError> {
+    let addr = addr.into();
+    let mut stream = match addr.connect() {
+        Ok(stream) => stream,
+        Err(source) => return Err(ControlError::Unreachable { addr, source }),
+    };
     let io = |source| ControlError::Io {
-        path: path.to_owned(),
+        addr: addr.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Unreachable {
-        path: path.to_owned(),
-        source,
-    })?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(request).map_err(|e| ControlError::Protocol {
-        path: path.to_owned(),
+        addr: addr.clone(),
         detail: e.to_string(),
     })?;
     line.push('\n');
@@ -236,7 +354,7 @@ pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
         .read_line(&mut reply)
         .map_err(io)?;
     serde_json::from_str(&reply).map_err(|e| ControlError::Protocol {
-        path: path.to_owned(),
+        addr: addr.clone(),
         detail: if reply.is_empty() {
             "connection closed without a reply".into()
         } else {
@@ -245,89 +363,113 @@ pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
     })
 }
 
-/// The status of the `tiflow up` at `path`.
-pub fn status(path: &Path) -> Result<StatusReport, ControlError> {
-    match request(path, &Request::Status)? {
+/// The status of the `tiflow up` at `addr` (a [`ControlAddr`], or a path:
+/// `@NAME` for an abstract socket, anything else a file).
+pub fn status(addr: impl Into<ControlAddr>) -> Result<StatusReport, ControlError> {
+    let addr = addr.into();
+    match request(&addr, &Request::Status)? {
         Reply::Status(report) => Ok(report),
         Reply::Error { message } => Err(ControlError::Refused(message)),
         other => Err(ControlError::Protocol {
-            path: path.to_owned(),
+            addr,
             detail: format!("unexpected reply {other:?}"),
         }),
     }
 }
 
-/// Asks the `tiflow up` at `path` to fail the transport of one TI-flow
+/// Asks the `tiflow up` at `addr` to fail the transport of one TI-flow
 /// (`Some(tifid)`) or of all (`None`); returns the TIFIDs failed.
-pub fn fail(path: &Path, tifid: Option<&str>) -> Result<Vec<String>, ControlError> {
+pub fn fail(
+    addr: impl Into<ControlAddr>,
+    tifid: Option<&str>,
+) -> Result<Vec<String>, ControlError> {
+    let addr = addr.into();
     let req = Request::Fail {
         tifid: tifid.map(str::to_owned),
     };
-    match request(path, &req)? {
+    match request(&addr, &req)? {
         Reply::Failed { tifids } => Ok(tifids),
         Reply::Error { message } => Err(ControlError::Refused(message)),
         other => Err(ControlError::Protocol {
-            path: path.to_owned(),
+            addr,
             detail: format!("unexpected reply {other:?}"),
         }),
     }
 }
 
-/// The listening side, owned by `tiflow up`. Removes its socket file when
-/// dropped.
+/// The listening side, owned by `tiflow up`. Removes its socket file (if
+/// it is one) when dropped.
 #[derive(Debug)]
 pub struct ControlServer {
     listener: UnixListener,
-    path: PathBuf,
+    addr: ControlAddr,
+    /// Who may ask: root and this user.
+    owner: rustix::process::Uid,
     /// A descriptor kept for accepting a client when none is left.
     reserve: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl ControlServer {
-    /// Creates the socket at `path` (and its directory), readable and
-    /// writable by the owner only. A stale socket file left by a process that
-    /// died is replaced; one a live `tiflow up` answers on is an error.
-    pub fn bind(path: &Path) -> Result<ControlServer, ControlError> {
+    /// Creates the socket. An abstract name taken in this network namespace
+    /// is an error ([`ControlError::InUse`]). A file is created (and its
+    /// directory) readable and writable by the owner only; a stale socket
+    /// file left by a process that died is replaced, one a live `tiflow up`
+    /// answers on is an error.
+    pub fn bind(addr: impl Into<ControlAddr>) -> Result<ControlServer, ControlError> {
+        let addr = addr.into();
         let bind_err = |source| ControlError::Bind {
-            path: path.to_owned(),
+            addr: addr.clone(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(bind_err)?;
-        }
-        if std::fs::symlink_metadata(path).is_ok() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ControlError::InUse(path.to_owned()));
+        let listener = match &addr {
+            ControlAddr::Abstract(_) => {
+                let sockaddr = addr.socket_addr().map_err(bind_err)?;
+                match UnixListener::bind_addr(&sockaddr) {
+                    Ok(l) => l,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                        return Err(ControlError::InUse(addr));
+                    }
+                    Err(e) => return Err(bind_err(e)),
+                }
             }
-            use std::os::unix::fs::FileTypeExt;
-            let is_socket = std::fs::symlink_metadata(path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
-            if !is_socket {
-                return Err(bind_err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "a file that is not a socket is in the way",
-                )));
-            }
-            tracing::info!(path = %path.display(), "replacing stale control socket");
-            std::fs::remove_file(path).map_err(bind_err)?;
-        }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+            ControlAddr::Path(path) => bind_file(&addr, path)?,
+        };
         let server = ControlServer {
             listener,
-            path: path.to_owned(),
+            addr: addr.clone(),
+            owner: rustix::process::geteuid(),
             reserve: std::sync::Mutex::new(Some(
                 std::fs::File::open("/dev/null").map_err(bind_err)?,
             )),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        if let ControlAddr::Path(path) = &addr {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind_err)?;
+        }
         server.listener.set_nonblocking(true).map_err(bind_err)?;
         Ok(server)
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket.
+    pub fn addr(&self) -> &ControlAddr {
+        &self.addr
+    }
+
+    /// Why the client on `stream` may not ask anything, if it may not:
+    /// only root and the user `tiflow up` runs as may.
+    fn refusal(&self, stream: &impl std::os::fd::AsFd) -> Option<String> {
+        match rustix::net::sockopt::socket_peercred(stream) {
+            Ok(cred) if may_ask(cred.uid, self.owner) => None,
+            Ok(cred) => Some(format!(
+                "permission denied: user {} may not use the control socket of this \
+                 `tiflow up` (only root and user {} may)",
+                cred.uid.as_raw(),
+                self.owner.as_raw()
+            )),
+            Err(e) => Some(format!(
+                "permission denied: cannot check the client's credentials: {e}"
+            )),
+        }
     }
 
     /// Answers requests with `handler` until `stop` resolves. One client
@@ -358,7 +500,11 @@ impl ControlServer {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    if let Err(e) = answer(stream, &mut handler).await {
+                    let refusal = self.refusal(&stream);
+                    if let Some(message) = &refusal {
+                        tracing::info!("control client refused: {message}");
+                    }
+                    if let Err(e) = answer(stream, refusal, &mut handler).await {
                         tracing::debug!(error = %e, "control client failed");
                     }
                     self.take_reserve();
@@ -389,14 +535,54 @@ impl ControlServer {
     }
 }
 
+/// Whether a client running as `peer` may use the control socket of a
+/// `tiflow up` running as `owner`: root and the owner may.
+fn may_ask(peer: rustix::process::Uid, owner: rustix::process::Uid) -> bool {
+    peer.is_root() || peer == owner
+}
+
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let ControlAddr::Path(path) = &self.addr {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
+/// Binds the socket file `path`, replacing a stale one.
+fn bind_file(addr: &ControlAddr, path: &Path) -> Result<UnixListener, ControlError> {
+    let bind_err = |source| ControlError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(addr.clone()));
+        }
+        use std::os::unix::fs::FileTypeExt;
+        let is_socket = std::fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false);
+        if !is_socket {
+            return Err(bind_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+        tracing::info!(path = %path.display(), "replacing stale control socket");
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    UnixListener::bind(path).map_err(bind_err)
+}
+
+/// Reads one request and answers it with `handler`, or with `refusal`
+/// (an error reply) if the client may not ask.
 async fn answer(
     stream: tokio::net::UnixStream,
+    refusal: Option<String>,
     handler: &mut impl FnMut(Request) -> Reply,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -408,9 +594,10 @@ async fn answer(
     tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(timed_out)??;
-    let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handler(req),
-        Err(e) => Reply::Error {
+    let reply = match (refusal, serde_json::from_str::<Request>(&line)) {
+        (Some(message), _) => Reply::Error { message },
+        (None, Ok(req)) => handler(req),
+        (None, Err(e)) => Reply::Error {
             message: format!("bad request: {e}"),
         },
     };
@@ -439,22 +626,25 @@ fn tifid_arg(s: &str) -> Result<String, String> {
 /// Which control socket to use.
 #[derive(Debug, Clone, Args)]
 pub struct ControlTarget {
-    /// The TUN device of the `tiflow up` to talk to (its socket is
-    /// /run/tiflow/NAME.sock).
+    /// The TUN device of the `tiflow up` to talk to: its socket is the
+    /// abstract @tiflow/NAME of this network namespace (run `tiflow status`
+    /// in the namespace of the `tiflow up`).
     #[arg(long, value_name = "NAME", default_value = "tiflow0")]
     pub tun: String,
 
-    /// The control socket, if not the default of --tun.
+    /// The control socket, if not the default of --tun: a socket file (the
+    /// --control of `tiflow up`), or @NAME for an abstract socket.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 }
 
 impl ControlTarget {
-    /// The socket path.
-    pub fn path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .unwrap_or_else(|| default_path(&self.tun))
+    /// The socket.
+    pub fn addr(&self) -> ControlAddr {
+        match &self.control {
+            Some(path) => ControlAddr::parse(path),
+            None => ControlAddr::default_for(&self.tun),
+        }
     }
 }
 
@@ -468,6 +658,35 @@ pub struct StatusArgs {
     /// Print the report as JSON (one object) instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Keep showing the status, refreshed every --interval, until Ctrl-C
+    /// (with --json: one object a line); exits with an error as soon as
+    /// `tiflow up` no longer answers.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Seconds between two refreshes of --watch (0.05 to 3600).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "1",
+        value_parser = interval_arg,
+        requires = "watch"
+    )]
+    pub interval: Duration,
+}
+
+/// `--interval`: seconds, 0.05 to 3600.
+fn interval_arg(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (like 1 or 0.5)"))?;
+    if !(0.05..=3600.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range: 0.05 to 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Arguments of `tiflow fail`.
@@ -488,17 +707,88 @@ pub struct FailArgs {
     pub target: ControlTarget,
 }
 
-/// `tiflow status`: prints the table (or JSON) of the flows of a `tiflow up`.
+/// `tiflow status`: prints the table (or JSON) of the flows of a `tiflow up`,
+/// once or, with `--watch`, until Ctrl-C.
 pub fn run_status(args: &StatusArgs) -> Result<(), ControlError> {
-    let report = status(&args.target.path())?;
+    let addr = args.target.addr();
+    if args.watch {
+        return watch(args, &addr);
+    }
+    let report = status(&addr)?;
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| ControlError::Protocol {
-            path: args.target.path(),
+            addr,
             detail: e.to_string(),
         })?;
         println!("{text}");
     } else {
         print!("{}", render_status(&report));
+    }
+    Ok(())
+}
+
+/// Clears a terminal and puts the cursor at its top left (ANSI).
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+/// `tiflow status --watch`: the status every `args.interval` until SIGINT
+/// or SIGTERM (exit 0), a reader of the output going away (exit 0), or
+/// `tiflow up` no longer answering (the error). On a terminal each table
+/// replaces the last; otherwise they follow each other, a blank line
+/// apart.
+fn watch(args: &StatusArgs, addr: &ControlAddr) -> Result<(), ControlError> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const TICK: Duration = Duration::from_millis(50);
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::up::stop_on_signals(&stop).map_err(|source| ControlError::Io {
+        addr: addr.clone(),
+        source,
+    })?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut first = true;
+    while !stop.load(Ordering::Acquire) {
+        let report = status(addr)?;
+        let mut text = String::new();
+        if args.json {
+            let line = serde_json::to_string(&report).map_err(|e| ControlError::Protocol {
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })?;
+            text.push_str(&line);
+            text.push('\n');
+        } else {
+            if terminal {
+                text.push_str(CLEAR_SCREEN);
+            } else if !first {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "every {} ({addr}; Ctrl-C to stop)\n",
+                human_ms(args.interval.as_secs_f64() * 1000.0)
+            ));
+            text.push_str(&render_status(&report));
+        }
+        first = false;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(source) => {
+                return Err(ControlError::Io {
+                    addr: addr.clone(),
+                    source,
+                });
+            }
+        }
+        drop(out);
+        let next = std::time::Instant::now() + args.interval;
+        while !stop.load(Ordering::Acquire) {
+            let left = next.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(TICK));
+        }
     }
     Ok(())
 }
@@ -510,7 +800,7 @@ pub fn run_fail(args: &FailArgs) -> Result<(), ControlError> {
     } else {
         args.tifid.as_deref()
     };
-    let failed = fail(&args.target.path(), tifid)?;
+    let failed = fail(args.target.addr(), tifid)?;
     if failed.is_empty() {
         println!("no TI-flow to fail");
     }
@@ -799,12 +1089,57 @@ mod tests {
     }
 
     #[test]
-    fn server_answers_and_refuses_a_second_instance() {
-        let dir = std::env::temp_dir().join(format!("tiflow-ctl-{}", std::process::id()));
-        let path = dir.join("t.sock");
-        let server = ControlServer::bind(&path).expect("bind");
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+    fn control_addresses_parse_and_print() {
+        let default = ControlAddr::default_for("tiflow0");
+        assert_eq!(default, ControlAddr::Abstract("tiflow/tiflow0".into()));
+        assert_eq!(default.to_string(), "@tiflow/tiflow0");
+        assert_eq!(
+            ControlAddr::from(Path::new("@tiflow/x")),
+            ControlAddr::Abstract("tiflow/x".into())
+        );
+        assert_eq!(
+            ControlAddr::from(Path::new("/run/t.sock")),
+            ControlAddr::Path("/run/t.sock".into())
+        );
+        assert_eq!(
+            ControlAddr::from(Path::new("@")),
+            ControlAddr::Path("@".into())
+        );
+        let target = ControlTarget {
+            tun: "tf1".into(),
+            control: None,
+        };
+        assert_eq!(target.addr().to_string(), "@tiflow/tf1");
+    }
+
+    #[test]
+    fn only_root_and_the_owner_may_ask() {
+        use rustix::process::Uid;
+        let (root, owner, other) = (Uid::ROOT, Uid::from_raw(1000), Uid::from_raw(1001));
+        assert!(may_ask(root, owner));
+        assert!(may_ask(owner, owner));
+        assert!(!may_ask(other, owner));
+        assert!(may_ask(root, root));
+        assert!(!may_ask(other, root));
+    }
+
+    #[test]
+    fn unreachable_abstract_socket_names_it_and_its_namespace() {
+        let addr = ControlAddr::Abstract(format!("tiflow-test/none-{}", std::process::id()));
+        let text = status(&addr).expect_err("no server").to_string();
+        assert!(
+            text.contains("cannot reach `tiflow up` at @tiflow-test/none-"),
+            "{text}"
+        );
+        assert!(text.contains("one per network namespace"), "{text}");
+        assert!(
+            text.contains("running in this network namespace?"),
+            "{text}"
+        );
+    }
+
+    /// Serves `report()` on `server` while `f` runs.
+    fn serving(server: &ControlServer, f: impl FnOnce()) {
         let stop = AtomicBool::new(false);
         let stopped = async {
             while !stop.load(Ordering::Acquire) {
@@ -825,15 +1160,52 @@ mod tests {
                     Request::Fail { tifid: None } => Reply::Failed { tifids: vec![] },
                 }))
             });
+            f();
+            stop.store(true, Ordering::Release);
+        });
+    }
+
+    #[test]
+    fn abstract_socket_answers_and_refuses_a_second_instance() {
+        let addr = ControlAddr::Abstract(format!("tiflow-test/ctl-{}", std::process::id()));
+        let server = ControlServer::bind(&addr).expect("bind");
+        assert_eq!(server.addr(), &addr);
+        serving(&server, || {
+            assert_eq!(status(&addr).expect("status"), report());
+            let err = ControlServer::bind(&addr).expect_err("taken");
+            assert!(matches!(err, ControlError::InUse(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("another `tiflow up` serves @tiflow-test/ctl-")
+                    && text.contains("in this network namespace"),
+                "{text}"
+            );
+        });
+        drop(server);
+        // The name is free again once the server is gone.
+        let again = ControlServer::bind(&addr).expect("free again");
+        drop(again);
+    }
+
+    #[test]
+    fn server_answers_and_refuses_a_second_instance() {
+        let dir = std::env::temp_dir().join(format!("tiflow-ctl-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let server = ControlServer::bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        serving(&server, || {
             assert_eq!(status(&path).expect("status"), report());
             assert_eq!(fail(&path, None).expect("fail all"), Vec::<String>::new());
             let err = fail(&path, Some("000000000001")).expect_err("refused");
             assert_eq!(err.to_string(), "no TI-flow 000000000001");
-            assert!(matches!(
-                ControlServer::bind(&path),
-                Err(ControlError::InUse(_))
-            ));
-            stop.store(true, Ordering::Release);
+            let err = ControlServer::bind(&path).expect_err("in use");
+            assert!(matches!(err, ControlError::InUse(_)), "{err:?}");
+            assert!(
+                err.to_string()
+                    .contains("another `tiflow up` already answers at"),
+                "{err}"
+            );
         });
         drop(server);
         assert!(!path.exists(), "socket removed on drop");

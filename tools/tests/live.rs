@@ -605,3 +605,207 @@ fn up_raises_the_open_file_limit_to_the_hard_limit() {
         "a hint when there is nothing to carry:\n{text}"
     );
 }
+
+/// Two `tiflow up` with the default TUN name and no `--control`, in two
+/// network namespaces of one host: both start (each control socket is the
+/// abstract `@tiflow/tiflow0` of its namespace), and `tiflow status`
+/// without flags, run inside each namespace, reports its own.
+#[test]
+fn default_control_sockets_are_per_network_namespace() {
+    require_root(&[("ip", "iproute2")]);
+    let scratch = Scratch::new("perns");
+    let a = NetNs::create("tfcna").expect("ns");
+    let b = NetNs::create("tfcnb").expect("ns");
+    let up_a = Up::start_default_control(&a, &scratch, "a", &["--address", "10.0.5.1/24"]);
+    let up_b = Up::start_default_control(&b, &scratch, "b", &["--address", "10.0.6.1/24"]);
+    for up in [&up_a, &up_b] {
+        let log = up.log_text();
+        assert!(
+            log.contains("control @tiflow/tiflow0 (abstract socket of this network namespace)"),
+            "the banner names the socket:\n{log}"
+        );
+    }
+    assert_eq!(up_a.status_in(&a).stack_address, "10.0.5.1/24");
+    assert_eq!(up_b.status_in(&b).stack_address, "10.0.6.1/24");
+    for (ns, want) in [(&a, "10.0.5.1/24"), (&b, "10.0.6.1/24")] {
+        let out = tiflow_in(ns, &["status"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let table = text(&out.stdout);
+        assert!(
+            table.starts_with(&format!("tiflow0: stack {want},")),
+            "{want}: {table}"
+        );
+        let out = tiflow_in(ns, &["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let report: ti_tools::control::StatusReport =
+            serde_json::from_slice(&out.stdout).expect("status JSON");
+        assert_eq!(report.stack_address, want);
+    }
+    // A namespace without a `tiflow up`: the error says what it tried.
+    let empty = NetNs::create("tfcnc").expect("ns");
+    let out = tiflow_in(&empty, &["status"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach `tiflow up` at @tiflow/tiflow0")
+            && stderr.contains("one per network namespace")
+            && stderr.contains("running in this network namespace?"),
+        "{stderr}"
+    );
+    // The status request is a file socket-free conversation: nothing on disk.
+    assert!(!exists(std::path::Path::new("/run/tiflow/tiflow0.sock")));
+}
+
+/// A flow held open for 2 s is about 2 s old in `tiflow status --json` on
+/// both sides; once both programs closed, it leaves both tables within a
+/// second (although the stacks hold the connection a while yet), and the
+/// totals still count its failure and resume attempt.
+#[test]
+fn status_ages_count_and_closed_flows_leave_within_a_second() {
+    use std::io::Read;
+    require_root(&NAT_TOOLS);
+    let scratch = Scratch::new("ages");
+    let net = NatTopology::new("tfag");
+    let echo = echo_server(listen_in(&net.server, "127.0.0.1:7400"));
+    let (server, client) = up_pair(&net, &scratch, 7400, &[], None);
+    let mut conn = connect_in(&net.client, "127.0.0.1:7400");
+    conn.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    conn.write_all(b"hello").expect("write");
+    let mut echoed = [0u8; 5];
+    conn.read_exact(&mut echoed).expect("echo");
+    let opened = Instant::now();
+    let carried = |r: &ti_tools::control::StatusReport| {
+        r.flows.len() == 1 && r.flows[0].mode == "resilient" && r.flows[0].attached
+    };
+    client.wait_status("the flow on the client", carried);
+    server.wait_status("the flow on the server", carried);
+    let out = tiflow(&[
+        "fail",
+        "--all",
+        "--control",
+        client.control.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    client.wait_status("the resume", |r| {
+        r.flows
+            .first()
+            .is_some_and(|f| f.resumes >= 1 && f.attached)
+    });
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(opened.elapsed()));
+    for (side, up) in [("client", &client), ("server", &server)] {
+        let report = up.status();
+        let age = report.flows[0].age_s;
+        let held = opened.elapsed().as_secs_f64();
+        assert!(
+            (1.5..=held + 1.0).contains(&age),
+            "{side}: a flow held open {held:.1} s is {age} s old: {report:#?}"
+        );
+        assert!(report.flows[0].via != "closing", "{report:#?}");
+    }
+
+    // Both programs close: the client's FIN goes through, the echo server
+    // closes its side, the client reads the end.
+    conn.shutdown(Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("read to the end");
+    drop(conn);
+    let closed = Instant::now();
+    assert_eq!(echo.join().expect("echo"), 5);
+    for (side, up) in [("client", &client), ("server", &server)] {
+        let report = up.wait_status("the closed flow to leave the table", |r| r.flows.is_empty());
+        let after = closed.elapsed();
+        assert!(
+            after < Duration::from_secs(1),
+            "{side}: the closed flow was listed for {after:?}"
+        );
+        eprintln!(
+            "[live] {side}: the closed flow left the table after {after:?}; the stack holds {} \
+             stream(s) still",
+            report.resources.streams
+        );
+        let table =
+            text(&tiflow(&["status", "--control", up.control.to_str().expect("path")]).stdout);
+        assert!(table.contains(", 0 flows\n"), "{side}: {table}");
+    }
+    let report = client.status();
+    assert!(
+        report.failures >= 1 && report.resume_attempts >= 1,
+        "the totals count the flow that ended: {report:#?}"
+    );
+}
+
+/// `tiflow status --watch --interval 0.2` redraws the table about five
+/// times a second until it is killed, and exits with an error of its own
+/// as soon as `tiflow up` goes away.
+#[test]
+fn status_watch_redraws_and_stops_when_up_goes_away() {
+    use std::process::{Command, Stdio};
+    require_root(&[("ip", "iproute2")]);
+    let scratch = Scratch::new("watch");
+    let ns = NetNs::create("tfwa").expect("ns");
+    let mut up = Up::start(&ns, &scratch, "up", &["--tun", "tfw0"]);
+    let control = up.control.to_str().expect("path").to_owned();
+    let watch = |out: &std::path::Path| {
+        Command::new(TIFLOW)
+            .args([
+                "status",
+                "--watch",
+                "--interval",
+                "0.2",
+                "--control",
+                &control,
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(std::fs::File::create(out).expect("output file"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tiflow status --watch")
+    };
+    let tables = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("tfw0: stack 10.0.2.1/24"))
+            .count()
+    };
+
+    let out = scratch.path("watch.out");
+    let mut child = watch(&out);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still watching"
+    );
+    child.kill().expect("kill our own child");
+    child.wait().expect("wait");
+    let n = tables(&out);
+    let shown = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!((2..=8).contains(&n), "{n} tables in about 1 s:\n{shown}");
+    assert!(shown.contains("every 200 ms"), "{shown}");
+
+    // `tiflow up` stops: the watch ends on its own, with an error.
+    let out = scratch.path("watch2.out");
+    let mut child = watch(&out);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tables(&out) == 0 {
+        assert!(Instant::now() < deadline, "no table");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(up.stop().is_some_and(|s| s.success()), "{}", up.log_text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tiflow status --watch kept going after tiflow up stopped");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach `tiflow up`"), "{stderr}");
+}

@@ -223,3 +223,58 @@ fn forward_port_in_use_is_refused_before_anything_changes() {
     let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
     assert!(!links.contains("tiflow0"), "{links}");
 }
+
+/// A second `tiflow up` with the same TUN name in the same network
+/// namespace (both on the default, abstract control socket) is refused
+/// before it changes anything; the control socket answers root and the
+/// user `tiflow up` runs as, and refuses any other user (an abstract
+/// socket has no file permissions).
+#[test]
+fn same_name_in_one_namespace_is_refused_and_other_users_may_not_ask() {
+    require_root(&[("ip", "iproute2"), ("setpriv", "util-linux")]);
+    let scratch = Scratch::new("samename");
+    let ns = NetNs::create("tfesame").expect("ns");
+    let first = Up::start_default_control(&ns, &scratch, "first", &["--tun", "tfsame0"]);
+    // stdin is closed for `tiflow_in`: were it to start, it would stop at once.
+    let out = tiflow_in(&ns, &["up", "--tun", "tfsame0", "--exit-on-stdin-close"]);
+    let (code, stderr) = code_and_stderr(&out);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "another `tiflow up` serves @tiflow/tfsame0 in this network namespace \
+             (stop it, or use another --tun or --control)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        first.status_in(&ns).tun,
+        "tfsame0",
+        "the first one is unharmed"
+    );
+
+    let copy = PublicCopy::new();
+    let bin = copy.0.join("tiflow");
+    let bin = bin.to_str().expect("path");
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin,
+        "status",
+        "--tun",
+        "tfsame0",
+    ];
+    let message = ns.run(&as_nobody).expect_err("refused").to_string();
+    assert!(
+        message.contains("permission denied: user 65534 may not use the control socket"),
+        "{message}"
+    );
+    let out = tiflow_in(&ns, &["status", "--tun", "tfsame0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "root may: {}",
+        text(&out.stderr)
+    );
+}

@@ -317,8 +317,9 @@ pub struct UpArgs {
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
 
-    /// The control socket for `tiflow status` and `tiflow fail`
-    /// [default: /run/tiflow/NAME.sock, NAME from --tun].
+    /// The control socket for `tiflow status` and `tiflow fail`: a socket
+    /// file, or @NAME for an abstract one [default: the abstract @tiflow/NAME
+    /// of this network namespace, NAME from --tun].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
@@ -337,11 +338,12 @@ impl UpArgs {
             })
     }
 
-    /// The control socket path.
-    pub fn control_path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .unwrap_or_else(|| control::default_path(&self.tun))
+    /// The control socket.
+    pub fn control_addr(&self) -> control::ControlAddr {
+        self.control.as_deref().map_or_else(
+            || control::ControlAddr::default_for(&self.tun),
+            control::ControlAddr::parse,
+        )
     }
 
     /// Checks what clap cannot see one argument at a time. The message is
@@ -434,7 +436,7 @@ mod tests {
         assert_eq!(a.tun, "tiflow0");
         assert_eq!(a.address.to_string(), "10.0.2.1/24");
         assert_eq!(a.kernel_address(), Ipv4Addr::new(10, 0, 2, 254));
-        assert_eq!(a.control_path(), PathBuf::from("/run/tiflow/tiflow0.sock"));
+        assert_eq!(a.control_addr().to_string(), "@tiflow/tiflow0");
         let c = a.stack_config();
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 2, 254)));
         assert!(c.ti_enabled && c.allow_migration);

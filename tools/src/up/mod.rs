@@ -44,7 +44,7 @@ pub use args::{
 };
 pub use error::UpError;
 
-use crate::control::ControlServer;
+use crate::control::{ControlAddr, ControlServer};
 use crate::host::{self, Undo};
 use accept::{Carry, Descriptors, accept_forwards, accept_serves};
 use host_setup::{configure_host, open_tun, raise_open_file_limit};
@@ -111,7 +111,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
             })?;
         listeners.push((*f, listener));
     }
-    let control = ControlServer::bind(&args.control_path())?;
+    let control = ControlServer::bind(args.control_addr())?;
     let mut undo = Undo::default();
     let tun = open_tun(args)?;
     let offloads = host_setup::offload_text(tun.offloads());
@@ -302,8 +302,17 @@ fn print_banner<D: Device + Wait>(
     if let Some(p) = &args.pcap {
         println!("  pcap    {}", p.display());
     }
-    println!("  control {}", control.path().display());
+    println!("  control {}", control_text(control.addr()));
     println!("tiflow up: ready (Ctrl-C to stop)");
+}
+
+/// The banner's control socket: `@tiflow/tiflow0 (abstract, this network
+/// namespace; tiflow status --tun tiflow0)` or the file.
+fn control_text(addr: &ControlAddr) -> String {
+    match addr {
+        ControlAddr::Abstract(_) => format!("{addr} (abstract socket of this network namespace)"),
+        ControlAddr::Path(_) => addr.to_string(),
+    }
 }
 
 /// Hands freed memory back to the system each time the stack's streams
@@ -320,6 +329,7 @@ async fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
             () = tokio::time::sleep(TRIM_EVERY) => {}
             () = stop.stopped() => return,
         }
+        forget_ended_streams(&runtime, &conns);
         let streams = runtime.resources().streams;
         if streams > 0 {
             busy_since_trim = true;
@@ -331,6 +341,23 @@ async fn release_memory_when_idle<D: Device + Wait + Send + 'static>(
             debug!(released, "idle: freed memory returned to the system");
         }
     }
+}
+
+/// Forgets the streams whose relay ended once the stack no longer holds
+/// them (so the registry's list of them stays as short as the stack's
+/// closing streams, even when nobody asks for the status).
+fn forget_ended_streams<D: Device + Wait + Send + 'static>(runtime: &Runtime<D>, conns: &Conns) {
+    let ended = conns.ended_streams();
+    if ended.is_empty() {
+        return;
+    }
+    let gone: Vec<_> = runtime.with_stack(|stack, _| {
+        ended
+            .into_iter()
+            .filter(|id| stack.stream_info(*id).is_none())
+            .collect()
+    });
+    conns.forget_ended(&gone);
 }
 
 /// A device whose capture (if any) can be flushed.

@@ -1,10 +1,12 @@
 //! The connections `tiflow up` carries, for `tiflow status`: what each is
-//! for, its stream, its age, and the counters of the ones that ended.
+//! for, its stream, its age, the counters of the ones that ended, and the
+//! streams whose relay ended (the stack may hold them for a while yet:
+//! TIME-WAIT, the last FIN and ACK; `tiflow status` lists them no more).
 //!
 //! Every lookup is by key (connection number or stream id), so a status
 //! with ten thousand flows costs one pass over them, not one per flow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,6 +29,9 @@ struct Registry {
     ended_attempts: u64,
     /// Failures detected on the streams whose relay ended.
     ended_failures: u64,
+    /// Streams whose relay ended (or never started) and that the stack may
+    /// still hold; forgotten once it no longer does.
+    ended: HashSet<StreamId>,
 }
 
 impl Registry {
@@ -43,6 +48,7 @@ impl Registry {
     fn remove(&mut self, n: u64) {
         if let Some(stream) = self.conns.remove(&n).and_then(|r| r.stream) {
             self.by_stream.remove(&stream);
+            self.ended.insert(stream);
         }
     }
 }
@@ -120,6 +126,21 @@ impl Conns {
         let mut reg = self.lock();
         reg.conns.shrink_to_fit();
         reg.by_stream.shrink_to_fit();
+        reg.ended.shrink_to_fit();
+    }
+
+    /// The streams whose relay ended that may still be in the stack.
+    pub(super) fn ended_streams(&self) -> Vec<StreamId> {
+        self.lock().ended.iter().copied().collect()
+    }
+
+    /// Forgets ended streams the stack no longer holds (stream ids are
+    /// never reused, so a forgotten one never comes back).
+    pub(super) fn forget_ended(&self, gone: &[StreamId]) {
+        let mut reg = self.lock();
+        for id in gone {
+            reg.ended.remove(id);
+        }
     }
 
     /// No connection is carried.
@@ -127,14 +148,31 @@ impl Conns {
         self.lock().conns.is_empty()
     }
 
-    /// What each of `ids` is for and its age in seconds (`None` for a
-    /// stream no relay carries), under one lock.
-    pub(super) fn via_of_each(&self, ids: &[StreamId]) -> Vec<Option<(String, f64)>> {
-        let reg = self.lock();
-        ids.iter()
-            .map(|id| {
-                let rec = reg.conns.get(reg.by_stream.get(id)?)?;
-                Some((rec.via.clone(), rec.started.elapsed().as_secs_f64()))
+    /// The streams of `infos` (the stack's, sorted by id) that `tiflow
+    /// status` lists, each with what it is for and its age in seconds
+    /// (`None` for a stream no relay carries yet: a connection in its
+    /// handshake or waiting to be accepted). A stream whose relay ended is
+    /// not listed, although the stack may hold it for a while yet; ended
+    /// streams the stack no longer holds are forgotten. Under one lock.
+    pub(super) fn listed<'a>(
+        &self,
+        infos: &'a [StreamInfo],
+    ) -> Vec<(&'a StreamInfo, Option<(String, f64)>)> {
+        let mut reg = self.lock();
+        if !reg.ended.is_empty() {
+            reg.ended
+                .retain(|id| infos.binary_search_by_key(id, |i| i.id).is_ok());
+        }
+        infos
+            .iter()
+            .filter(|i| !reg.ended.contains(&i.id))
+            .map(|info| {
+                let via = reg
+                    .by_stream
+                    .get(&info.id)
+                    .and_then(|n| reg.conns.get(n))
+                    .map(|rec| (rec.via.clone(), rec.started.elapsed().as_secs_f64()));
+                (info, via)
             })
             .collect()
     }

@@ -90,19 +90,27 @@ fn resource_status(r: Resources) -> ResourceStatus {
     }
 }
 
+/// The streams a relay carries or is about to (not those whose relay
+/// ended: the stack may hold them through the close handshake and
+/// TIME-WAIT, but for `tiflow status` they are gone).
 fn flow_statuses(infos: &[StreamInfo], conns: &Conns) -> Vec<FlowStatus> {
-    let ids: Vec<StreamId> = infos.iter().map(|i| i.id).collect();
-    let vias = conns.via_of_each(&ids);
-    infos
-        .iter()
-        .zip(vias)
+    conns
+        .listed(infos)
+        .into_iter()
         .map(|(info, via)| flow_status(info, via))
         .collect()
 }
 
 fn flow_status(info: &StreamInfo, via: Option<(String, f64)>) -> FlowStatus {
     let (mode, tifid) = mode_name(info.mode);
-    let (via, age_s) = via.unwrap_or_else(|| ("closing".into(), 0.0));
+    // Not handed to a relay yet: its handshake, or the accept queue.
+    let (via, age_s) = via.unwrap_or_else(|| {
+        let waiting = match info.mode {
+            StreamMode::Connecting => "connecting",
+            StreamMode::Known(_) => "accepting",
+        };
+        (waiting.into(), 0.0)
+    });
     FlowStatus {
         tifid,
         mode: mode.to_owned(),

@@ -16,7 +16,7 @@ use ti_testnet::payload::StreamDigest;
 /// Deterministic test data and SHA-256 (`ti_testnet::payload`).
 #[allow(unused_imports)] // Not every test binary uses both.
 pub use ti_testnet::payload::{data, sha256};
-use ti_tools::control::{self, StatusReport};
+use ti_tools::control::{self, ControlAddr, StatusReport};
 
 /// The built `tiflow` binary.
 pub const TIFLOW: &str = env!("CARGO_BIN_EXE_tiflow");
@@ -94,7 +94,11 @@ pub struct Up {
     pub child: Child,
     stdin: Option<ChildStdin>,
     pub log: PathBuf,
+    /// The `--control` file (empty for [`Up::start_default_control`]).
     pub control: PathBuf,
+    /// The default (abstract) control socket of its namespace, when it was
+    /// started without `--control`.
+    pub default_control: Option<ControlAddr>,
 }
 
 impl Up {
@@ -120,6 +124,45 @@ impl Up {
         up
     }
 
+    /// Starts `tiflow -v up --exit-on-stdin-close args...` in `ns` without
+    /// `--control` (its control socket is the abstract `@tiflow/TUN` of
+    /// `ns`) and waits until it answers there. Ask it with
+    /// [`Up::status_in`].
+    pub fn start_default_control(ns: &NetNs, scratch: &Scratch, name: &str, args: &[&str]) -> Up {
+        let mut up = Up::spawn_limited(ns, scratch, name, args, None, None, false);
+        let addr = up.default_control.clone().expect("default control");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = up.child.try_wait().expect("try_wait") {
+                panic!(
+                    "tiflow up exited ({status}) before it was ready:\n{}",
+                    up.log_text()
+                );
+            }
+            if ns.enter(|| control::status(&addr)).expect("enter").is_ok() {
+                return up;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tiflow up not ready in 15 s:\n{}",
+                up.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The status of an [`Up::start_default_control`] in `ns`, asked from
+    /// inside `ns`.
+    pub fn status_in(&self, ns: &NetNs) -> StatusReport {
+        let addr = self
+            .default_control
+            .clone()
+            .expect("started without --control");
+        ns.enter(|| control::status(&addr))
+            .expect("enter")
+            .expect("status")
+    }
+
     /// Starts it without waiting.
     pub fn spawn(ns: &NetNs, scratch: &Scratch, name: &str, args: &[&str]) -> Up {
         Up::spawn_with(ns, scratch, name, args, None)
@@ -134,7 +177,7 @@ impl Up {
         args: &[&str],
         nofile: u32,
     ) -> Up {
-        let mut up = Up::spawn_limited(ns, scratch, name, args, None, Some(nofile));
+        let mut up = Up::spawn_limited(ns, scratch, name, args, None, Some(nofile), true);
         up.wait_ready();
         up
     }
@@ -146,9 +189,11 @@ impl Up {
         args: &[&str],
         filter: Option<&str>,
     ) -> Up {
-        Up::spawn_limited(ns, scratch, name, args, filter, None)
+        Up::spawn_limited(ns, scratch, name, args, filter, None, true)
     }
 
+    /// Starts it; with `--control DIR/NAME.sock` if `control_file`, else
+    /// with the default control socket.
     fn spawn_limited(
         ns: &NetNs,
         scratch: &Scratch,
@@ -156,9 +201,19 @@ impl Up {
         args: &[&str],
         filter: Option<&str>,
         nofile: Option<u32>,
+        control_file: bool,
     ) -> Up {
         let log = scratch.path(&format!("{name}.log"));
-        let control = scratch.path(&format!("{name}.sock"));
+        let (control, default_control) = if control_file {
+            (scratch.path(&format!("{name}.sock")), None)
+        } else {
+            let tun = args
+                .iter()
+                .position(|a| *a == "--tun")
+                .and_then(|i| args.get(i + 1))
+                .unwrap_or(&"tiflow0");
+            (PathBuf::new(), Some(ControlAddr::default_for(tun)))
+        };
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         // `sh` and `ip netns exec` exec in place: the child is tiflow.
@@ -170,19 +225,19 @@ impl Up {
             }
             None => Command::new("ip"),
         };
-        command
-            .args([
-                "netns",
-                "exec",
-                ns.name(),
-                TIFLOW,
-                "-v",
-                "up",
-                "--exit-on-stdin-close",
-            ])
-            .arg("--control")
-            .arg(&control)
-            .args(args);
+        command.args([
+            "netns",
+            "exec",
+            ns.name(),
+            TIFLOW,
+            "-v",
+            "up",
+            "--exit-on-stdin-close",
+        ]);
+        if control_file {
+            command.arg("--control").arg(&control);
+        }
+        command.args(args);
         match filter {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
@@ -199,6 +254,7 @@ impl Up {
             stdin,
             log,
             control,
+            default_control,
         }
     }
 
