@@ -809,3 +809,37 @@ fn status_watch_redraws_and_stops_when_up_goes_away() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot reach `tiflow up`"), "{stderr}");
 }
+
+/// A forwarded connection whose remote does not answer is listed from its
+/// first SYN: `connecting`, what it is for, and its age (it was 0.0 while
+/// the handshake took, the stream not yet known to `tiflow up`).
+#[test]
+fn a_connecting_flow_is_listed_with_its_age() {
+    require_root(&[("ip", "iproute2")]);
+    let scratch = Scratch::new("connecting");
+    let ns = NetNs::create("tfcg").expect("ns");
+    // 10.77.0.1 has no route in the namespace: the SYNs go nowhere.
+    let up = Up::start(
+        &ns,
+        &scratch,
+        "up",
+        &["--tun", "tfcg0", "--forward", "127.0.0.1:7500=10.77.0.1:80"],
+    );
+    let _conn = connect_in(&ns, "127.0.0.1:7500");
+    let opened = Instant::now();
+    up.wait_status("the connecting flow", |r| r.flows.len() == 1);
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(opened.elapsed()));
+    let report = up.status();
+    let flow = &report.flows[0];
+    assert_eq!(flow.mode, "connecting", "{report:#?}");
+    assert!(
+        flow.via.starts_with("forward 127.0.0.1:7500 <- 127.0.0.1:"),
+        "{report:#?}"
+    );
+    let held = opened.elapsed().as_secs_f64();
+    assert!(
+        (1.5..=held + 1.0).contains(&flow.age_s),
+        "a flow connecting for {held:.1} s is {} s old: {report:#?}",
+        flow.age_s
+    );
+}

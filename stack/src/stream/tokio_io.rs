@@ -1,5 +1,6 @@
 //! The async API (feature `tokio`): [`TiStream`] as tokio's `AsyncRead` and
-//! `AsyncWrite`, [`TiListener::accept_async`] and [`Runtime::connect_async`].
+//! `AsyncWrite`, [`TiListener::accept_async`] and [`Runtime::connect_async`]
+//! (or [`Runtime::connect_start`] and [`TiStream::connected`]).
 //!
 //! Same runtime, same driver thread, same stack lock as the blocking API:
 //! a task that finds nothing to do registers its waker while it still
@@ -325,9 +326,28 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     /// without blocking the thread, until it is established, refused or
     /// timed out (the stack's connect timeout).
     pub async fn connect_async(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+        let stream = self.connect_start(remote)?;
+        stream.connected().await?;
+        Ok(stream)
+    }
+
+    /// Opens a connection to `remote` (offering a TI-flow) and returns its
+    /// stream at once, in its handshake (its id is known, its mode is
+    /// `Connecting`); [`TiStream::connected`] waits for the handshake.
+    pub fn connect_start(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
         let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
-        let stream = TiStream::new(self.shared.clone(), id);
-        let shared = &self.shared;
+        Ok(TiStream::new(self.shared.clone(), id))
+    }
+}
+
+impl<D: Device + Wait> TiStream<D> {
+    /// Waits, without blocking the thread, until the handshake of a stream
+    /// from [`Runtime::connect_start`] is over: established, refused or
+    /// timed out (the stack's connect timeout). At once for a stream
+    /// already established.
+    pub async fn connected(&self) -> Result<(), StreamError> {
+        let id = self.id();
+        let shared = self.shared();
         poll_fn(|cx| {
             shared.act_or_wait(cx, Some(id), |stack| {
                 if let Some(e) = stack.error(id) {
@@ -340,7 +360,6 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
                 }
             })
         })
-        .await?;
-        Ok(stream)
+        .await
     }
 }

@@ -111,9 +111,18 @@ async fn forward_one<D: Device + Wait + Send + 'static>(
     let n = carry.conns.add(via);
     info!(%client, remote = %forward.remote, "forwarding a connection");
     let limit = carry.connect_limit;
-    let connected = tokio::time::timeout(limit, carry.runtime.connect_async(forward.remote))
-        .await
-        .unwrap_or(Err(ti_stack::StreamError::TimedOut));
+    // The stream is registered from its first SYN: `tiflow status` shows
+    // it (`connecting`, with its age) while the handshake takes.
+    let connected = match carry.runtime.connect_start(forward.remote) {
+        Ok(ti) => {
+            carry.conns.set_stream(n, Some(ti.id()));
+            tokio::time::timeout(limit, ti.connected())
+                .await
+                .unwrap_or(Err(ti_stack::StreamError::TimedOut))
+                .map(|()| ti)
+        }
+        Err(e) => Err(e),
+    };
     let ti = match connected {
         Ok(ti) => ti,
         Err(e) => {
@@ -127,7 +136,6 @@ async fn forward_one<D: Device + Wait + Send + 'static>(
         Mode::Resilient { tifid } => info!(%tifid, remote = %forward.remote, "TI-flow open"),
         Mode::Legacy => info!(remote = %forward.remote, "peer without TI: plain TCP"),
     }
-    carry.conns.set_stream(n, Some(ti.id()));
     let last = relay(kernel, ti, carry.stop.clone()).await;
     carry.conns.finish(n, last);
 }
