@@ -174,7 +174,10 @@ pub struct FlowStatus {
     pub resent: u64,
     /// Whether a TCP connection carries the flow now (false while resuming).
     pub attached: bool,
-    /// Seconds since the stream was opened.
+    /// Seconds since `tiflow up` took the connection: a forward's local
+    /// connection accepted (its flow's handshake included), a served flow
+    /// taken from the stack's accept queue; 0 for one still waiting there
+    /// (VIA `accepting`).
     pub age_s: f64,
 }
 
@@ -306,9 +309,9 @@ fn where_(addr: &ControlAddr) -> String {
 fn unreachable_hint(addr: &ControlAddr) -> &'static str {
     match addr {
         ControlAddr::Abstract(_) => {
-            "is it running in this network namespace? run `tiflow status` inside the \
-             namespace of the `tiflow up` (ip netns exec NS ...); for another TUN device \
-             use --tun NAME, or give its socket with --control PATH"
+            "is it running in this network namespace? for the one of namespace NS run \
+             `ip netns exec NS tiflow ...`; for another TUN device use --tun NAME, or give \
+             its socket with --control PATH"
         }
         ControlAddr::Path(_) => {
             "is it running? for another TUN device use --tun NAME, or give the socket \
@@ -1110,6 +1113,16 @@ mod tests {
             control: None,
         };
         assert_eq!(target.addr().to_string(), "@tiflow/tf1");
+    }
+
+    #[test]
+    fn watch_intervals_parse() {
+        assert_eq!(interval_arg("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(interval_arg("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(interval_arg("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["0", "0.01", "-1", "soon", "7200"] {
+            assert!(interval_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
