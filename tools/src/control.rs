@@ -77,11 +77,6 @@ impl ControlAddr {
     fn connect(&self) -> std::io::Result<UnixStream> {
         UnixStream::connect_addr(&self.socket_addr()?)
     }
-
-    /// Whether this is an abstract socket (of the network namespace).
-    pub fn is_abstract(&self) -> bool {
-        matches!(self, ControlAddr::Abstract(_))
-    }
 }
 
 impl fmt::Display for ControlAddr {
@@ -286,6 +281,15 @@ pub enum ControlError {
     /// Another `tiflow up` already answers at the socket.
     #[error("{}", in_use_text(.0))]
     InUse(ControlAddr),
+    /// Something of this process failed (the output of `status --watch`,
+    /// its signal handlers).
+    #[error("{what}: {source}")]
+    Local {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The socket could not be created.
     #[error("cannot create control socket {addr}: {source}")]
     Bind {
@@ -296,7 +300,7 @@ pub enum ControlError {
     },
 }
 
-/// `@tiflow/tiflow0 (the abstract socket of this network namespace)` or a path.
+/// `@tiflow/tiflow0 (an abstract socket: one per network namespace)`, or the path.
 fn where_(addr: &ControlAddr) -> String {
     match addr {
         ControlAddr::Abstract(_) => {
@@ -743,8 +747,8 @@ fn watch(args: &StatusArgs, addr: &ControlAddr) -> Result<(), ControlError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     const TICK: Duration = Duration::from_millis(50);
     let stop = Arc::new(AtomicBool::new(false));
-    crate::up::stop_on_signals(&stop).map_err(|source| ControlError::Io {
-        addr: addr.clone(),
+    crate::up::stop_on_signals(&stop).map_err(|source| ControlError::Local {
+        what: "cannot install SIGINT/SIGTERM handlers",
         source,
     })?;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -777,8 +781,8 @@ fn watch(args: &StatusArgs, addr: &ControlAddr) -> Result<(), ControlError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
             Err(source) => {
-                return Err(ControlError::Io {
-                    addr: addr.clone(),
+                return Err(ControlError::Local {
+                    what: "cannot write the status",
                     source,
                 });
             }
