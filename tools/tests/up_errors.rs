@@ -105,8 +105,9 @@ fn unreachable_control_socket_is_a_clear_runtime_error() {
 struct PublicCopy(PathBuf);
 
 impl PublicCopy {
-    fn new() -> PublicCopy {
-        let dir = std::env::temp_dir().join(format!("tiflow-nocap-{}", std::process::id()));
+    /// A copy of its own (tests run in parallel, and each removes its copy).
+    fn new(tag: &str) -> PublicCopy {
+        let dir = std::env::temp_dir().join(format!("tiflow-nocap-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let bin = dir.join("tiflow");
@@ -126,7 +127,7 @@ impl Drop for PublicCopy {
 fn without_cap_net_admin_up_and_demo_say_what_is_missing() {
     require_root(&[("ip", "iproute2"), ("setpriv", "util-linux")]);
     let ns = NetNs::create("tfecap").expect("ns");
-    let copy = PublicCopy::new();
+    let copy = PublicCopy::new("cap");
     let bin = copy.0.join("tiflow");
     let bin = bin.to_str().expect("path");
     let control = copy.0.join("c.sock");
@@ -252,7 +253,7 @@ fn same_name_in_one_namespace_is_refused_and_other_users_may_not_ask() {
         "the first one is unharmed"
     );
 
-    let copy = PublicCopy::new();
+    let copy = PublicCopy::new("samename");
     let bin = copy.0.join("tiflow");
     let bin = bin.to_str().expect("path");
     let as_nobody = [
