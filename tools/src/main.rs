@@ -55,6 +55,9 @@ enum Command {
     /// as if a middlebox had killed it: the flow resumes on a new one.
     #[command(after_help = CONTROL_EXIT_CODES)]
     Fail(ti_tools::control::FailArgs),
+    /// Remove what a `tiflow up` that died (SIGKILL, crash) left on the host:
+    /// its nftables table, tagged iptables rules, ip_forward as it found it.
+    Down(ti_tools::down::DownArgs),
     /// Show a TCP conversation surviving a NAT middlebox that loses its state,
     /// next to plain TCP (builds its own network namespaces; needs root).
     #[command(after_help = ti_tools::demo::DEMO_HELP)]
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Status(args) => finish("status", ti_tools::control::run_status(args)),
         Command::Fail(args) => finish("fail", ti_tools::control::run_fail(args)),
         Command::Demo(args) => finish("demo", ti_tools::demo::run(args)),
+        Command::Down(args) => finish("down", ti_tools::down::run(args)),
         Command::Bench(args) => finish("bench", ti_tools::bench::run(args)),
     }
 }
@@ -167,6 +171,12 @@ impl BrokenPipe for ti_tools::control::ControlError {
 impl BrokenPipe for ti_tools::bench::BenchError {
     fn is_broken_pipe(&self) -> bool {
         ti_tools::bench::BenchError::is_broken_pipe(self)
+    }
+}
+
+impl BrokenPipe for ti_tools::down::DownError {
+    fn is_broken_pipe(&self) -> bool {
+        false
     }
 }
 
