@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use pcap_tests::tcpdump::{Outcome, parse_testlist, run_test};
+use pcap_tests::tcpdump::{Outcome, parse_testlist, run_test, tcp_part};
 use ti_tools::{DumpOptions, dump_bytes};
 
 fn corpus_dir() -> PathBuf {
@@ -73,6 +73,10 @@ fn whole_tcpdump_suite() {
     let mut captures = 0;
     let mut decoded = 0;
     let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+    // Refused captures whose expected output (under any flags) shows a TCP
+    // segment (`: Flags [..], ... win N`, also in the `-v` form where the
+    // segment's line does not start with `IP`).
+    let mut refused_with_tcp: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("read tests dir")
         .map(|e| e.expect("entry").path())
@@ -101,6 +105,25 @@ fn whole_tcpdump_suite() {
                         .split_once(": ")
                         .map_or(msg.clone(), |(_, r)| r.to_owned()),
                 };
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let shows_tcp = tests.iter().filter(|t| t.input == name).any(|t| {
+                    std::fs::read(dir.join(&t.output)).is_ok_and(|out| {
+                        String::from_utf8_lossy(&out).lines().any(|l| {
+                            tcp_part(l).is_some()
+                                || (l.contains(": Flags [") && l.contains(", win "))
+                        })
+                    })
+                });
+                if shows_tcp {
+                    refused_with_tcp
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(name);
+                }
                 *refused.entry(key).or_default() += 1;
             }
         }
@@ -170,6 +193,14 @@ fn whole_tcpdump_suite() {
     ));
     for (why, n) in &refused {
         report.push_str(&format!("  {n:4}  {why}\n"));
+    }
+    let with_tcp: usize = refused_with_tcp.values().map(BTreeSet::len).sum();
+    report.push_str(&format!(
+        "refused captures whose tcpdump output (any flags) shows TCP segments: {with_tcp}\n"
+    ));
+    for (why, files) in &refused_with_tcp {
+        let names: Vec<&str> = files.iter().map(String::as_str).collect();
+        report.push_str(&format!("  {why}: {}\n", names.join(", ")));
     }
     report.push_str(&format!(
         "\nTESTLIST tests whose flags tiflow dump follows (none, -S, -t...): {tests_run} \
