@@ -17,7 +17,8 @@ Exit codes:
   1  runtime error (unreadable or malformed file, I/O failure)
   2  usage error (bad arguments)
 
-Logging: -v info, -vv debug, -vvv trace, to stderr; RUST_LOG overrides.";
+Logging: -v info, -vv debug, -vvv trace, to stderr; RUST_LOG overrides.
+`tiflow up` logs at info without -v (connections, resumes, lost flows).";
 
 /// The tiflow command line.
 #[derive(Debug, Parser)]
@@ -72,8 +73,13 @@ enum Command {
 
 fn main() -> ExitCode {
     // Usage errors exit with 2, --help and --version with 0 (clap's codes).
-    let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let cli = match with_config_file(std::env::args_os().collect()) {
+        Ok(argv) => Cli::parse_from(argv),
+        Err(message) => usage_error("up", &message),
+    };
+    // A daemon's operator wants its flows' resumes and losses by default.
+    let daemon = matches!(cli.command, Command::Up(_));
+    init_tracing(cli.verbose.max(u8::from(daemon)));
     // Before any stack runs: socket buffers commit memory only as traffic
     // touches them, and go back to the system when a connection closes.
     ti_stack::memory::map_large_allocations();
@@ -98,6 +104,32 @@ Exit codes:
   0  success
   1  runtime error (no `tiflow up` answers at the control socket, unknown TIFID)
   2  usage error (bad arguments)";
+
+/// `tiflow up --config FILE`: the file's settings as flags before the
+/// command line's (see `ti_tools::up::config_file`).
+fn with_config_file(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>, String> {
+    use clap::CommandFactory;
+    let Some(at) = argv.iter().skip(1).position(|a| a == "up").map(|i| i + 2) else {
+        return Ok(argv);
+    };
+    let cmd = Cli::command();
+    let Some(up) = cmd.find_subcommand("up") else {
+        return Ok(argv);
+    };
+    let flags: Vec<_> = up
+        .get_arguments()
+        .filter_map(|arg| {
+            let name = arg.get_long()?;
+            (name != "config" && !arg.is_hide_set()).then(|| ti_tools::up::config_file::Flag {
+                name: name.to_owned(),
+                repeats: matches!(arg.get_action(), ArgAction::Append),
+                switch: matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse),
+            })
+        })
+        .collect();
+    let expanded = ti_tools::up::config_file::expand(&argv[at..], &flags)?;
+    Ok(argv[..at].iter().cloned().chain(expanded).collect())
+}
 
 /// Reports arguments that do not fit together as clap does (exit code 2).
 fn usage_error(subcommand: &str, message: &str) -> ! {

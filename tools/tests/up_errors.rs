@@ -36,6 +36,15 @@ fn bad_arguments_are_usage_errors_with_clear_messages() {
         (&["up", "--option-kind", "1"], "no-operation"),
         (&["up", "--option-kind", "300"], "is not an option kind"),
         (&["up", "--stall-timeout", "soon"], "is not a duration"),
+        (
+            &["up", "--stall-timeout", "3"],
+            "needs a unit: 3s, 3ms or 3m",
+        ),
+        (&["up", "--config"], "--config needs a file"),
+        (
+            &["up", "--config", "/nonexistent/tiflow.toml"],
+            "cannot read the config file /nonexistent/tiflow.toml",
+        ),
         (&["up", "--tun", "a/b"], "is not an interface name"),
         (
             &["up", "--kernel-address", "10.0.2.1"],
@@ -222,4 +231,98 @@ fn forward_port_in_use_is_refused_before_anything_changes() {
     assert!(!exists(&control), "no control socket left behind");
     let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
     assert!(!links.contains("tiflow0"), "{links}");
+}
+
+/// `--config FILE` with mistakes: usage errors naming the file and the
+/// key; a value the flag would refuse is refused with the flag's message.
+#[test]
+fn config_file_mistakes_are_usage_errors() {
+    require_root(&[("ip", "iproute2")]);
+    let ns = NetNs::create("tfecfg").expect("ns");
+    let scratch = Scratch::new("config-errors");
+    let cases = [
+        ("adress = \"10.0.1.1/24\"", "unknown setting \"adress\""),
+        ("masquerade = \"yes\"", "masquerade must be true or false"),
+        ("stall-timeout = \"3\"", "needs a unit: 3s, 3ms or 3m"),
+        ("address = ", "config file"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = scratch.path(&format!("bad{i}.toml"));
+        std::fs::write(&file, text).expect("write");
+        let file = file.to_string_lossy().into_owned();
+        let (code, stderr) = code_and_stderr(&tiflow_in(&ns, &["up", "--config", &file]));
+        assert_eq!(code, Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(want), "{text}: want {want:?} in {stderr}");
+    }
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tiflow0"), "{links}");
+}
+
+/// A config file equivalent to a command line gives the same `tiflow up`:
+/// the same settings in force (the banner), the same NAT table; and a flag
+/// on the command line wins over the file.
+#[test]
+fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
+    require_root(&[("ip", "iproute2"), ("nft", "nftables")]);
+    let ns = NetNs::create("tfcfg").expect("ns");
+    let scratch = Scratch::new("config");
+    let flags = [
+        "--address",
+        "10.66.0.1/24",
+        "--masquerade",
+        "--serve",
+        "7500=127.0.0.1:7500",
+        "--serve",
+        "7501=127.0.0.1:7501",
+        "--expose",
+        "7500",
+        "--forward",
+        "127.0.0.1:7600=192.0.2.10:7600",
+        "--stall-timeout",
+        "2s",
+        "--keepalive",
+        "7s",
+        "--mtu",
+        "1400",
+    ];
+    let file = scratch.path("tiflow.toml");
+    std::fs::write(
+        &file,
+        "address = \"10.66.0.1/24\"\nmasquerade = true\nserve = [\"7500=127.0.0.1:7500\", \"7501=127.0.0.1:7501\"]\nexpose = [7500]\nforward = [\"127.0.0.1:7600=192.0.2.10:7600\"]\nstall_timeout = \"2s\"\nkeepalive = \"7s\"\nmtu = 1400\n",
+    )
+    .expect("write");
+    let file = file.to_string_lossy().into_owned();
+    // What the banner says is in force, and the NAT table.
+    let observe = |name: &str, args: &[&str]| {
+        let mut up = Up::start(&ns, &scratch, name, args);
+        let banner: Vec<String> = up
+            .log_text()
+            .lines()
+            .filter(|l| !l.contains("control ") && !l.contains(" INFO ") && !l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect();
+        let table = text(
+            &ns.run(&["nft", "list", "table", "ip", "tiflow_tiflow0"])
+                .expect("nft")
+                .stdout,
+        );
+        up.stop().expect("stops");
+        (banner, table)
+    };
+    let from_flags = observe("flags", &flags);
+    let from_file = observe("file", &["--config", &file]);
+    assert!(
+        from_flags
+            .0
+            .iter()
+            .any(|l| l.contains("stall 2s, keepalive 7s")),
+        "{:?}",
+        from_flags.0
+    );
+    assert_eq!(from_file, from_flags, "the same settings and rules");
+    let (banner, _) = observe("override", &["--config", &file, "--keepalive", "9s"]);
+    assert!(
+        banner.iter().any(|l| l.contains("stall 2s, keepalive 9s")),
+        "the command line wins: {banner:?}"
+    );
 }

@@ -53,9 +53,45 @@ pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
     Ok(tun.with_mtu(usize::from(args.mtu)))
 }
 
+/// The host's IPv4 addresses (interface, address/prefix) whose subnet
+/// overlaps `net`, from `ip -o -4 addr show`.
+fn overlapping(net: host::Ipv4Cidr) -> Vec<(String, host::Ipv4Cidr)> {
+    let Ok(listed) = host::run("ip", &["-o", "-4", "addr", "show"]) else {
+        return Vec::new();
+    };
+    listed
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "inet")?;
+            let cidr: host::Ipv4Cidr = words.get(at + 1)?.parse().ok()?;
+            Some((words.get(1)?.trim_end_matches(':').to_owned(), cidr))
+        })
+        .filter(|(_, cidr)| subnets_overlap(*cidr, net))
+        .collect()
+}
+
+/// Whether two subnets share an address.
+fn subnets_overlap(a: host::Ipv4Cidr, b: host::Ipv4Cidr) -> bool {
+    let shorter = host::Ipv4Cidr {
+        addr: a.addr,
+        prefix: a.prefix.min(b.prefix),
+    };
+    let mask = shorter.mask();
+    u32::from(a.addr) & mask == u32::from(b.addr) & mask
+}
+
 /// Addresses, MTU and link state of the TUN's kernel side, forwarding, NAT.
 pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpError> {
     let tun = args.tun.as_str();
+    for (interface, cidr) in overlapping(args.address) {
+        warn!(
+            address = %args.address,
+            %interface,
+            theirs = %cidr,
+            "--address overlaps the subnet of another interface (another tiflow up's TUN, or the host's own network): the kernel routes those addresses one way only; pick a subnet of its own"
+        );
+    }
     let kernel = format!("{}/{}", args.kernel_address(), args.address.prefix);
     let mtu = args.mtu.to_string();
     // A longer queue toward the stack than the default 500 packets: the
@@ -192,5 +228,23 @@ pub(super) fn offload_text(offloads: Offloads) -> &'static str {
         Offloads::Off(OffloadOff::OffloadRefused) => {
             "offloads off: the kernel refused TUNSETOFFLOAD"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> host::Ipv4Cidr {
+        s.parse().expect("cidr")
+    }
+
+    #[test]
+    fn overlap_is_a_shared_address() {
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.2.200/24")));
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.0.1/16")));
+        assert!(subnets_overlap(cidr("10.0.0.1/16"), cidr("10.0.2.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.3.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/25"), cidr("10.0.2.129/25")));
     }
 }

@@ -20,6 +20,7 @@
 
 mod accept;
 pub mod args;
+pub mod config_file;
 mod error;
 mod host_setup;
 mod registry;
