@@ -59,6 +59,19 @@ enum Command {
     /// Remove what a `tiflow up` that died (SIGKILL, crash) left on the host:
     /// its nftables table, tagged iptables rules, ip_forward as it found it.
     Down(ti_tools::down::DownArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// for `tiflow`, e.g. `tiflow completions bash > /etc/bash_completion.d/tiflow`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of `tiflow` (roff), or with `--dir DIR` write the
+    /// pages of `tiflow` and each subcommand there (tiflow.1, tiflow-up.1, ...).
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Show a TCP conversation surviving a NAT middlebox that loses its state,
     /// next to plain TCP (builds its own network namespaces; needs root).
     #[command(after_help = ti_tools::demo::DEMO_HELP)]
@@ -95,6 +108,17 @@ fn main() -> ExitCode {
         Command::Fail(args) => finish("fail", ti_tools::control::run_fail(args)),
         Command::Demo(args) => finish("demo", ti_tools::demo::run(args)),
         Command::Down(args) => finish("down", ti_tools::down::run(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "tiflow",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => finish("man", man_pages(dir.as_deref())),
         Command::Bench(args) => finish("bench", ti_tools::bench::run(args)),
     }
 }
@@ -104,6 +128,26 @@ Exit codes:
   0  success
   1  runtime error (no `tiflow up` answers at the control socket, unknown TIFID)
   2  usage error (bad arguments)";
+
+/// The man pages, from the CLI definition: `tiflow`'s on standard output,
+/// or every page into `dir`.
+fn man_pages(dir: Option<&std::path::Path>) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+    }
+}
+
+impl BrokenPipe for std::io::Error {
+    fn is_broken_pipe(&self) -> bool {
+        self.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
 
 /// `tiflow up --config FILE`: the file's settings as flags before the
 /// command line's (see `ti_tools::up::config_file`).

@@ -326,3 +326,62 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
         "the command line wins: {banner:?}"
     );
 }
+
+/// Shell completions and man pages come from the CLI definition: every
+/// subcommand and flag is in them; an unknown shell is a usage error.
+#[test]
+fn completions_and_man_pages_cover_the_cli() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tiflow(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        for word in ["status", "down", "masquerade", "config", "stall-timeout"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = tiflow(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let page = text(&tiflow(&["man"]).stdout);
+    assert!(page.contains(".TH tiflow 1"), "{page}");
+    let dir = Scratch::new("man");
+    let dir_arg = dir.0.to_string_lossy().into_owned();
+    assert_eq!(tiflow(&["man", "--dir", &dir_arg]).status.code(), Some(0));
+    let up = std::fs::read_to_string(dir.path("tiflow-up.1")).expect("tiflow-up.1");
+    assert!(up.contains("masquerade") && up.contains("config"), "{up}");
+    assert!(dir.path("tiflow-down.1").exists());
+}
+
+/// The systemd unit in the repository passes `systemd-analyze verify`
+/// (with the built binary in place of /usr/local/bin/tiflow), starts
+/// `tiflow up` with the instance's config, cleans up after a crash with
+/// `tiflow down`, and keeps only the capabilities it needs.
+#[test]
+fn the_systemd_unit_verifies() {
+    require_root(&[("systemd-analyze", "systemd")]);
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/tiflow@.service"),
+    )
+    .expect("tools/systemd/tiflow@.service");
+    for line in [
+        "ExecStart=/usr/local/bin/tiflow up --tun %i --config /etc/tiflow/%i.toml",
+        "ExecStopPost=/usr/local/bin/tiflow down --tun %i",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?}");
+    }
+    let scratch = Scratch::new("systemd");
+    let path = scratch.path("tiflow@.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/tiflow", TIFLOW)).expect("write");
+    let instance = scratch.path("tiflow@tiflow0.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("tiflow@"),
+        "systemd-analyze warns: {stderr}"
+    );
+}
