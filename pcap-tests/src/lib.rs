@@ -14,6 +14,10 @@
 //! - `tests/golden.rs`: `tiflow dump` of every trace under `traces/` that has
 //!   a golden file under `golden/`, compared exactly (`TIFLOW_BLESS=1`
 //!   rewrites the golden files).
+//! - [`tcpdump`]: tcpdump's test captures and expected outputs (a copy under
+//!   `tcpdump/`) compared with `tiflow dump`, TCP line by TCP line;
+//!   `tests/tcpdump_parity.rs` runs the copy, and the whole suite of a
+//!   tcpdump checkout when `TCPDUMP_TESTS` names its `tests/` directory.
 //! - `tests/paper_traces.rs`: the checked-in traces equal what the code
 //!   builds (`TIFLOW_BLESS=1` rewrites them too).
 //!
@@ -25,6 +29,7 @@ pub mod exchange;
 pub mod paper_traces;
 pub mod replay;
 pub mod scenarios;
+pub mod tcpdump;
 
 /// True when `TIFLOW_BLESS=1`: tests rewrite their expected files instead of
 /// comparing with them.

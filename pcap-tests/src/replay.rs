@@ -746,7 +746,7 @@ impl Replay {
         let mut out = Vec::new();
         let options = ti_tools::DumpOptions {
             kind: self.config.kind,
-            hex: false,
+            ..ti_tools::DumpOptions::default()
         };
         match ti_tools::dump_bytes(&self.transcript_pcap(), &options, &mut out) {
             Ok(_) => String::from_utf8_lossy(&out).into_owned(),

@@ -1,6 +1,8 @@
 //! `tiflow dump` of every trace under `traces/` that has a golden file under
 //! `golden/` must equal it exactly. `TIFLOW_BLESS=1` rewrites the golden files
-//! (and creates one for every trace that has none).
+//! (and creates one for every trace that has none). The golden files hold
+//! the default output: relative sequence numbers, as tcpdump prints them;
+//! the tests that quote the paper use absolute ones (`-S`), as the paper.
 
 use std::path::{Path, PathBuf};
 
@@ -8,10 +10,13 @@ use pcap_tests::paper_traces::{golden_dir, traces_dir};
 use ti_tools::{DumpOptions, dump};
 
 fn dump_text(trace: &Path) -> String {
+    dump_text_with(trace, &DumpOptions::default())
+}
+
+fn dump_text_with(trace: &Path, options: &DumpOptions) -> String {
     let file = std::fs::File::open(trace).expect("open trace");
     let mut out = Vec::new();
-    dump(file, &DumpOptions::default(), &mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
+    dump(file, options, &mut out).unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
     String::from_utf8(out).expect("dump prints UTF-8")
 }
 
@@ -103,7 +108,12 @@ fn trace2_dump_shows_the_three_flow_options() {
 
 #[test]
 fn trace1_dump_shows_the_option_only_on_the_syn() {
-    let text = dump_text(&traces_dir().join("paper-trace1.pcap"));
+    // The paper prints absolute sequence numbers.
+    let absolute = DumpOptions {
+        absolute: true,
+        ..DumpOptions::default()
+    };
+    let text = dump_text_with(&traces_dir().join("paper-trace1.pcap"), &absolute);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[0].contains("flow-d tifid 4b2209000000 tiseq 00000000001f tiack 000000000000"));

@@ -163,6 +163,46 @@ pub enum CommandError {
     },
 }
 
+/// Runs `program args...` with `input` on its standard input, returning
+/// its standard output.
+pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<String, CommandError> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let command = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let spawn_error = |source| CommandError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let resolved = which(program).unwrap_or_else(|| PathBuf::from(program));
+    let mut child = Command::new(resolved)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(spawn_error)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_error)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        Err(CommandError::Failed {
+            command,
+            stderr: if stderr.is_empty() {
+                out.status.to_string()
+            } else {
+                stderr
+            },
+        })
+    }
+}
+
 /// Runs `program args...`, returning its standard output.
 pub fn run(program: &str, args: &[&str]) -> Result<String, CommandError> {
     let command = std::iter::once(program)
@@ -209,6 +249,7 @@ enum Action {
     Run(String, Vec<String>),
     Sysctl(String, String),
     Remove(PathBuf),
+    Call(Box<dyn FnOnce() + Send>),
 }
 
 /// Changes to revert, undone in reverse order when dropped.
@@ -238,6 +279,11 @@ impl Undo {
             .push(Action::Sysctl(key.to_owned(), value.to_owned()));
     }
 
+    /// Calls `f` at undo time (it reports its own failures).
+    pub fn call(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.actions.push(Action::Call(Box::new(f)));
+    }
+
     /// Removes the file at `path` at undo time.
     pub fn remove(&mut self, path: &Path) {
         self.actions.push(Action::Remove(path.to_owned()));
@@ -258,6 +304,7 @@ impl Undo {
                         tracing::warn!(%key, error = %e, "cannot restore sysctl");
                     }
                 }
+                Action::Call(f) => f(),
                 Action::Remove(path) => match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

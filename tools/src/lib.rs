@@ -11,14 +11,22 @@
 //! - [`demo`]: `tiflow demo`: plain TCP and a TI-flow through a NAT that loses
 //!   its state, in namespaces of its own.
 //! - [`host`]: privileges, external commands and sysctls of the host, undone at exit.
+//! - [`netfilter`]: the nftables table (and, on hosts that need them,
+//!   tagged iptables rules) of one `tiflow up`.
+//! - [`state`]: the state file of a running `tiflow up`, for a cleanup
+//!   after a crash.
+//! - [`down`]: `tiflow down`: removes what a `tiflow up` that died left.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod control;
 pub mod demo;
+pub mod down;
 pub mod dump;
 pub mod host;
+pub mod netfilter;
+pub mod state;
 pub mod up;
 
 pub use dump::{DumpError, DumpOptions, DumpSummary, dump, dump_bytes};

@@ -16,7 +16,8 @@ use common::*;
 use ti_testnet::netns::NetNs;
 use ti_testnet::topology::{self, Cidr, LinkEnd};
 
-const NAT_TOOLS: [(&str, &str); 3] = [
+const NAT_TOOLS: [(&str, &str); 4] = [
+    ("nft", "nftables"),
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("conntrack", "conntrack"),
@@ -297,11 +298,11 @@ fn sigterm_stops_up_cleanly_and_reverts_the_host() {
     );
     assert_eq!(forwarding(), "1");
     let nat = text(
-        &ns.run(&["iptables", "-w", "-t", "nat", "-S"])
-            .expect("iptables")
+        &ns.run(&["nft", "list", "table", "ip", "tiflow_tfterm0"])
+            .expect("nft")
             .stdout,
     );
-    assert!(nat.contains("MASQUERADE") && nat.contains("DNAT"), "{nat}");
+    assert!(nat.contains("masquerade") && nat.contains("dnat"), "{nat}");
     let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
     assert!(links.contains("tfterm0"), "{links}");
 
@@ -328,13 +329,9 @@ fn sigterm_stops_up_cleanly_and_reverts_the_host() {
         up.log_text()
     );
     assert!(!exists(&up.control), "control socket removed");
-    let nat = text(
-        &ns.run(&["iptables", "-w", "-t", "nat", "-S"])
-            .expect("iptables")
-            .stdout,
-    );
+    let nat = text(&ns.run(&["nft", "list", "ruleset"]).expect("nft").stdout);
     assert!(
-        !nat.contains("MASQUERADE") && !nat.contains("DNAT"),
+        !nat.contains("tiflow_tfterm0") && !nat.contains("masquerade"),
         "{nat}"
     );
     let filter = text(

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 /// The README sections whose numbers are measurements.
-const SECTIONS: [&str; 3] = [
+const SECTIONS: [&str; 4] = [
+    "## Compatibility",
     "## Benchmarks",
     "## Performance",
     "## Recovery through a real middlebox",

@@ -36,6 +36,15 @@ fn bad_arguments_are_usage_errors_with_clear_messages() {
         (&["up", "--option-kind", "1"], "no-operation"),
         (&["up", "--option-kind", "300"], "is not an option kind"),
         (&["up", "--stall-timeout", "soon"], "is not a duration"),
+        (
+            &["up", "--stall-timeout", "3"],
+            "needs a unit: 3s, 3ms or 3m",
+        ),
+        (&["up", "--config"], "--config needs a file"),
+        (
+            &["up", "--config", "/nonexistent/tiflow.toml"],
+            "cannot read the config file /nonexistent/tiflow.toml",
+        ),
         (&["up", "--tun", "a/b"], "is not an interface name"),
         (
             &["up", "--kernel-address", "10.0.2.1"],
@@ -277,5 +286,158 @@ fn same_name_in_one_namespace_is_refused_and_other_users_may_not_ask() {
         Some(0),
         "root may: {}",
         text(&out.stderr)
+    );
+}
+
+/// `--config FILE` with mistakes: usage errors naming the file and the
+/// key; a value the flag would refuse is refused with the flag's message.
+#[test]
+fn config_file_mistakes_are_usage_errors() {
+    require_root(&[("ip", "iproute2")]);
+    let ns = NetNs::create("tfecfg").expect("ns");
+    let scratch = Scratch::new("config-errors");
+    let cases = [
+        ("adress = \"10.0.1.1/24\"", "unknown setting \"adress\""),
+        ("masquerade = \"yes\"", "masquerade must be true or false"),
+        ("stall-timeout = \"3\"", "needs a unit: 3s, 3ms or 3m"),
+        ("address = ", "config file"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = scratch.path(&format!("bad{i}.toml"));
+        std::fs::write(&file, text).expect("write");
+        let file = file.to_string_lossy().into_owned();
+        let (code, stderr) = code_and_stderr(&tiflow_in(&ns, &["up", "--config", &file]));
+        assert_eq!(code, Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(want), "{text}: want {want:?} in {stderr}");
+    }
+    let links = text(&ns.ip(&["link", "show"]).expect("ip").stdout);
+    assert!(!links.contains("tiflow0"), "{links}");
+}
+
+/// A config file equivalent to a command line gives the same `tiflow up`:
+/// the same settings in force (the banner), the same NAT table; and a flag
+/// on the command line wins over the file.
+#[test]
+fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
+    require_root(&[("ip", "iproute2"), ("nft", "nftables")]);
+    let ns = NetNs::create("tfcfg").expect("ns");
+    let scratch = Scratch::new("config");
+    let flags = [
+        "--address",
+        "10.66.0.1/24",
+        "--masquerade",
+        "--serve",
+        "7500=127.0.0.1:7500",
+        "--serve",
+        "7501=127.0.0.1:7501",
+        "--expose",
+        "7500",
+        "--forward",
+        "127.0.0.1:7600=192.0.2.10:7600",
+        "--stall-timeout",
+        "2s",
+        "--keepalive",
+        "7s",
+        "--mtu",
+        "1400",
+    ];
+    let file = scratch.path("tiflow.toml");
+    std::fs::write(
+        &file,
+        "address = \"10.66.0.1/24\"\nmasquerade = true\nserve = [\"7500=127.0.0.1:7500\", \"7501=127.0.0.1:7501\"]\nexpose = [7500]\nforward = [\"127.0.0.1:7600=192.0.2.10:7600\"]\nstall_timeout = \"2s\"\nkeepalive = \"7s\"\nmtu = 1400\n",
+    )
+    .expect("write");
+    let file = file.to_string_lossy().into_owned();
+    // What the banner says is in force, and the NAT table.
+    let observe = |name: &str, args: &[&str]| {
+        let mut up = Up::start(&ns, &scratch, name, args);
+        let banner: Vec<String> = up
+            .log_text()
+            .lines()
+            .filter(|l| !l.contains("control ") && !l.contains(" INFO ") && !l.contains(" WARN "))
+            .map(str::to_owned)
+            .collect();
+        let table = text(
+            &ns.run(&["nft", "list", "table", "ip", "tiflow_tiflow0"])
+                .expect("nft")
+                .stdout,
+        );
+        up.stop().expect("stops");
+        (banner, table)
+    };
+    let from_flags = observe("flags", &flags);
+    let from_file = observe("file", &["--config", &file]);
+    assert!(
+        from_flags
+            .0
+            .iter()
+            .any(|l| l.contains("stall 2s, keepalive 7s")),
+        "{:?}",
+        from_flags.0
+    );
+    assert_eq!(from_file, from_flags, "the same settings and rules");
+    let (banner, _) = observe("override", &["--config", &file, "--keepalive", "9s"]);
+    assert!(
+        banner.iter().any(|l| l.contains("stall 2s, keepalive 9s")),
+        "the command line wins: {banner:?}"
+    );
+}
+
+/// Shell completions and man pages come from the CLI definition: every
+/// subcommand and flag is in them; an unknown shell is a usage error.
+#[test]
+fn completions_and_man_pages_cover_the_cli() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = tiflow(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = text(&out.stdout);
+        for word in ["status", "down", "masquerade", "config", "stall-timeout"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = tiflow(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let page = text(&tiflow(&["man"]).stdout);
+    assert!(page.contains(".TH tiflow 1"), "{page}");
+    let dir = Scratch::new("man");
+    let dir_arg = dir.0.to_string_lossy().into_owned();
+    assert_eq!(tiflow(&["man", "--dir", &dir_arg]).status.code(), Some(0));
+    let up = std::fs::read_to_string(dir.path("tiflow-up.1")).expect("tiflow-up.1");
+    assert!(up.contains("masquerade") && up.contains("config"), "{up}");
+    assert!(dir.path("tiflow-down.1").exists());
+}
+
+/// The systemd unit in the repository passes `systemd-analyze verify`
+/// (with the built binary in place of /usr/local/bin/tiflow), starts
+/// `tiflow up` with the instance's config, cleans up after a crash with
+/// `tiflow down`, and keeps only the capabilities it needs.
+#[test]
+fn the_systemd_unit_verifies() {
+    require_root(&[("systemd-analyze", "systemd")]);
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/tiflow@.service"),
+    )
+    .expect("tools/systemd/tiflow@.service");
+    for line in [
+        "ExecStart=/usr/local/bin/tiflow up --tun %i --config /etc/tiflow/%i.toml",
+        "ExecStopPost=/usr/local/bin/tiflow down --tun %i",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?}");
+    }
+    let scratch = Scratch::new("systemd");
+    let path = scratch.path("tiflow@.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/tiflow", TIFLOW)).expect("write");
+    let instance = scratch.path("tiflow@tiflow0.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("tiflow@"),
+        "systemd-analyze warns: {stderr}"
     );
 }

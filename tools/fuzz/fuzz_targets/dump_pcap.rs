@@ -11,7 +11,7 @@ use ti_tools::dump::{DumpOptions, dump_bytes};
 fuzz_target!(|data: &[u8]| {
     // Our default kind, then a kind that collides with MSS.
     for kind in [253, 2] {
-        let options = DumpOptions { kind, hex: true };
+        let options = DumpOptions { kind, hex: true, ..DumpOptions::default() };
         let _ = dump_bytes(data, &options, std::io::sink());
     }
 });

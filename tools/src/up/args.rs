@@ -152,7 +152,8 @@ fn host_port(s: &str, what: &str) -> Result<SocketAddrV4, String> {
         })
 }
 
-/// Parses `500ms`, `3s`, `2m` or a bare number of seconds; zero is refused.
+/// Parses `500ms`, `3s` or `2m`; a number needs its unit (is `3` three
+/// seconds or three milliseconds?), and zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{s:?} is not a duration (like 500ms, 3s, 2m)");
     let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -161,8 +162,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
+    } else if s.trim().parse::<f64>().is_ok() {
+        return Err(format!("{s:?} needs a unit: {0}s, {0}ms or {0}m", s.trim()));
     } else {
-        (s, 1.0)
+        return Err(bad());
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
     if !value.is_finite() || value <= 0.0 || value * scale > 86_400.0 * 365.0 {
@@ -257,12 +260,12 @@ pub struct UpArgs {
     pub serves: Vec<Serve>,
 
     /// Masquerade the stack's outgoing connections with this host's address
-    /// (iptables NAT), so peers need no route back to --address.
+    /// (nftables NAT), so peers need no route back to --address.
     #[arg(long)]
     pub masquerade: bool,
 
     /// Forward TCP arriving at this host's HOSTPORT to the stack's PORT
-    /// (iptables DNAT; PORT defaults to HOSTPORT). Repeatable.
+    /// (nftables DNAT; PORT defaults to HOSTPORT). Repeatable.
     #[arg(long = "expose", value_name = "HOSTPORT[=PORT]")]
     pub exposes: Vec<Expose>,
 
@@ -322,6 +325,12 @@ pub struct UpArgs {
     /// of this network namespace, NAME from --tun].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+
+    /// Read settings from this TOML file: keys are these flags' long names
+    /// (`address = "10.0.1.1/24"`, `masquerade = true`, `forward = [...]`);
+    /// flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Stop when standard input closes (for a parent process such as `tiflow demo`).
     #[arg(long, hide = true)]
@@ -566,8 +575,10 @@ mod tests {
     fn user_timeout_reaches_the_stack() {
         let a = parse(&["--user-timeout", "3s"]).expect("parse");
         assert_eq!(a.stack_config().user_timeout, Duration::from_secs(3));
-        let err = parse(&["--user-timeout", "0"]).expect_err("rejected");
+        let err = parse(&["--user-timeout", "0s"]).expect_err("rejected");
         assert!(err.contains("more than zero"), "{err}");
+        let err = parse(&["--user-timeout", "3"]).expect_err("rejected");
+        assert!(err.contains("needs a unit: 3s, 3ms or 3m"), "{err}");
     }
 
     #[test]
@@ -581,9 +592,8 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        for bad in ["", "s", "-1s", "abc", "0", "NaN"] {
+        for bad in ["", "s", "-1s", "abc", "0", "2", "NaN", "0s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

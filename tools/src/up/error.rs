@@ -57,6 +57,12 @@ pub enum UpError {
     /// IPv4 forwarding could not be turned on.
     #[error("cannot turn on IPv4 forwarding (net.ipv4.ip_forward): {0}")]
     Forwarding(io::Error),
+    /// What a previous `tiflow up` on this TUN left could not be removed.
+    #[error("cannot remove what a previous tiflow up left: {0}")]
+    Leftovers(#[from] crate::down::DownError),
+    /// The state file (what `tiflow down` needs after a crash).
+    #[error("cannot write the state file: {0}")]
+    State(io::Error),
     /// The capture file.
     #[error("cannot create capture file {}: {source}", path.display())]
     Pcap {

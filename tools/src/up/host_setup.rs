@@ -4,6 +4,7 @@
 //! recorded in [`Undo`] to be reverted at exit.
 
 use std::io;
+use std::net::SocketAddrV4;
 
 use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunDevice};
 use tracing::{info, warn};
@@ -12,7 +13,10 @@ use super::{UpArgs, UpError};
 
 /// Packets the kernel queues toward the stack on the TUN device.
 const TXQUEUELEN: &str = "4096";
+use crate::down;
 use crate::host::{self, Undo};
+use crate::netfilter::{self, NatRules};
+use crate::state::{self, UpState};
 
 pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
     let name = &args.tun;
@@ -49,9 +53,45 @@ pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
     Ok(tun.with_mtu(usize::from(args.mtu)))
 }
 
+/// The host's IPv4 addresses (interface, address/prefix) whose subnet
+/// overlaps `net`, from `ip -o -4 addr show`.
+fn overlapping(net: host::Ipv4Cidr) -> Vec<(String, host::Ipv4Cidr)> {
+    let Ok(listed) = host::run("ip", &["-o", "-4", "addr", "show"]) else {
+        return Vec::new();
+    };
+    listed
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "inet")?;
+            let cidr: host::Ipv4Cidr = words.get(at + 1)?.parse().ok()?;
+            Some((words.get(1)?.trim_end_matches(':').to_owned(), cidr))
+        })
+        .filter(|(_, cidr)| subnets_overlap(*cidr, net))
+        .collect()
+}
+
+/// Whether two subnets share an address.
+fn subnets_overlap(a: host::Ipv4Cidr, b: host::Ipv4Cidr) -> bool {
+    let shorter = host::Ipv4Cidr {
+        addr: a.addr,
+        prefix: a.prefix.min(b.prefix),
+    };
+    let mask = shorter.mask();
+    u32::from(a.addr) & mask == u32::from(b.addr) & mask
+}
+
 /// Addresses, MTU and link state of the TUN's kernel side, forwarding, NAT.
 pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpError> {
     let tun = args.tun.as_str();
+    for (interface, cidr) in overlapping(args.address) {
+        warn!(
+            address = %args.address,
+            %interface,
+            theirs = %cidr,
+            "--address overlaps the subnet of another interface (another tiflow up's TUN, or the host's own network): the kernel routes those addresses one way only; pick a subnet of its own"
+        );
+    }
     let kernel = format!("{}/{}", args.kernel_address(), args.address.prefix);
     let mtu = args.mtu.to_string();
     // A longer queue toward the stack than the default 500 packets: the
@@ -73,61 +113,80 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
     host::run("ip", &["link", "set", "dev", tun, "up"])?;
     // The stack speaks IPv4 only: keep the kernel's IPv6 chatter off the device.
     let _ = host::set_sysctl(&format!("net.ipv6.conf.{tun}.disable_ipv6"), "1");
+    // What a tiflow up on this TUN left when it died goes first; the
+    // ip_forward it found is the one to restore.
+    let left = down::remove_leftovers(tun)?;
+    if left.any() {
+        warn!(
+            %tun,
+            nftables_table = left.table,
+            iptables_rules = left.forward_accepts,
+            "removed what a tiflow up on this TUN left when it died"
+        );
+    }
+    let mut state = UpState {
+        pid: std::process::id(),
+        ip_forward_was: left.ip_forward_was,
+        forward_accepts: false,
+    };
     let forwarding = host::sysctl("net.ipv4.ip_forward").map_err(UpError::Forwarding)?;
     if forwarding != "1" {
         host::set_sysctl("net.ipv4.ip_forward", "1").map_err(UpError::Forwarding)?;
-        undo.sysctl("net.ipv4.ip_forward", &forwarding);
+        state.ip_forward_was = Some(forwarding);
         info!("IPv4 forwarding turned on (restored at exit)");
     }
-    let mut rule = |table: &str, chain: &str, spec: Vec<String>| -> Result<(), UpError> {
-        let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
-        let mut add = vec!["-w", "-t", table, "-I", chain];
-        add.extend(&spec);
-        host::run("iptables", &add)?;
-        let mut del = vec!["-w", "-t", table, "-D", chain];
-        del.extend(&spec);
-        undo.run("iptables", &del);
-        Ok(())
+    // Undone last: the state file goes once everything else is undone.
+    let tun_name = tun.to_owned();
+    undo.call(move || {
+        if let Err(e) = state::remove(&tun_name) {
+            warn!(error = %e, "cannot remove the state file");
+        }
+    });
+    if let Some(was) = state.ip_forward_was.clone() {
+        let tun_name = tun.to_owned();
+        undo.call(move || {
+            if state::others_alive(&tun_name) {
+                info!("IPv4 forwarding left on: another tiflow up runs in this namespace");
+            } else if let Err(e) = host::set_sysctl("net.ipv4.ip_forward", &was) {
+                warn!(error = %e, "cannot restore net.ipv4.ip_forward");
+            }
+        });
+    }
+    state::write(tun, &state).map_err(UpError::State)?;
+    let rules = NatRules {
+        tun: tun.to_owned(),
+        masquerade: args.masquerade.then_some(args.address),
+        exposes: args
+            .exposes
+            .iter()
+            .map(|e| (e.host_port, SocketAddrV4::new(args.address.addr, e.port)))
+            .collect(),
     };
-    let net = format!("{}/{}", args.address.network(), args.address.prefix);
-    if args.masquerade || !args.exposes.is_empty() {
-        // Hosts whose FORWARD policy is DROP (Docker's) would drop the TUN's traffic.
-        rule("filter", "FORWARD", owned(&["-i", tun, "-j", "ACCEPT"]))?;
-        rule("filter", "FORWARD", owned(&["-o", tun, "-j", "ACCEPT"]))?;
+    if rules.is_empty() {
+        return Ok(());
     }
-    if args.masquerade {
-        rule(
-            "nat",
-            "POSTROUTING",
-            owned(&["-s", &net, "!", "-o", tun, "-j", "MASQUERADE"]),
-        )?;
+    if netfilter::iptables_forward_drops() {
+        // nftables cannot override another table's drop: see `netfilter`.
+        state.forward_accepts = true;
+        state::write(tun, &state).map_err(UpError::State)?;
+        let tun_name = tun.to_owned();
+        undo.call(move || {
+            if let Err(e) = netfilter::remove_forward_accepts(&tun_name) {
+                warn!(error = %e, "cannot remove the iptables FORWARD rules");
+            }
+        });
+        netfilter::add_forward_accepts(tun)?;
+        info!(%tun, "the iptables FORWARD chain drops by policy: two rules tagged tiflow:{tun} let the TUN's traffic through");
     }
-    for e in &args.exposes {
-        let to = format!("{}:{}", args.address.addr, e.port);
-        let dport = e.host_port.to_string();
-        rule(
-            "nat",
-            "PREROUTING",
-            owned(&[
-                "!",
-                "-i",
-                tun,
-                "-p",
-                "tcp",
-                "--dport",
-                &dport,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ]),
-        )?;
-    }
+    let tun_name = tun.to_owned();
+    undo.call(move || {
+        if let Err(e) = netfilter::delete_table(&tun_name) {
+            warn!(error = %e, "cannot delete the nftables table");
+        }
+    });
+    netfilter::load(&rules)?;
+    info!(table = %netfilter::table_name(tun), "NAT rules in their own nftables table");
     Ok(())
-}
-
-fn owned(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// Raises the soft limit on open files to the hard limit: every carried
@@ -169,5 +228,23 @@ pub(super) fn offload_text(offloads: Offloads) -> &'static str {
         Offloads::Off(OffloadOff::OffloadRefused) => {
             "offloads off: the kernel refused TUNSETOFFLOAD"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> host::Ipv4Cidr {
+        s.parse().expect("cidr")
+    }
+
+    #[test]
+    fn overlap_is_a_shared_address() {
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.2.200/24")));
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.0.1/16")));
+        assert!(subnets_overlap(cidr("10.0.0.1/16"), cidr("10.0.2.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.3.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/25"), cidr("10.0.2.129/25")));
     }
 }

@@ -20,6 +20,7 @@
 
 mod accept;
 pub mod args;
+pub mod config_file;
 mod error;
 mod host_setup;
 mod registry;
@@ -76,7 +77,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
     host::check_net_admin()?;
     let mut tools = vec![host::IP];
     if args.masquerade || !args.exposes.is_empty() {
-        tools.push(host::IPTABLES);
+        tools.push(host::NFT);
     }
     host::require(&tools)?;
 

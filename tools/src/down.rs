@@ -1,0 +1,152 @@
+//! `tiflow down [--tun NAME]`: removes what a `tiflow up` that died
+//! without cleaning up left on the host: its nftables table, its tagged
+//! iptables rules, `net.ipv4.ip_forward` as it found it, its state file.
+//! Idempotent: with nothing left, it says so and succeeds. It refuses
+//! while that `tiflow up` still runs (stop it with SIGTERM or Ctrl-C: it
+//! cleans up itself).
+//!
+//! The TUN device needs nothing: `tiflow up` does not make it persistent,
+//! so the kernel removes it when the process dies.
+//!
+//! [`remove_leftovers`] is also what `tiflow up` runs at start, so a
+//! restart after a crash cleans up before it changes anything.
+
+use std::io;
+
+use clap::Args;
+use tracing::info;
+
+use crate::host::{self, CommandError, PrivilegeError};
+use crate::{netfilter, state};
+
+/// Arguments of `tiflow down`.
+#[derive(Debug, Clone, Args)]
+pub struct DownArgs {
+    /// The TUN device of the `tiflow up` whose leftovers to remove.
+    #[arg(long, value_name = "NAME", default_value = "tiflow0")]
+    pub tun: String,
+}
+
+/// Why `tiflow down` could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DownError {
+    /// Not root (or no CAP_NET_ADMIN).
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// The `tiflow up` is still running.
+    #[error(
+        "tiflow up (pid {pid}) is still running on {tun}: stop it (SIGTERM or Ctrl-C) and it removes its changes itself"
+    )]
+    Running {
+        /// The TUN device.
+        tun: String,
+        /// Its process.
+        pid: u32,
+    },
+    /// A command (`nft`, `iptables`) failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The state file or a sysctl could not be read or written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+/// What a dead `tiflow up` had left, now removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Its nftables table was deleted.
+    pub table: bool,
+    /// Tagged iptables rules removed.
+    pub forward_accepts: usize,
+    /// A state file was there (and is removed).
+    pub state_file: bool,
+    /// `net.ipv4.ip_forward` as that `tiflow up` found it, when it had
+    /// changed it (not restored here: the caller decides).
+    pub ip_forward_was: Option<String>,
+}
+
+impl Leftovers {
+    /// Whether anything was left.
+    pub fn any(&self) -> bool {
+        self.table || self.forward_accepts > 0 || self.state_file
+    }
+}
+
+/// Removes the table, the tagged rules and the state file of a `tiflow
+/// up` on `tun` in this network namespace that is no longer running.
+pub fn remove_leftovers(tun: &str) -> Result<Leftovers, DownError> {
+    let io_error = |what: &str| {
+        let what = what.to_owned();
+        move |source| DownError::Io { what, source }
+    };
+    let previous = match state::read(tun) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "unreadable state file: removing it");
+            Some(state::UpState::default())
+        }
+        Err(e) => return Err(io_error("read the state file")(e)),
+    };
+    if let Some(s) = &previous
+        && s.process_alive()
+    {
+        return Err(DownError::Running {
+            tun: tun.to_owned(),
+            pid: s.pid,
+        });
+    }
+    let leftovers = Leftovers {
+        table: netfilter::delete_table(tun)?,
+        forward_accepts: netfilter::remove_forward_accepts(tun)?,
+        state_file: previous.is_some(),
+        ip_forward_was: previous.and_then(|s| s.ip_forward_was),
+    };
+    state::remove(tun).map_err(io_error("remove the state file"))?;
+    Ok(leftovers)
+}
+
+/// `tiflow down`.
+pub fn run(args: &DownArgs) -> Result<(), DownError> {
+    host::check_net_admin()?;
+    let tun = &args.tun;
+    let left = remove_leftovers(tun)?;
+    let mut done = Vec::new();
+    if left.table {
+        done.push(format!(
+            "deleted nftables table ip {}",
+            netfilter::table_name(tun)
+        ));
+    }
+    if left.forward_accepts > 0 {
+        done.push(format!(
+            "removed {} iptables FORWARD rules tagged tiflow:{tun}",
+            left.forward_accepts
+        ));
+    }
+    if let Some(was) = &left.ip_forward_was {
+        if state::others_alive(tun) {
+            done.push("left net.ipv4.ip_forward on: another tiflow up runs here".to_owned());
+        } else {
+            host::set_sysctl("net.ipv4.ip_forward", was).map_err(|source| DownError::Io {
+                what: "restore net.ipv4.ip_forward".into(),
+                source,
+            })?;
+            done.push(format!("restored net.ipv4.ip_forward = {was}"));
+        }
+    }
+    if left.state_file {
+        done.push("removed its state file".to_owned());
+    }
+    if done.is_empty() {
+        println!("tiflow down: nothing left by a tiflow up on {tun} in this network namespace");
+    } else {
+        info!(%tun, "leftovers removed");
+        println!("tiflow down: {tun}: {}", done.join("; "));
+    }
+    Ok(())
+}
