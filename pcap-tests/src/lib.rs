@@ -14,6 +14,9 @@
 //! - `tests/golden.rs`: `tiflow dump` of every trace under `traces/` that has
 //!   a golden file under `golden/`, compared exactly (`TIFLOW_BLESS=1`
 //!   rewrites the golden files).
+//! - `tests/wireshark.rs`: the Wireshark dissector
+//!   (`tools/wireshark/tiflow.lua`) run by `tshark` on every trace, compared
+//!   with `golden/wireshark/` and packet by packet with `tiflow dump`.
 //! - [`tcpdump`]: tcpdump's test captures and expected outputs (a copy under
 //!   `tcpdump/`) compared with `tiflow dump`, TCP line by TCP line;
 //!   `tests/tcpdump_parity.rs` runs the copy, and the whole suite of a
