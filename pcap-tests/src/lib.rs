@@ -21,6 +21,10 @@
 //!   `tcpdump/`) compared with `tiflow dump`, TCP line by TCP line;
 //!   `tests/tcpdump_parity.rs` runs the copy, and the whole suite of a
 //!   tcpdump checkout when `TCPDUMP_TESTS` names its `tests/` directory.
+//! - `tests/syn_layouts.rs`: real-world SYNs and SYN-ACKs (tcpdump's test
+//!   captures, our traces; listed in `tcpdump/README.md`) rewritten to our
+//!   addresses and replayed into a listening and a connecting stack; every
+//!   answer plain TCP, well formed, legacy.
 //! - `tests/paper_traces.rs`: the checked-in traces equal what the code
 //!   builds (`TIFLOW_BLESS=1` rewrites them too).
 //!
