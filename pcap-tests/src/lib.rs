@@ -14,10 +14,17 @@
 //! - `tests/golden.rs`: `tiflow dump` of every trace under `traces/` that has
 //!   a golden file under `golden/`, compared exactly (`TIFLOW_BLESS=1`
 //!   rewrites the golden files).
+//! - `tests/wireshark.rs`: the Wireshark dissector
+//!   (`tools/wireshark/tiflow.lua`) run by `tshark` on every trace, compared
+//!   with `golden/wireshark/` and packet by packet with `tiflow dump`.
 //! - [`tcpdump`]: tcpdump's test captures and expected outputs (a copy under
 //!   `tcpdump/`) compared with `tiflow dump`, TCP line by TCP line;
 //!   `tests/tcpdump_parity.rs` runs the copy, and the whole suite of a
 //!   tcpdump checkout when `TCPDUMP_TESTS` names its `tests/` directory.
+//! - `tests/syn_layouts.rs`: real-world SYNs and SYN-ACKs (tcpdump's test
+//!   captures, our traces; listed in `tcpdump/README.md`) rewritten to our
+//!   addresses and replayed into a listening and a connecting stack; every
+//!   answer plain TCP, well formed, legacy.
 //! - `tests/paper_traces.rs`: the checked-in traces equal what the code
 //!   builds (`TIFLOW_BLESS=1` rewrites them too).
 //!

@@ -74,9 +74,16 @@ pub enum TraceError {
 /// LINUX_SLL2) into its IPv4 packets, in file order. Frames that do not
 /// carry IPv4 are skipped.
 pub fn read_trace(bytes: &[u8]) -> Result<Vec<TracePacket>, TraceError> {
+    Ok(read_frames(bytes)?.into_iter().flatten().collect())
+}
+
+/// Reads a pcap capture like [`read_trace`], one entry per frame: the
+/// IPv4 packet it carries, or `None`. Entry `i` is the frame tcpdump's
+/// `-#` numbers `i + 1`.
+pub fn read_frames(bytes: &[u8]) -> Result<Vec<Option<TracePacket>>, TraceError> {
     let mut reader = PcapReader::new(bytes).map_err(|e| TraceError::Pcap(e.to_string()))?;
     let link = reader.header().datalink;
-    let mut packets = Vec::new();
+    let mut frames = Vec::new();
     while let Some(record) = reader.next_packet() {
         let record = record.map_err(|e| TraceError::Pcap(e.to_string()))?;
         let data: &[u8] = &record.data;
@@ -87,14 +94,15 @@ pub fn read_trace(bytes: &[u8]) -> Result<Vec<TracePacket>, TraceError> {
             DataLink::LINUX_SLL2 => strip_link(data, 20, 0),
             other => return Err(TraceError::LinkType(u32::from(other))),
         };
-        if let Some(ip) = ip.filter(|ip| ip.first().is_some_and(|b| b >> 4 == 4)) {
-            packets.push(TracePacket {
-                time: record.timestamp,
-                bytes: ip.to_vec(),
-            });
-        }
+        frames.push(
+            ip.filter(|ip| ip.first().is_some_and(|b| b >> 4 == 4))
+                .map(|ip| TracePacket {
+                    time: record.timestamp,
+                    bytes: ip.to_vec(),
+                }),
+        );
     }
-    Ok(packets)
+    Ok(frames)
 }
 
 /// The payload of a link header of `len` bytes whose EtherType is at

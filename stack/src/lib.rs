@@ -24,6 +24,9 @@ pub mod stream;
 
 pub use config::StackConfig;
 pub use error::{StreamError, StreamEvent};
-pub use stack::{ListenerId, Resources, Stack, StreamId, StreamInfo, StreamMode, StreamStats};
+pub use stack::{
+    DOWNTIME_BUCKETS, FlowMetrics, ListenerId, Resources, Stack, StreamId, StreamInfo, StreamMode,
+    StreamStats,
+};
 pub use stream::{Runtime, TiListener, TiStream};
 pub use tifid::handshake::Mode;

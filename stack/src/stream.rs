@@ -243,6 +243,12 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         self.shared.lock().resources()
     }
 
+    /// What happened to the flows since the stack started
+    /// ([`Stack::metrics`]).
+    pub fn metrics(&self) -> crate::FlowMetrics {
+        self.shared.lock().metrics()
+    }
+
     /// Gives back memory held for connections and streams that have gone
     /// ([`Stack::shrink_to_fit`], and the runtime's own tables of waits).
     pub fn shrink_to_fit(&self) {

@@ -376,6 +376,7 @@ impl<D: Device> Stack<D> {
                 let dropped = flow.resume_from(peer_rcv_nxt).unwrap_or(0);
                 flow.attach();
                 let (downtime, resent) = s.reattach(now, handle, peer_rcv_nxt, dropped);
+                self.metrics.note_resume(downtime);
                 info!(%tifid, ?downtime, resent, skip_rx, local = %tuple.local, "TI-flow resumed (initiator)");
                 let confirm = initiator.confirm_option();
                 if let Some(conn) = self.conns.get_mut(&handle) {
@@ -527,6 +528,7 @@ impl<D: Device> Stack<D> {
                     return true;
                 };
                 let (downtime, resent) = s.reattach(now, handle, from, dropped);
+                self.metrics.note_resume(downtime);
                 if let Some(conn) = self.conns.get_mut(&handle) {
                     conn.stream = Some(id);
                     conn.base = from;

@@ -189,6 +189,7 @@ impl<D: Device> Stack<D> {
                 s.failed_at = Some(now);
                 s.gap_from.get_or_insert(s.last_progress_at);
                 info!(tifid = %flow.tifid(), %cause, "TI connection failed: flow detached");
+                self.metrics.note_failure(cause);
             }
         }
         match notice {
@@ -219,6 +220,7 @@ impl<D: Device> Stack<D> {
                 s.failed_at = Some(now);
                 s.gap_from.get_or_insert(s.last_progress_at);
                 info!(tifid = %flow.tifid(), %cause, "TI connection failed: resuming, old connection kept until one carries data");
+                self.metrics.note_failure(cause);
             }
         }
         s.conn = None;
@@ -405,6 +407,7 @@ impl<D: Device> Stack<D> {
 
     /// Reports the flow lost to the application and forgets it.
     pub(super) fn lose_flow(&mut self, id: StreamId, cause: LostCause) {
+        self.metrics.note_lost(cause);
         if let Some(s) = self.streams.get_mut(&id) {
             s.error = Some(StreamError::FlowLost(cause));
             s.events.push_back(StreamEvent::Lost(cause));
@@ -565,7 +568,11 @@ impl<D: Device> Stack<D> {
         if s.abandoned && s.conn.is_none() && s.suspect.is_none() && ended {
             self.timers.forget(Wake::Stream(id));
             self.woken.remove(&id);
-            if let Some(s) = self.streams.remove(&id)
+            let removed = self.streams.remove(&id);
+            if let Some(s) = &removed {
+                self.metrics.note_stream_ended(&s.stats);
+            }
+            if let Some(s) = removed
                 && let Some(tifid) = s.tifid
             {
                 self.by_tifid.remove(&tifid);

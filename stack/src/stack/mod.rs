@@ -33,6 +33,7 @@ mod handshake;
 mod ingress;
 mod lifecycle;
 mod liveness;
+mod metrics;
 mod ports;
 mod pump;
 mod resources;
@@ -41,6 +42,7 @@ mod syn_queue;
 mod timers;
 mod validate;
 
+pub use metrics::{DOWNTIME_BUCKETS, FlowMetrics};
 pub use resources::Resources;
 
 use accept::AdmissionStats;
@@ -375,6 +377,8 @@ pub struct Stack<D: Device> {
     /// Tuples whose SYN was dropped unanswered lately.
     retry_filter: RetryFilter,
     admission: AdmissionStats,
+    /// Counters for monitoring ([`Stack::metrics`]).
+    metrics: FlowMetrics,
     /// This poll left segments of known connections unread in the device.
     ingress_backlogged: bool,
     /// When each peer address last sent an acceptable segment on any
@@ -489,6 +493,7 @@ impl<D: Device> Stack<D> {
             syn_queue: SynQueue::default(),
             retry_filter,
             admission: AdmissionStats::default(),
+            metrics: FlowMetrics::default(),
             ingress_backlogged: false,
             peers_heard: HashMap::new(),
             next_stream: 1,

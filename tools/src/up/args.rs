@@ -326,6 +326,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Serve the flows' counters (modes, resumes, failures by cause, lost
+    /// flows, bytes, a downtime histogram) in the Prometheus text format at
+    /// http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Read settings from this TOML file: keys are these flags' long names
     /// (`address = "10.0.1.1/24"`, `masquerade = true`, `forward = [...]`);
     /// flags on the command line win.

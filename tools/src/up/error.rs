@@ -57,6 +57,14 @@ pub enum UpError {
     /// IPv4 forwarding could not be turned on.
     #[error("cannot turn on IPv4 forwarding (net.ipv4.ip_forward): {0}")]
     Forwarding(io::Error),
+    /// The `--metrics` address cannot be listened on.
+    #[error("cannot listen on {addr} for --metrics: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// What a previous `tiflow up` on this TUN left could not be removed.
     #[error("cannot remove what a previous tiflow up left: {0}")]
     Leftovers(#[from] crate::down::DownError),

@@ -23,6 +23,7 @@ pub mod args;
 pub mod config_file;
 mod error;
 mod host_setup;
+mod metrics;
 mod registry;
 mod relay;
 mod status;
@@ -112,6 +113,15 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
             })?;
         listeners.push((*f, listener));
     }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let listen_error = |source| UpError::Metrics { addr, source };
+            let listener = TcpListener::bind(addr).map_err(listen_error)?;
+            listener.set_nonblocking(true).map_err(listen_error)?;
+            Some(listener)
+        }
+        None => None,
+    };
     let control = ControlServer::bind(args.control_addr())?;
     let mut undo = Undo::default();
     let tun = open_tun(args)?;
@@ -123,6 +133,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
         args: args.clone(),
         stop,
         listeners,
+        metrics,
         control,
         offloads,
         started: Instant::now(),
@@ -145,6 +156,8 @@ struct Setup {
     args: UpArgs,
     stop: Arc<AtomicBool>,
     listeners: Vec<(Forward, TcpListener)>,
+    /// `--metrics`: the endpoint's listener.
+    metrics: Option<TcpListener>,
     control: ControlServer,
     /// How the TUN device moves packets.
     offloads: &'static str,
@@ -182,6 +195,7 @@ where
         args,
         stop,
         listeners,
+        metrics,
         control,
         offloads,
         started,
@@ -216,6 +230,24 @@ where
         }
         for (s, listener) in ti_listeners {
             tokio::spawn(accept_serves(s, listener, carry.clone()));
+        }
+        if let Some(listener) = metrics {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let (runtime, conns, args) = (runtime.clone(), conns.clone(), args.clone());
+                    let snapshot = move || {
+                        let request = crate::control::Request::Status;
+                        match status::handle(request, &args, &runtime, &conns, started) {
+                            crate::control::Reply::Status(report) => {
+                                Some((report, runtime.metrics()))
+                            }
+                            _ => None,
+                        }
+                    };
+                    tokio::spawn(metrics::serve(listener, snapshot, carry.stop.clone()));
+                }
+                Err(e) => warn!(error = %e, "cannot serve --metrics"),
+            }
         }
         tokio::spawn(release_memory_when_idle(
             runtime.clone(),
