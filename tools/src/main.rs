@@ -49,7 +49,8 @@ enum Command {
     /// unmodified programs get TCP connections that survive middlebox failures.
     #[command(after_help = ti_tools::up::UP_HELP)]
     Up(ti_tools::up::UpArgs),
-    /// Show the flows of a running `tiflow up` (TIFID, mode, peer, bytes, resumes).
+    /// Show the flows of a running `tiflow up` (TIFID, mode, peer, bytes, resumes);
+    /// `--watch` redraws it live.
     #[command(after_help = CONTROL_EXIT_CODES)]
     Status(ti_tools::control::StatusArgs),
     /// Abandon the TCP connection of a TI-flow (or all) of a running `tiflow up`,
