@@ -131,6 +131,23 @@ pub fn traces_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/traces"))
 }
 
+/// Every committed capture in `pcap-tests/traces/` (pcap and pcapng),
+/// sorted by name.
+pub fn committed_traces() -> Vec<PathBuf> {
+    let mut traces: Vec<PathBuf> = std::fs::read_dir(traces_dir())
+        .expect("traces/ exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("pcap" | "pcapng")
+            )
+        })
+        .collect();
+    traces.sort();
+    traces
+}
+
 /// `pcap-tests/golden/`.
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/golden"))

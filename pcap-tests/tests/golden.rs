@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pcap_tests::paper_traces::{golden_dir, traces_dir};
+use pcap_tests::paper_traces::{committed_traces, golden_dir, traces_dir};
 use ti_tools::{DumpOptions, dump};
 
 fn dump_text(trace: &Path) -> String {
@@ -18,21 +18,6 @@ fn dump_text_with(trace: &Path, options: &DumpOptions) -> String {
     let mut out = Vec::new();
     dump(file, options, &mut out).unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
     String::from_utf8(out).expect("dump prints UTF-8")
-}
-
-fn traces() -> Vec<PathBuf> {
-    let mut traces: Vec<PathBuf> = std::fs::read_dir(traces_dir())
-        .expect("traces/ exists")
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("pcap" | "pcapng")
-            )
-        })
-        .collect();
-    traces.sort();
-    traces
 }
 
 fn golden_path(trace: &Path) -> PathBuf {
@@ -47,7 +32,7 @@ fn golden_path(trace: &Path) -> PathBuf {
 fn every_golden_dump_matches() {
     let mut compared = Vec::new();
     let mut failures = String::new();
-    for trace in traces() {
+    for trace in committed_traces() {
         let golden = golden_path(&trace);
         let actual = dump_text(&trace);
         if pcap_tests::bless() {

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pcap_tests::paper_traces::{golden_dir, traces_dir};
+use pcap_tests::paper_traces::{committed_traces, golden_dir, traces_dir};
 use ti_tools::{DumpOptions, dump};
 
 /// The fields every run prints, in this order.
@@ -86,21 +86,6 @@ fn tshark(args: &[&str]) -> String {
         output.status
     );
     String::from_utf8(output.stdout).expect("tshark prints UTF-8")
-}
-
-fn traces() -> Vec<PathBuf> {
-    let mut traces: Vec<PathBuf> = std::fs::read_dir(traces_dir())
-        .expect("traces/ exists")
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("pcap" | "pcapng")
-            )
-        })
-        .collect();
-    traces.sort();
-    traces
 }
 
 fn stem(trace: &Path) -> &str {
@@ -238,7 +223,7 @@ fn dissector_output_matches_golden() {
     let mut compared = Vec::new();
     let mut without = Vec::new();
     let mut failures = String::new();
-    for trace in traces() {
+    for trace in committed_traces() {
         let name = stem(&trace);
         let golden = golden_dir.join(format!("{name}.txt"));
         let fields = fields_text(&trace);
