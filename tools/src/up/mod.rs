@@ -332,6 +332,24 @@ fn print_banner<D: Device + Wait>(
              or --serve PORT=TARGET (server side); see tiflow up --help"
         );
     }
+    if args.masquerade || !args.exposes.is_empty() {
+        println!(
+            "  nat rules in nftables table ip {} (tiflow down removes it after a crash)",
+            crate::netfilter::table_name(&args.tun)
+        );
+    }
+    println!(
+        "  resumes from a new peer address: {}; latency tuning: {}",
+        if args.no_migration {
+            "refused (--no-migration)"
+        } else {
+            "accepted"
+        },
+        if args.low_latency { "on" } else { "off" }
+    );
+    if let Some(m) = args.metrics {
+        println!("  metrics http://{m}/metrics");
+    }
     if let Some(p) = &args.pcap {
         println!("  pcap    {}", p.display());
     }
