@@ -189,10 +189,23 @@ pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
         .unwrap_or(0))
 }
 
-/// Empties the conntrack table of `ns` (`conntrack -F`): the middlebox
-/// forgets every connection.
+/// Empties the conntrack table of `ns` (what `conntrack -F` does, over
+/// netlink: no `conntrack` command needed): the middlebox forgets every
+/// connection.
 pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
-    ns.run(&["conntrack", "-F"]).map(drop)
+    netlink_in(ns, ti_nfnetlink::conntrack::flush)
+}
+
+/// Runs a netfilter netlink request `f` in `ns` (from a thread that
+/// joined it: the socket belongs to the namespace it is opened in).
+fn netlink_in<T: Send>(
+    ns: &NetNs,
+    f: impl FnOnce() -> Result<T, ti_nfnetlink::Error> + Send,
+) -> Result<T, NetnsError> {
+    ns.enter(f)?.map_err(|source| NetnsError::Netfilter {
+        name: ns.name().to_owned(),
+        source,
+    })
 }
 
 /// The entries of the conntrack table of `ns` (`conntrack -L`), one a line.
