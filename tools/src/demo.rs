@@ -3,7 +3,8 @@
 //!
 //! Owns three network namespaces (client, NAT middlebox, server) and
 //! everything in them: veth links, addresses, routes, the middlebox's
-//! iptables rules and conntrack table, two `tiflow up` processes (this binary,
+//! nftables table and conntrack table (both over netlink: no `iptables` or
+//! `conntrack` command), two `tiflow up` processes (this binary,
 //! run with `ip netns exec`), and the demo's own kernel-TCP sender and
 //! receiver threads (sockets opened inside the namespaces). Everything is
 //! removed on exit, on error and on Ctrl-C: the namespaces when their
@@ -38,7 +39,7 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 use ti_testnet::middlebox::{self, Middlebox};
 use ti_testnet::netns::{self, NetNs, NetnsError};
-use ti_testnet::topology::{Cidr, Line, LinePlan, OUTSIDE_IF};
+use ti_testnet::topology::{Cidr, Line, LinePlan};
 
 use crate::control::{self, human_bytes, human_ms, table};
 use crate::host::{self, MissingTools};
@@ -67,7 +68,8 @@ What it does:
   middlebox loses its state (its NAT address changes and its conntrack table
   is flushed). Then it prints what each stream delivered, the TI-flow's
   resumes and downtime, and SHA-256 of both ends. Everything it creates is
-  removed on exit and on Ctrl-C. Needs root, iproute2, iptables and conntrack.
+  removed on exit and on Ctrl-C. Needs root and iproute2 (the middlebox's
+  nftables rules and its conntrack flush go to the kernel over netlink).
 
 Exit codes:
   0  the TI-flow resumed and survived byte-exact, and plain TCP did not
@@ -113,7 +115,7 @@ pub enum DemoError {
     /// Not root, no `ip`, no TUN.
     #[error("{0}")]
     Unsupported(NetnsError),
-    /// `iptables` or `conntrack` missing.
+    /// `ip` missing.
     #[error(transparent)]
     MissingTools(#[from] MissingTools),
     /// Building the namespaces failed.
@@ -186,23 +188,7 @@ impl NatTopology {
     /// The middlebox "reboots": its NAT maps to a new address and it
     /// forgets every connection.
     pub fn lose_state(&self) -> Result<(), DemoError> {
-        let after = NAT_ADDRESS_AFTER.to_string();
-        middlebox::iptables(
-            &self.middlebox,
-            &[
-                "-t",
-                "nat",
-                "-R",
-                "POSTROUTING",
-                "1",
-                "-o",
-                OUTSIDE_IF,
-                "-j",
-                "SNAT",
-                "--to-source",
-                &after,
-            ],
-        )?;
+        middlebox::home_router_snat(&self.middlebox, NAT_ADDRESS_AFTER)?;
         middlebox::conntrack_flush(&self.middlebox)?;
         Ok(())
     }
@@ -602,7 +588,8 @@ fn poll_flow(control: &Path, seen: &mut FlowSeen) {
 /// `tiflow demo`.
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     netns::check_privileges().map_err(DemoError::Unsupported)?;
-    host::require(&[host::IP, host::IPTABLES, host::CONNTRACK])?;
+    // The middlebox's NAT and conntrack flush go over netlink: only `ip`.
+    host::require(&[host::IP])?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::up::stop_on_signals(&stop).map_err(io_err("cannot install signal handlers"))?;
 

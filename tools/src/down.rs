@@ -43,9 +43,12 @@ pub enum DownError {
         /// Its process.
         pid: u32,
     },
-    /// A command (`nft`, `iptables`) failed.
+    /// A command (`iptables`) failed.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The nftables table could not be deleted (netlink).
+    #[error("nftables: {0}")]
+    Netfilter(#[from] ti_nfnetlink::Error),
     /// The state file or a sysctl could not be read or written.
     #[error("{what}: {source}")]
     Io {

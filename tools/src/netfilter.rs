@@ -2,9 +2,12 @@
 //!
 //! Every NAT rule of one `tiflow up` lives in one nftables table named
 //! after its TUN device (`ip tiflow_NAME`), created and replaced in one
-//! atomic transaction (`nft -f -`) and deleted in one: a crash leaves one
-//! table behind, which the next `tiflow up` of that name, or `tiflow
-//! down`, deletes whole.
+//! atomic transaction and deleted in one: a crash leaves one table
+//! behind, which the next `tiflow up` of that name, or `tiflow down`,
+//! deletes whole. The table goes to the kernel over netlink
+//! ([`ti_nfnetlink`]), so no `nft` command is needed; [`NatRules::script`]
+//! is the same table as an `nft -f` script, for people (and for the test
+//! that compares the two).
 //!
 //! One exception, because nftables cannot express it in a table of our
 //! own: on a host whose iptables `FORWARD` chain drops by policy (Docker
@@ -14,6 +17,8 @@
 //! comment `tiflow:NAME` so that they are found and removed by that tag.
 
 use std::net::SocketAddrV4;
+
+use ti_nfnetlink::nft::{self, Chain, ChainType, Cmp, Family, Hook, Table, Verdict};
 
 use crate::host::{self, CommandError, Ipv4Cidr};
 
@@ -75,27 +80,74 @@ impl NatRules {
         s += "}\n";
         s
     }
+
+    /// The table, as [`load`] sends it to the kernel: the same chains and
+    /// rules as [`NatRules::script`].
+    pub fn table(&self) -> Table {
+        let tun = &self.tun;
+        let mut chains = Vec::new();
+        if let Some(net) = self.masquerade {
+            // ip saddr NET/PREFIX oifname != "TUN" masquerade
+            let rule = [
+                nft::ip_saddr_in(net.network(), net.prefix),
+                nft::oifname(Cmp::Neq, tun),
+                vec![nft::masquerade(false)],
+            ]
+            .concat();
+            chains.push(Chain {
+                name: "postrouting".into(),
+                kind: ChainType::Nat,
+                hook: Hook::Postrouting,
+                priority: nft::SRCNAT,
+                policy: Verdict::Accept,
+                rules: vec![rule],
+            });
+        }
+        if !self.exposes.is_empty() {
+            // iifname != "TUN" tcp dport HOSTPORT dnat to ADDR:PORT
+            let rules = self
+                .exposes
+                .iter()
+                .map(|(host_port, to)| {
+                    [
+                        nft::iifname(Cmp::Neq, tun),
+                        nft::tcp_dport(*host_port),
+                        nft::dnat_to(*to),
+                    ]
+                    .concat()
+                })
+                .collect();
+            chains.push(Chain {
+                name: "prerouting".into(),
+                kind: ChainType::Nat,
+                hook: Hook::Prerouting,
+                priority: nft::DSTNAT,
+                policy: Verdict::Accept,
+                rules,
+            });
+        }
+        Table {
+            family: Family::Ip,
+            name: table_name(tun),
+            chains,
+        }
+    }
 }
 
-/// Creates (or replaces) the table of `rules` in one transaction.
-pub fn load(rules: &NatRules) -> Result<(), CommandError> {
-    host::run_with_input("nft", &["-f", "-"], &rules.script()).map(drop)
+/// Creates (or replaces) the table of `rules` in one transaction, over
+/// netlink.
+pub fn load(rules: &NatRules) -> Result<(), ti_nfnetlink::Error> {
+    nft::replace_table(&rules.table())
 }
 
-/// Whether the table of TUN `tun` exists (false too when `nft` cannot
-/// be run).
-pub fn table_exists(tun: &str) -> bool {
-    host::which("nft").is_some()
-        && host::run("nft", &["list", "table", "ip", &table_name(tun)]).is_ok()
+/// Whether the table of TUN `tun` exists.
+pub fn table_exists(tun: &str) -> Result<bool, ti_nfnetlink::Error> {
+    nft::table_exists(Family::Ip, &table_name(tun))
 }
 
 /// Deletes the table of TUN `tun` if it exists. Returns whether it did.
-pub fn delete_table(tun: &str) -> Result<bool, CommandError> {
-    if !table_exists(tun) {
-        return Ok(false);
-    }
-    host::run("nft", &["delete", "table", "ip", &table_name(tun)])?;
-    Ok(true)
+pub fn delete_table(tun: &str) -> Result<bool, ti_nfnetlink::Error> {
+    nft::delete_table(Family::Ip, &table_name(tun))
 }
 
 /// The comment that tags the iptables rules of TUN `tun`.

@@ -347,13 +347,20 @@ fn sigterm_stops_up_cleanly_and_reverts_the_host() {
 
 /// (c) `tiflow demo` with a short run exits 0 (the TI-flow resumed and
 /// arrived byte-exact, plain TCP did not survive), prints its table, and
-/// leaves no namespace behind.
+/// leaves no namespace behind. As on a fresh machine (issue 15): its
+/// `PATH` holds iproute2's `ip` and nothing else, so no `iptables`,
+/// `conntrack` or `nft` can run (the middlebox's rules and conntrack flush
+/// go over netlink).
 #[test]
 fn demo_short_run_survives_and_cleans_up() {
     require_root(&NAT_TOOLS);
+    let scratch = Scratch::new("demo-path");
+    let ip = ti_tools::host::which("ip").expect("ip");
+    std::os::unix::fs::symlink(&ip, scratch.path("ip")).expect("symlink ip");
     let out = std::process::Command::new(TIFLOW)
         .args(["demo", "--duration", "6"])
         .env_remove("RUST_LOG")
+        .env("PATH", &scratch.0)
         .output()
         .expect("run demo");
     let stdout = text(&out.stdout);

@@ -5,12 +5,21 @@
 //! commands that change a middlebox's state during a test: flushing its
 //! conntrack table, stripping an option (TCPOPTSTRIP), loading and editing
 //! nftables tables. Every command runs inside the given namespace.
+//!
+//! The home router (the demo's middlebox) and the conntrack flush go to
+//! the kernel over netlink ([`ti_nfnetlink`]), so `tiflow demo` needs no
+//! `iptables` or `conntrack` command; the other rule sets use the commands.
+
+use std::net::Ipv4Addr;
+
+use ti_nfnetlink::nft::{self, Chain, ChainType, Cmp, Expr, Family, Hook, Table, Verdict};
 
 use crate::netns::{NetNs, NetnsError};
 use crate::topology::OUTSIDE_IF;
 
 /// The commands, and the Debian packages that bring them, that the rules
-/// and state changes here run (besides iproute2's `ip`).
+/// and state changes here run (besides iproute2's `ip`; the home router
+/// and the conntrack flush need none of them).
 pub const COMMANDS: [(&str, &str); 3] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
@@ -36,7 +45,8 @@ pub enum Middlebox {
     /// the rest is dropped.
     Firewall,
     /// A home router: masquerading NAT out of the outside interface; from
-    /// outside, only replies get in.
+    /// outside, only replies get in. An nftables table of its own
+    /// ([`HOME_ROUTER_TABLE`]), loaded over netlink.
     HomeRouter,
     /// An nftables ruleset (`nft -f -`), e.g. NAT and firewall in one table.
     Nftables(String),
@@ -109,31 +119,10 @@ impl Middlebox {
                     "ACCEPT",
                 ],
             ],
-            Middlebox::HomeRouter => &[
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-o",
-                    out,
-                    "-j",
-                    "MASQUERADE",
-                ],
-                &[
-                    "-A",
-                    "FORWARD",
-                    "-i",
-                    out,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "ESTABLISHED,RELATED",
-                    "-j",
-                    "ACCEPT",
-                ],
-                &["-A", "FORWARD", "-i", out, "-j", "DROP"],
-            ],
+            Middlebox::HomeRouter => {
+                let table = home_router(None);
+                return netlink_in(ns, || nft::replace_table(&table));
+            }
             Middlebox::Nftables(ruleset) => return nft_load(ns, ruleset),
         };
         for rule in rules {
@@ -144,6 +133,75 @@ impl Middlebox {
         }
         Ok(())
     }
+}
+
+/// The nftables table of [`Middlebox::HomeRouter`] (family `ip`).
+pub const HOME_ROUTER_TABLE: &str = "ti_home";
+
+/// The home router's table: the NAT (masquerade, or `snat to` a fixed
+/// address) out of [`OUTSIDE_IF`], and a forward filter that lets in from
+/// outside only what belongs to a tracked connection. As nft says it:
+///
+/// ```text
+/// table ip ti_home {
+///   chain postrouting {
+///     type nat hook postrouting priority srcnat; policy accept;
+///     oifname "m1" masquerade            # or: oifname "m1" snat to ADDR
+///   }
+///   chain forward {
+///     type filter hook forward priority filter; policy accept;
+///     iifname "m1" ct state established,related accept
+///     iifname "m1" drop
+///   }
+/// }
+/// ```
+pub fn home_router(snat_to: Option<Ipv4Addr>) -> Table {
+    let nat = match snat_to {
+        None => vec![nft::masquerade(false)],
+        Some(addr) => nft::snat_to(addr),
+    };
+    Table {
+        family: Family::Ip,
+        name: HOME_ROUTER_TABLE.into(),
+        chains: vec![
+            Chain {
+                name: "postrouting".into(),
+                kind: ChainType::Nat,
+                hook: Hook::Postrouting,
+                priority: nft::SRCNAT,
+                policy: Verdict::Accept,
+                rules: vec![[nft::oifname(Cmp::Eq, OUTSIDE_IF), nat].concat()],
+            },
+            Chain {
+                name: "forward".into(),
+                kind: ChainType::Filter,
+                hook: Hook::Forward,
+                priority: nft::FILTER,
+                policy: Verdict::Accept,
+                rules: vec![
+                    [
+                        nft::iifname(Cmp::Eq, OUTSIDE_IF),
+                        nft::ct_state_in(nft::ct_state::ESTABLISHED | nft::ct_state::RELATED),
+                        vec![Expr::Verdict(Verdict::Accept)],
+                    ]
+                    .concat(),
+                    [
+                        nft::iifname(Cmp::Eq, OUTSIDE_IF),
+                        vec![Expr::Verdict(Verdict::Drop)],
+                    ]
+                    .concat(),
+                ],
+            },
+        ],
+    }
+}
+
+/// The home router in `ns` now maps to `addr` (`snat to`) instead of
+/// masquerading: its table replaced in one transaction. Connections it
+/// already tracks keep their mapping until its conntrack table is flushed.
+pub fn home_router_snat(ns: &NetNs, addr: Ipv4Addr) -> Result<(), NetnsError> {
+    let table = home_router(Some(addr));
+    netlink_in(ns, || nft::replace_table(&table))
 }
 
 /// Runs `iptables -w ARGS` in `ns`.
@@ -189,10 +247,23 @@ pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
         .unwrap_or(0))
 }
 
-/// Empties the conntrack table of `ns` (`conntrack -F`): the middlebox
-/// forgets every connection.
+/// Empties the conntrack table of `ns` (what `conntrack -F` does, over
+/// netlink: no `conntrack` command needed): the middlebox forgets every
+/// connection.
 pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
-    ns.run(&["conntrack", "-F"]).map(drop)
+    netlink_in(ns, ti_nfnetlink::conntrack::flush)
+}
+
+/// Runs a netfilter netlink request `f` in `ns` (from a thread that
+/// joined it: the socket belongs to the namespace it is opened in).
+fn netlink_in<T: Send>(
+    ns: &NetNs,
+    f: impl FnOnce() -> Result<T, ti_nfnetlink::Error> + Send,
+) -> Result<T, NetnsError> {
+    ns.enter(f)?.map_err(|source| NetnsError::Netfilter {
+        name: ns.name().to_owned(),
+        source,
+    })
 }
 
 /// The entries of the conntrack table of `ns` (`conntrack -L`), one a line.

@@ -102,6 +102,14 @@ pub enum NetnsError {
         /// The OS error.
         source: io::Error,
     },
+    /// A netfilter request over netlink failed in the namespace.
+    #[error("netfilter in network namespace {name}: {source}")]
+    Netfilter {
+        /// The namespace.
+        name: String,
+        /// What the kernel said.
+        source: ti_nfnetlink::Error,
+    },
     /// A sysctl could not be written.
     #[error("cannot set sysctl {key} in namespace {name}: {source}")]
     Sysctl {

@@ -257,6 +257,18 @@ fn home_router_line_masquerades_and_admits_only_replies() {
         OUTSIDE,
         "masqueraded to the primary outside address"
     );
+    let table = line
+        .middlebox
+        .run(&["nft", "list", "table", "ip", middlebox::HOME_ROUTER_TABLE])
+        .expect("nft list table");
+    let table = String::from_utf8_lossy(&table.stdout);
+    for rule in [
+        "oifname \"m1\" masquerade",
+        "iifname \"m1\" ct state established,related accept",
+        "iifname \"m1\" drop",
+    ] {
+        assert!(table.contains(rule), "{rule:?} missing from:\n{table}");
+    }
     assert!(
         middlebox::conntrack_list(&line.middlebox)
             .expect("conntrack -L")
@@ -270,6 +282,11 @@ fn home_router_line_masquerades_and_admits_only_replies() {
             .contains("dport=7001"),
         "flushed"
     );
+    // The router "reboots" onto its next address (the demo's state loss).
+    middlebox::home_router_snat(&line.middlebox, OUTSIDE_NEXT).expect("snat");
+    let seen = exchange(&line.client, &line.server, (SERVER, 7004).into())
+        .expect("client reaches server through the new mapping");
+    assert_eq!(seen.ip(), OUTSIDE_NEXT, "mapped to the new address");
     // Unsolicited from outside: dropped.
     assert_eq!(
         exchange(&line.server, &line.client, (CLIENT, 7002).into()),

@@ -54,6 +54,9 @@ pub enum UpError {
     /// A configuration command failed.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The kernel refused the nftables table (or could not be asked).
+    #[error("nftables: {0}")]
+    Netfilter(#[from] ti_nfnetlink::Error),
     /// IPv4 forwarding could not be turned on.
     #[error("cannot turn on IPv4 forwarding (net.ipv4.ip_forward): {0}")]
     Forwarding(io::Error),
