@@ -121,3 +121,49 @@ fn the_metrics_endpoint_counts_a_resume() {
     assert_eq!(echo.join().expect("echo server"), 2 * message.len() as u64);
     drop((server_up, client_up));
 }
+
+/// The number of open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A flood of idle connections to the endpoint holds at most 16 of
+/// `tiflow up`'s descriptors (the others are closed at once), and the
+/// endpoint answers again once they go.
+#[test]
+fn idle_connections_to_the_endpoint_hold_few_descriptors() {
+    require_root(&NAT_TOOLS);
+    let ns = ti_testnet::netns::NetNs::create("tfmf").expect("namespace");
+    let scratch = Scratch::new("metrics-flood");
+    let up = Up::start(
+        &ns,
+        &scratch,
+        "up",
+        &["--address", "10.68.0.1/24", "--metrics", METRICS],
+    );
+    let pid = up.child.id();
+    let before = open_fds(pid);
+    let idle: Vec<_> = (0..64).map(|_| connect_in(&ns, METRICS)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = open_fds(pid);
+    eprintln!("[metrics] descriptors: {before} before, {during} with 64 idle connections");
+    assert!(
+        during <= before + 16,
+        "64 idle connections hold {} descriptors",
+        during - before
+    );
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = scrape(&ns);
+        if status == "HTTP/1.1 200 OK" {
+            assert!(body.contains("tiflow_flows"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the endpoint did not come back: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,7 +1,8 @@
 //! `tiflow up --metrics ADDR:PORT`: the flows' counters in the Prometheus
 //! text format (version 0.0.4), over plain HTTP: `GET /metrics`. One
-//! request per connection, its head bounded (8 KiB, 5 s); anything else
-//! gets a 404 or a 400. Read-only: nothing here changes a flow.
+//! request per connection, its head bounded (8 KiB, 5 s), at most
+//! [`MAX_CONCURRENT`] at once; anything else gets a 404 or a 400.
+//! Read-only: nothing here changes a flow.
 //!
 //! Exposed: flows now by mode; resumes, resume attempts, failures by
 //! cause, flows lost by cause, bytes each way (since start, ended flows
@@ -22,6 +23,10 @@ use crate::control::StatusReport;
 const MAX_HEAD: usize = 8 * 1024;
 /// Longest a scraper may take to send its request.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most requests answered at once; a connection beyond them is closed at
+/// once, so a flood of idle connections to the endpoint holds at most
+/// this many descriptors (each carried connection needs its own).
+pub const MAX_CONCURRENT: usize = 16;
 
 /// Serves the endpoint until `tiflow up` stops; `snapshot` gives the
 /// status report and the stack's counters of the moment.
@@ -30,6 +35,7 @@ pub(super) async fn serve(
     snapshot: impl Fn() -> Option<(StatusReport, FlowMetrics)> + Clone + Send + 'static,
     mut stop: Stop,
 ) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -37,11 +43,16 @@ pub(super) async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    debug!("metrics: {MAX_CONCURRENT} requests in progress, connection closed");
+                    continue;
+                };
                 let snapshot = snapshot.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, snapshot).await {
                         debug!(error = %e, "metrics request failed");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
