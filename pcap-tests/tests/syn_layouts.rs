@@ -319,6 +319,21 @@ fn at_ms(ms: u64) -> StdDuration {
     StdDuration::from_millis(ms)
 }
 
+/// A replay into a fresh stack with seed `seed` of `packets`, each
+/// (milliseconds from the start, bytes).
+fn replay_of(packets: &[(u64, Vec<u8>)], seed: u64) -> Replay {
+    let trace: Vec<TracePacket> = packets
+        .iter()
+        .map(|(ms, bytes)| TracePacket {
+            time: at_ms(*ms),
+            bytes: bytes.clone(),
+        })
+        .collect();
+    let mut config = ReplayConfig::new(OURS);
+    config.seed = seed;
+    Replay::new(&trace, config)
+}
+
 // ------------------------------------------------------------ checks
 
 /// Checks one segment our stack sent: a well-formed TCP/IPv4 packet (both
@@ -433,23 +448,14 @@ fn respond(layout: &Layout, seed: u64) -> Responded {
         REFERENCE_ISN.wrapping_add(1),
         &syn.payload,
     );
-    let trace = vec![
-        TracePacket {
-            time: at_ms(0),
-            bytes: syn.build(peer, ours),
-        },
-        TracePacket {
-            time: at_ms(0),
-            bytes: reference.build(ours, peer),
-        },
-        TracePacket {
-            time: at_ms(1),
-            bytes: third.build(peer, ours),
-        },
-    ];
-    let mut config = ReplayConfig::new(OURS);
-    config.seed = seed;
-    let mut replay = Replay::new(&trace, config);
+    let mut replay = replay_of(
+        &[
+            (0, syn.build(peer, ours)),
+            (0, reference.build(ours, peer)),
+            (1, third.build(peer, ours)),
+        ],
+        seed,
+    );
     assert!(replay.stack().config().ti_enabled, "TI enabled");
     let mut listener = None;
     let mut accepted = None;
@@ -644,19 +650,13 @@ fn initiate(layout: &Layout, seed: u64) -> Initiated {
     let peer = SocketAddrV4::new(PEER, PEER_PORT);
     let ours = SocketAddrV4::new(OURS, syn_ack.dst_port().max(1));
     let reference = syn_ack.segment(SYN, syn_ack.ack().wrapping_sub(1), 0, &[]);
-    let trace = vec![
-        TracePacket {
-            time: at_ms(0),
-            bytes: reference.build(ours, peer),
-        },
-        TracePacket {
-            time: at_ms(1),
-            bytes: syn_ack.build(peer, ours),
-        },
-    ];
-    let mut config = ReplayConfig::new(OURS);
-    config.seed = seed;
-    let mut replay = Replay::new(&trace, config);
+    let mut replay = replay_of(
+        &[
+            (0, reference.build(ours, peer)),
+            (1, syn_ack.build(peer, ours)),
+        ],
+        seed,
+    );
     let mut stream = None;
     replay.run(|stack, now| {
         if stream.is_none() {

@@ -113,6 +113,17 @@ pub fn remove_leftovers(tun: &str) -> Result<Leftovers, DownError> {
     Ok(leftovers)
 }
 
+/// Sets `net.ipv4.ip_forward` back to `was`, as the `tiflow up` on `tun`
+/// found it, unless another live `tiflow up` in this namespace may need
+/// it on. Returns whether it was set.
+pub fn restore_ip_forward(tun: &str, was: &str) -> io::Result<bool> {
+    if state::others_alive(tun) {
+        return Ok(false);
+    }
+    host::set_sysctl("net.ipv4.ip_forward", was)?;
+    Ok(true)
+}
+
 /// `tiflow down`.
 pub fn run(args: &DownArgs) -> Result<(), DownError> {
     host::check_net_admin()?;
@@ -132,15 +143,15 @@ pub fn run(args: &DownArgs) -> Result<(), DownError> {
         ));
     }
     if let Some(was) = &left.ip_forward_was {
-        if state::others_alive(tun) {
-            done.push("left net.ipv4.ip_forward on: another tiflow up runs here".to_owned());
+        let restored = restore_ip_forward(tun, was).map_err(|source| DownError::Io {
+            what: "restore net.ipv4.ip_forward".into(),
+            source,
+        })?;
+        done.push(if restored {
+            format!("restored net.ipv4.ip_forward = {was}")
         } else {
-            host::set_sysctl("net.ipv4.ip_forward", was).map_err(|source| DownError::Io {
-                what: "restore net.ipv4.ip_forward".into(),
-                source,
-            })?;
-            done.push(format!("restored net.ipv4.ip_forward = {was}"));
-        }
+            "left net.ipv4.ip_forward on: another tiflow up runs here".to_owned()
+        });
     }
     if left.state_file {
         done.push("removed its state file".to_owned());

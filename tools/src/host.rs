@@ -163,46 +163,6 @@ pub enum CommandError {
     },
 }
 
-/// Runs `program args...` with `input` on its standard input, returning
-/// its standard output.
-pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<String, CommandError> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let command = std::iter::once(program)
-        .chain(args.iter().copied())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let spawn_error = |source| CommandError::Spawn {
-        command: command.clone(),
-        source,
-    };
-    let resolved = which(program).unwrap_or_else(|| PathBuf::from(program));
-    let mut child = Command::new(resolved)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_error)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(spawn_error)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_error)?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        Err(CommandError::Failed {
-            command,
-            stderr: if stderr.is_empty() {
-                out.status.to_string()
-            } else {
-                stderr
-            },
-        })
-    }
-}
-
 /// Runs `program args...`, returning its standard output.
 pub fn run(program: &str, args: &[&str]) -> Result<String, CommandError> {
     let command = std::iter::once(program)

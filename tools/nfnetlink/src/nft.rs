@@ -235,23 +235,30 @@ pub fn ip_saddr_in(net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
         .checked_shl(32 - u32::from(prefix.min(32)))
         .unwrap_or(0);
     let net = u32::from(net) & mask;
+    let saddr = Expr::Payload {
+        base: PayloadBase::Network,
+        offset: 12,
+        len: 4,
+        dreg: REG_1,
+    };
+    masked_cmp(saddr, mask.to_be_bytes(), Cmp::Eq, net.to_be_bytes())
+}
+
+/// `load & mask OP data`: a 4-byte value loaded into register 1, masked,
+/// compared.
+fn masked_cmp(load: Expr, mask: [u8; 4], op: Cmp, data: [u8; 4]) -> Vec<Expr> {
     vec![
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: 12,
-            len: 4,
-            dreg: REG_1,
-        },
+        load,
         Expr::Bitwise {
             sreg: REG_1,
             dreg: REG_1,
-            mask: mask.to_be_bytes().to_vec(),
+            mask: mask.to_vec(),
             xor: vec![0; 4],
         },
         Expr::Cmp {
             sreg: REG_1,
-            op: Cmp::Eq,
-            data: net.to_be_bytes().to_vec(),
+            op,
+            data: data.to_vec(),
         },
     ]
 }
@@ -315,20 +322,12 @@ pub fn tcp_dport(port: u16) -> Vec<Expr> {
 
 /// `ct state STATES` (any of the [`ct_state`] bits in `states`).
 pub fn ct_state_in(states: u32) -> Vec<Expr> {
-    vec![
+    masked_cmp(
         Expr::CtState { dreg: REG_1 },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: states.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: Cmp::Neq,
-            data: vec![0; 4],
-        },
-    ]
+        states.to_ne_bytes(),
+        Cmp::Neq,
+        [0; 4],
+    )
 }
 
 /// `masquerade` (`masquerade random` if `random`).

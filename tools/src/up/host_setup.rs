@@ -144,15 +144,21 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
     });
     if let Some(was) = state.ip_forward_was.clone() {
         let tun_name = tun.to_owned();
-        undo.call(move || {
-            if state::others_alive(&tun_name) {
-                info!("IPv4 forwarding left on: another tiflow up runs in this namespace");
-            } else if let Err(e) = host::set_sysctl("net.ipv4.ip_forward", &was) {
-                warn!(error = %e, "cannot restore net.ipv4.ip_forward");
-            }
+        undo.call(move || match down::restore_ip_forward(&tun_name, &was) {
+            Ok(true) => {}
+            Ok(false) => info!("IPv4 forwarding left on: another tiflow up runs in this namespace"),
+            Err(e) => warn!(error = %e, "cannot restore net.ipv4.ip_forward"),
         });
     }
     state::write(tun, &state).map_err(UpError::State)?;
+    add_nat_rules(args, &mut state, undo)
+}
+
+/// `--masquerade` and `--expose`: the TUN's nftables table (and, where
+/// the iptables FORWARD policy drops, the tagged accepts, recorded in the
+/// state file), each undone at exit.
+fn add_nat_rules(args: &UpArgs, state: &mut UpState, undo: &mut Undo) -> Result<(), UpError> {
+    let tun = args.tun.as_str();
     let rules = NatRules {
         tun: tun.to_owned(),
         masquerade: args.masquerade.then_some(args.address),
@@ -168,7 +174,7 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
     if netfilter::iptables_forward_drops() {
         // nftables cannot override another table's drop: see `netfilter`.
         state.forward_accepts = true;
-        state::write(tun, &state).map_err(UpError::State)?;
+        state::write(tun, state).map_err(UpError::State)?;
         let tun_name = tun.to_owned();
         undo.call(move || {
             if let Err(e) = netfilter::remove_forward_accepts(&tun_name) {
