@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ti_testnet::netns::NetNs;
 
 const NAT_TOOLS: [(&str, &str); 3] = [
     ("ip", "iproute2"),
@@ -53,6 +54,21 @@ fn outcome(s: &mut TcpStream) -> Outcome {
             Outcome::Refused
         }
         Err(e) => panic!("a local connection was neither carried nor refused: {e}"),
+    }
+}
+
+/// Connects to the forward port and sees what becomes of the connection.
+/// A refusal (an accept and an immediate reset) can arrive before
+/// `connect` has returned, so a reset there is a refusal too.
+fn connect_and_see(client: &NetNs) -> (Outcome, Option<TcpStream>) {
+    let target: std::net::SocketAddr = format!("127.0.0.1:{PORT}").parse().expect("address");
+    let connected = client
+        .enter(|| TcpStream::connect_timeout(&target, DECIDED_WITHIN))
+        .expect("enter");
+    match connected {
+        Ok(mut s) => (outcome(&mut s), Some(s)),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => (Outcome::Refused, None),
+        Err(e) => panic!("connect to {target}: {e}"),
     }
 }
 
@@ -111,9 +127,9 @@ fn out_of_descriptors_refuses_with_one_log_line_and_keeps_answering() {
     let mut clients = Vec::new();
     let mut outcomes = Vec::new();
     for _ in 0..CONNECTIONS {
-        let mut c = connect_in(&net.client, &format!("127.0.0.1:{PORT}"));
-        outcomes.push(outcome(&mut c));
-        clients.push(c);
+        let (outcome, client) = connect_and_see(&net.client);
+        outcomes.push(outcome);
+        clients.extend(client);
     }
     let greeted = outcomes.iter().filter(|o| **o == Outcome::Greeted).count();
     let refused = outcomes.len() - greeted;
