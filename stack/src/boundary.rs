@@ -12,7 +12,7 @@
 //! no connection needs an option (the steady state), egress is a zero-copy
 //! pass-through. It never makes a protocol decision.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -52,6 +52,9 @@ pub struct Boundary<D> {
     rx_lane: Option<Lane>,
     spare: Vec<Vec<u8>>,
     rules: HashMap<FourTuple, FlowOptionRepr>,
+    /// Tuples without a rule whose SYN (or SYN-ACK) ISN is recorded too:
+    /// legacy handshakes, whose completing ACK the stack judges.
+    watched: HashSet<FourTuple>,
     isns: HashMap<FourTuple, u32>,
     events: Vec<EgressEvent>,
     scratch: Vec<u8>,
@@ -86,6 +89,7 @@ impl<D: Device> Boundary<D> {
             rx_lane: None,
             spare: Vec::new(),
             rules: HashMap::new(),
+            watched: HashSet::new(),
             isns: HashMap::new(),
             events: Vec::new(),
             scratch: Vec::new(),
@@ -199,14 +203,22 @@ impl<D: Device> Boundary<D> {
         self.rules.insert(tuple, option);
     }
 
-    /// Stops attaching an option to `tuple`'s segments (and forgets its ISN).
+    /// Stops attaching an option to `tuple`'s segments (and forgets its ISN
+    /// and any [`Boundary::watch_isn`]).
     pub fn detach_option(&mut self, tuple: &FourTuple) {
         self.rules.remove(tuple);
+        self.watched.remove(tuple);
         self.isns.remove(tuple);
     }
 
+    /// Records the ISN of the SYN (or SYN-ACK) sent on `tuple` though no
+    /// option is attached to it, until [`Boundary::detach_option`].
+    pub fn watch_isn(&mut self, tuple: FourTuple) {
+        self.watched.insert(tuple);
+    }
+
     /// The sequence number of the last SYN (or SYN-ACK) sent on `tuple`
-    /// while an option was attached: our initial sequence number, which the
+    /// while an option was attached or its ISN watched: our initial sequence number, which the
     /// stack needs to judge the peer's answer before smoltcp does.
     pub fn sent_isn(&self, tuple: &FourTuple) -> Option<u32> {
         self.isns.get(tuple).copied()
@@ -249,6 +261,7 @@ pub struct BoundaryTx<'a, T> {
     kind: u8,
     mtu: usize,
     rules: &'a HashMap<FourTuple, FlowOptionRepr>,
+    watched: &'a HashSet<FourTuple>,
     isns: &'a mut HashMap<FourTuple, u32>,
     events: &'a mut Vec<EgressEvent>,
     scratch: &'a mut Vec<u8>,
@@ -262,13 +275,18 @@ impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
         F: FnOnce(&mut [u8]) -> R,
     {
         self.stats.sent += 1;
-        if self.rules.is_empty() {
+        if self.rules.is_empty() && self.watched.is_empty() {
             return self.token.consume(len, f);
         }
         self.scratch.clear();
         self.scratch.resize(len, 0);
         let result = f(self.scratch);
         let segment = Segment::parse(self.scratch, self.kind);
+        if let Some(seg) = segment.filter(|seg| seg.syn)
+            && self.watched.contains(&seg.tuple_at_sender())
+        {
+            self.isns.insert(seg.tuple_at_sender(), seg.seq);
+        }
         let rule = segment.and_then(|seg| self.rules.get_key_value(&seg.tuple_at_sender()));
         let out: &[u8] = match rule {
             Some((tuple, option)) => {
@@ -341,6 +359,7 @@ impl<D: Device> Device for Boundary<D> {
                 kind: self.kind,
                 mtu,
                 rules: &self.rules,
+                watched: &self.watched,
                 isns: &mut self.isns,
                 events: &mut self.events,
                 scratch: &mut self.scratch,
@@ -358,6 +377,7 @@ impl<D: Device> Device for Boundary<D> {
             kind: self.kind,
             mtu,
             rules: &self.rules,
+            watched: &self.watched,
             isns: &mut self.isns,
             events: &mut self.events,
             scratch: &mut self.scratch,

@@ -19,11 +19,15 @@
 
 mod common;
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::*;
 use smoltcp::time::Duration;
 use ti_stack::StreamId;
+use ti_stack::device::link::Side;
+use ti_stack::segment::Segment;
+use ti_stack::sim::Sim;
+use ti_testnet::packet::Tcp;
 
 const CLIENTS: usize = 6;
 const BACKLOG: usize = 2;
@@ -176,4 +180,56 @@ fn a_held_handshake_the_server_gives_up_resets_its_silent_client() {
         clients.iter().any(|(_, error)| error.is_some()),
         "some handshakes were given up (the scenario holds)"
     );
+}
+
+#[test]
+fn only_an_ack_of_our_syn_ack_is_held_for_a_full_accept_queue() {
+    // A held handshake counts as answered: it is evicted last and, if the
+    // server gives it up, its client is reset. An ACK that does not
+    // acknowledge our SYN-ACK (a blind or stale one) must not earn that
+    // (DESIGN §4 "Acceptance before decision"); smoltcp answers it with a
+    // RST, as for a connection without room.
+    let mut server = config(SERVER, 52);
+    server.accept_backlog = 1;
+    let (mut sim, _listener) = pair_with(51, link(5), config(CLIENT, 51), server);
+    let attacker_ip = Ipv4Addr::new(10, 0, 0, 66);
+    let attacker = sim.net.endpoint(Side::A, &[attacker_ip]);
+    let server_port = SocketAddrV4::new(SERVER, PORT);
+    let (first, second) = (
+        SocketAddrV4::new(attacker_ip, 40001),
+        SocketAddrV4::new(attacker_ip, 40002),
+    );
+    for from in [first, second] {
+        attacker.send_raw(
+            sim.now(),
+            &Tcp::new(from, server_port).seq(1000).syn().build(),
+        );
+    }
+    sim.run_for(Duration::from_millis(50));
+    let mut isns = std::collections::HashMap::new();
+    while let Some(p) = attacker.recv_raw(sim.now()) {
+        if let Some(s) = Segment::parse(&p, tifid::DEFAULT_KIND)
+            && s.syn
+            && s.ack
+        {
+            isns.insert(s.dst, s.seq);
+        }
+    }
+    let ack = |from: SocketAddrV4, ack: u32| Tcp::new(from, server_port).seq(1001).ack(ack).build();
+    // The first handshake completes and fills the accept queue.
+    attacker.send_raw(sim.now(), &ack(first, isns[&first].wrapping_add(1)));
+    sim.run_for(Duration::from_millis(50));
+    let held = |sim: &Sim| sim.hosts[1].resources().handshakes_deferred_backlog;
+    assert_eq!(held(&sim), 0, "the first handshake had room");
+    // The second handshake's ACK acknowledges something else: not held.
+    let isn = isns[&second];
+    for wrong in [isn, isn.wrapping_add(2), isn.wrapping_add(1 << 30)] {
+        attacker.send_raw(sim.now(), &ack(second, wrong));
+        sim.run_for(Duration::from_millis(20));
+    }
+    assert_eq!(held(&sim), 0, "an ACK not of our SYN-ACK was held");
+    // Its real ACK is held until the application accepts.
+    attacker.send_raw(sim.now(), &ack(second, isn.wrapping_add(1)));
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(held(&sim), 1, "the ACK of our SYN-ACK waits for room");
 }

@@ -232,6 +232,7 @@ impl<D: Device> Stack<D> {
                 // synchronized state means smoltcp accepted the connection.)
                 (Phase::SynReceived(None), None) if synchronized => {
                     conn.phase = Phase::Open;
+                    self.device.detach_option(&conn.tuple);
                     self.accept_connection(now, handle, Mode::Legacy, None);
                 }
                 (Phase::Open | Phase::SynReceived(_), None) if state == tcp::State::Closed => {

@@ -272,7 +272,8 @@ impl<D: Device> Stack<D> {
     }
 
     /// Whether `seg` would complete a new (not resumed) handshake on
-    /// `handle` while its listener's accept queue is full. A TI handshake
+    /// `handle` (it acknowledges our SYN-ACK) while its listener's accept
+    /// queue is full. A TI handshake
     /// joins the queue when its ACK is taken; a legacy one only once
     /// smoltcp took the ACK, later in the poll: a legacy completion let
     /// through here is counted, so the next ones in this poll see it.
@@ -286,6 +287,14 @@ impl<D: Device> Stack<D> {
             _ => (false, false),
         };
         if !new_handshake || conn.stream.is_some() || seg.syn || seg.rst || !seg.ack {
+            return false;
+        }
+        // Only the ACK of our SYN-ACK completes the handshake: any other
+        // (blind, stale) must not mark it as answered (DESIGN §4).
+        let our_isn = conn.iss.or_else(|| self.device.sent_isn(&conn.tuple));
+        if !our_isn
+            .is_some_and(|isn| acceptance::completes_our_syn_ack(isn, seg.ack, seg.ack_number))
+        {
             return false;
         }
         let port = conn.tuple.local.port();
@@ -445,6 +454,8 @@ impl<D: Device> Stack<D> {
         let responder = match decision {
             SynDecision::Legacy(cause) => {
                 debug!(peer = %seg.src, %cause, "SYN accepted as legacy TCP");
+                // Its SYN-ACK's ISN judges the ACK held for a full accept queue.
+                self.device.watch_isn(tuple);
                 None
             }
             SynDecision::Accept(responder) => {
