@@ -223,7 +223,7 @@ fn egress_benches(c: &mut Criterion) {
         .expect("data segment parses")
         .tuple_at_sender();
     let other = FourTuple {
-        local: SocketAddrV4::new(CLIENT, 50_001),
+        local: SocketAddrV4::new(CLIENT, 50_001).into(),
         ..tuple
     };
 

@@ -39,7 +39,7 @@
 //! injected as recorded, and a trace that cannot be read is an error.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration as StdDuration;
 
 use pcap_file::DataLink;
@@ -203,7 +203,7 @@ impl ReplayConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConnMap {
     /// The peer's endpoint (replay addresses).
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     /// Our port in the trace.
     recorded_port: u16,
     /// Our port in the replay.
@@ -345,7 +345,7 @@ impl Rewriter {
         let Ok(mut tcp) = TcpPacket::new_checked(&mut *segment) else {
             return;
         };
-        let peer = SocketAddrV4::new(src, tcp.src_port());
+        let peer = SocketAddr::from((src, tcp.src_port()));
         let conn = self
             .conns
             .iter()

@@ -8,7 +8,7 @@
 //! Every failure message carries the replay's transcript as `tiflow dump`
 //! prints it.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use pcap_tests::exchange::App;
 use pcap_tests::paper_traces::{self, TracePacket, traces_dir};
@@ -320,8 +320,8 @@ fn c_paper_trace2_syn_into_our_listener() {
     let t = replay.transcript();
     let peer = peers(&replay);
     let syn = peer.first().expect("the paper's SYN");
-    assert_eq!(syn.src, SocketAddrV4::new(scenarios::KERNEL, 11305), "{t}");
-    assert_eq!(syn.dst, SocketAddrV4::new(scenarios::OURS, 22), "{t}");
+    assert_eq!(syn.src, SocketAddr::from((scenarios::KERNEL, 11305)), "{t}");
+    assert_eq!(syn.dst, SocketAddr::from((scenarios::OURS, 22)), "{t}");
     let ours = ours(&replay);
     let syn_ack = ours.iter().find(|s| is_syn_ack(s)).expect("a SYN-ACK");
     assert_eq!(syn_ack.ack_number, 111, "{t}");
@@ -456,7 +456,7 @@ fn resume_syn_index(trace: &[TracePacket], ours: Ipv4Addr) -> usize {
         .iter()
         .position(|p| {
             Segment::parse(&p.bytes, tifid::DEFAULT_KIND).is_some_and(|s| {
-                *s.dst.ip() == ours
+                s.dst.ip() == ours
                     && is_syn(&s)
                     && option(&s).is_some_and(|o| o.tifid.is_complete())
             })
@@ -698,7 +698,7 @@ fn every_scenario_has_its_captured_traces() {
             let mine = packets
                 .iter()
                 .filter_map(|p| Segment::parse(&p.bytes, tifid::DEFAULT_KIND))
-                .filter(|s| *s.src.ip() == ours)
+                .filter(|s| s.src.ip() == ours)
                 .count();
             assert!(mine > 0, "{}: nothing from {ours}", scenario.name);
         }

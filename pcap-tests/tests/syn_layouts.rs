@@ -507,7 +507,7 @@ fn assert_answered_as_plain_tcp(layout: &Layout, r: &Responded) {
     assert_eq!(syn_ack.option, Ok(None), "{what}: a flow option\n{t}");
     assert_eq!(
         syn_ack.dst,
-        SocketAddrV4::new(PEER, r.syn.src_port().max(1)),
+        std::net::SocketAddr::from((PEER, r.syn.src_port().max(1))),
         "{what}\n{t}"
     );
     assert_eq!(

@@ -1,18 +1,21 @@
 //! Stack settings and their defaults (DESIGN §4, §6).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// Settings of a [`crate::Stack`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StackConfig {
-    /// Our IPv4 address.
+    /// Our IPv4 address; `0.0.0.0` for a stack with only an IPv6 address.
     pub address: Ipv4Addr,
     /// Its prefix length.
     pub prefix_len: u8,
     /// Default gateway, if any.
     pub gateway: Option<Ipv4Addr>,
+    /// Our IPv6 address, if any: the stack is then dual-stack (or
+    /// IPv6-only with `address` 0.0.0.0).
+    pub ipv6: Option<Ipv6Addressing>,
     /// Offer and accept TI-flows; off makes the stack plain TCP.
     pub ti_enabled: bool,
     /// The flow option's kind.
@@ -77,13 +80,53 @@ pub struct StackConfig {
     pub low_latency: bool,
 }
 
+/// The stack's IPv6 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Addressing {
+    /// The address.
+    pub address: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<Ipv6Addr>,
+}
+
+impl Ipv6Addressing {
+    /// `address`/64 without a gateway.
+    pub fn new(address: Ipv6Addr) -> Ipv6Addressing {
+        Ipv6Addressing {
+            address,
+            prefix_len: 64,
+            gateway: None,
+        }
+    }
+}
+
 impl StackConfig {
+    /// Whether `ip` is one of our addresses.
+    pub fn is_ours(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => !v4.is_unspecified() && v4 == self.address,
+            IpAddr::V6(v6) => self.ipv6.is_some_and(|a| a.address == v6),
+        }
+    }
+
+    /// Our address of `remote`'s family, for a connection to it.
+    pub fn local_address_for(&self, remote: IpAddr) -> Option<IpAddr> {
+        match remote {
+            IpAddr::V4(_) if !self.address.is_unspecified() => Some(IpAddr::V4(self.address)),
+            IpAddr::V4(_) => None,
+            IpAddr::V6(_) => self.ipv6.map(|a| IpAddr::V6(a.address)),
+        }
+    }
+
     /// Defaults for the given address (/24).
     pub fn new(address: Ipv4Addr) -> StackConfig {
         StackConfig {
             address,
             prefix_len: 24,
             gateway: None,
+            ipv6: None,
             ti_enabled: true,
             option_kind: tifid::DEFAULT_KIND,
             stall_timeout: Duration::from_secs(3),
@@ -103,6 +146,15 @@ impl StackConfig {
             ephemeral_ports: 49152..=65535,
             seed: None,
             low_latency: false,
+        }
+    }
+
+    /// Defaults for a stack with only an IPv6 address (/64).
+    pub fn new_v6(address: Ipv6Addr) -> StackConfig {
+        StackConfig {
+            address: Ipv4Addr::UNSPECIFIED,
+            ipv6: Some(Ipv6Addressing::new(address)),
+            ..StackConfig::new(Ipv4Addr::UNSPECIFIED)
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum StreamError {
         /// Ports in the ephemeral range.
         ports: u32,
     },
+    /// A connect to an address of a family (IPv4, IPv6) the stack has no
+    /// address of.
+    #[error("no local address of the destination's family (IPv4 or IPv6)")]
+    NoAddressOfFamily,
 }
 
 impl From<StreamError> for io::Error {
@@ -60,7 +64,9 @@ impl From<StreamError> for io::Error {
             StreamError::WriteAfterShutdown => io::ErrorKind::BrokenPipe,
             StreamError::NoSuchStream | StreamError::StackStopped => io::ErrorKind::NotConnected,
             StreamError::AddrInUse => io::ErrorKind::AddrInUse,
-            StreamError::NoFreePort { .. } => io::ErrorKind::AddrNotAvailable,
+            StreamError::NoFreePort { .. } | StreamError::NoAddressOfFamily => {
+                io::ErrorKind::AddrNotAvailable
+            }
         };
         io::Error::new(kind, e)
     }

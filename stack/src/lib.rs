@@ -22,7 +22,7 @@ pub mod sim;
 pub mod stack;
 pub mod stream;
 
-pub use config::StackConfig;
+pub use config::{Ipv6Addressing, StackConfig};
 pub use error::{StreamError, StreamEvent};
 pub use stack::{
     DOWNTIME_BUCKETS, FlowMetrics, ListenerId, Resources, Stack, StreamId, StreamInfo, StreamMode,

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddrV4};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -204,7 +204,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
 
     /// Opens a connection to `remote` (offering a TI-flow) and waits until it
     /// is established, refused or timed out.
-    pub fn connect(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+    pub fn connect(&self, remote: impl Into<SocketAddr>) -> Result<TiStream<D>, StreamError> {
         let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
         let stream = TiStream::new(self.shared.clone(), id);
         let timeout = self.shared.lock().config().connect_timeout + Duration::from_secs(1);
@@ -407,12 +407,12 @@ impl<D: Device + Wait> TiStream<D> {
     }
 
     /// The original peer, unchanged across resumes.
-    pub fn peer_addr(&self) -> Option<SocketAddrV4> {
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.shared().lock().peer_addr(self.id())
     }
 
     /// Our end of the current TCP connection (changes on resume).
-    pub fn local_addr(&self) -> Option<SocketAddrV4> {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         self.shared().lock().local_addr(self.id())
     }
 

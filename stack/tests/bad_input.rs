@@ -369,7 +369,10 @@ fn syn_with(options: &[u8]) -> Vec<u8> {
 /// checking the rest of the segment was read right.
 fn option_outcome(options: &[u8]) -> Result<Option<FlowOptionRepr>, OptionError> {
     let seg = Segment::parse(&syn_with(options), KIND).expect("the headers are fine");
-    assert_eq!((seg.src, seg.dst, seg.seq), (from(), to(), 0x0102_0304));
+    assert_eq!(
+        (seg.src, seg.dst, seg.seq),
+        (from().into(), to().into(), 0x0102_0304)
+    );
     assert!(seg.syn && !seg.ack && !seg.rst && !seg.fin);
     assert_eq!(seg.payload_len, 0);
     seg.option
@@ -518,13 +521,26 @@ fn udp_and_icmp_are_not_segments() {
 }
 
 #[test]
-fn ipv6_is_not_a_segment() {
+fn ipv6_segments_parse_and_tcp_behind_extension_headers_is_not_inspected() {
     let src = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 40_000, 0, 0);
     let dst = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 80, 0, 0);
     let buf = Tcp::new(src, dst).syn().seq(1).build();
     assert_eq!(buf[0] >> 4, 6);
-    assert_eq!(Segment::parse(&buf, KIND), None);
-    assert_add_refused(&buf, AddOptionError::NotTcp);
+    let seg = Segment::parse(&buf, KIND).expect("a TCP/IPv6 segment");
+    assert_eq!(
+        (seg.src, seg.dst, seg.seq, seg.syn),
+        (src.into(), dst.into(), 1, true)
+    );
+    // A hop-by-hop header before TCP: passed on as legacy, not rewritten.
+    let mut hop_by_hop = buf.clone();
+    hop_by_hop[6] = 0;
+    assert_eq!(Segment::parse(&hop_by_hop, KIND), None);
+    assert_add_refused(&hop_by_hop, AddOptionError::NotTcp);
+    // Truncated anywhere: never a segment, never a panic.
+    for len in 0..buf.len() {
+        assert_eq!(Segment::parse(&buf[..len], KIND), None, "cut at {len}");
+        assert_add_refused(&buf[..len], AddOptionError::NotTcp);
+    }
 }
 
 #[test]
@@ -907,7 +923,7 @@ fn live_flow_survives_bad_input_from_third_hosts() {
     let third_b = sim.net.endpoint(Side::B, &[THIRD_B]);
     let (c, s) = connect(&mut sim, listener);
     assert!(resilient(&sim, 0, c) && resilient(&sim, 1, s));
-    let client_addr = sim.hosts[0].local_addr(c).expect("client address");
+    let client_addr = v4(sim.hosts[0].local_addr(c).expect("client address"));
 
     // Toward the server's listener and toward the client's connection port.
     // The link carries the well-formed IPv4 ones and drops the rest.
@@ -1158,7 +1174,7 @@ fn malformed_ipv4_straight_into_live_stacks_is_harmless() {
     });
     assert!(ok, "no connection");
     let s = s.expect("accepted");
-    let client_addr = sim.hosts[0].local_addr(c).expect("client address");
+    let client_addr = v4(sim.hosts[0].local_addr(c).expect("client address"));
 
     // IP-level garbage (also IPv6 and versions other than 4 with IHL 5,
     // which reach the boundary's parser), then everything of part (a).
@@ -1252,8 +1268,8 @@ fn handshake_by_hand(
     sim.run_until(Duration::from_secs(2), |sim| {
         for p in drain(dev, sim.now()) {
             if let Some(seg) = Segment::parse(&p, KIND)
-                && seg.src == server
-                && seg.dst == src
+                && seg.src == server.into()
+                && seg.dst == src.into()
                 && seg.syn
                 && seg.ack
             {
@@ -1390,7 +1406,7 @@ fn syn_ack_for(sim: &mut Sim, dev: &LinkDevice, src: SocketAddrV4) -> Option<Seg
     sim.run_until(Duration::from_secs(2), |sim| {
         for p in drain(dev, sim.now()) {
             if let Some(seg) = Segment::parse(&p, KIND)
-                && seg.dst == src
+                && seg.dst == src.into()
                 && seg.syn
                 && seg.ack
             {

@@ -170,7 +170,7 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
 
     let segs = peer.host.segments();
     let first = segs.first().expect("something was captured");
-    assert_eq!(*first.seg.src.ip(), CLIENT_STACK);
+    assert_eq!(first.seg.src.ip(), CLIENT_STACK);
     assert!(first.seg.syn && !first.seg.ack, "first packet is our SYN");
     let offer = option_of(first).expect("our SYN offers a TI-flow");
     assert!(
@@ -183,7 +183,7 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
         .expect("Linux's SYN-ACK");
     assert_eq!(syn_ack.seg.option, Ok(None), "Linux ignores our option");
     for c in &segs {
-        if *c.seg.src.ip() == CLIENT_STACK && !matches!(c.seg.option, Ok(None)) {
+        if c.seg.src.ip() == CLIENT_STACK && !matches!(c.seg.option, Ok(None)) {
             assert!(
                 c.seg.syn && !c.seg.ack && c.seg.seq == first.seg.seq,
                 "only our initial SYN (or its retransmission) may carry the option: {:?}",
@@ -194,7 +194,7 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
     assert_option_only_on_syns(&segs, LINUX, "Linux");
     assert!(
         segs.iter()
-            .all(|c| *c.seg.src.ip() != LINUX || c.seg.option == Ok(None)),
+            .all(|c| c.seg.src.ip() != LINUX || c.seg.option == Ok(None)),
         "Linux never sends our option"
     );
     eprintln!(
@@ -245,7 +245,7 @@ fn linux_client_to_our_listener_is_legacy() {
     let segs = peer.host.segments();
     assert!(
         segs.iter()
-            .any(|c| c.seg.syn && c.seg.ack && *c.seg.src.ip() == CLIENT_STACK),
+            .any(|c| c.seg.syn && c.seg.ack && c.seg.src.ip() == CLIENT_STACK),
         "our SYN-ACK was captured"
     );
     for c in &segs {
@@ -289,14 +289,14 @@ fn nat_rebuilt_mid_transfer_flow_resumes() {
     let segs = topology.server.segments();
     assert!(
         segs.iter()
-            .filter(|c| *c.seg.dst.ip() == SERVER_STACK)
-            .all(|c| *c.seg.src.ip() == MB_SERVER_SIDE),
+            .filter(|c| c.seg.dst.ip() == SERVER_STACK)
+            .all(|c| c.seg.src.ip() == MB_SERVER_SIDE),
         "the server only ever saw the NAT's outside address"
     );
     let resumes = resume_syns(&segs, run.tifid);
     assert!(!resumes.is_empty(), "the server saw the resume SYN");
     assert!(
-        resumes.iter().all(|c| *c.seg.src.ip() == MB_SERVER_SIDE),
+        resumes.iter().all(|c| c.seg.src.ip() == MB_SERVER_SIDE),
         "the resume came through the masquerading NAT: {resumes:?}"
     );
 }
@@ -328,7 +328,7 @@ fn nat_conntrack_flush_mid_transfer_flow_resumes() {
     assert!(
         resumes
             .iter()
-            .all(|c| *c.seg.src.ip() == MB_SERVER_SIDE && c.seg.src.port() != first_port),
+            .all(|c| c.seg.src.ip() == MB_SERVER_SIDE && c.seg.src.port() != first_port),
         "the resume arrived through the NAT on a new port: {resumes:?}"
     );
 }
@@ -346,7 +346,7 @@ fn firewall_conntrack_flush_mid_transfer_flow_resumes() {
     let segs = topology.server.segments();
     let resumes = resume_syns(&segs, run.tifid);
     assert!(
-        resumes.iter().all(|c| *c.seg.src.ip() == CLIENT_STACK) && !resumes.is_empty(),
+        resumes.iter().all(|c| c.seg.src.ip() == CLIENT_STACK) && !resumes.is_empty(),
         "the resume came from the client, not NATed: {resumes:?}"
     );
 }
@@ -392,7 +392,7 @@ fn optstrip_forward_path_gives_clean_legacy() {
     let (client, server) = optstrip("kso", 7004, "m0", "forward path");
     let sent = client
         .iter()
-        .find(|c| c.seg.syn && !c.seg.ack && *c.seg.src.ip() == CLIENT_STACK)
+        .find(|c| c.seg.syn && !c.seg.ack && c.seg.src.ip() == CLIENT_STACK)
         .expect("client SYN");
     assert!(option_of(sent).is_some(), "the client offered TI");
     let got = server
@@ -415,7 +415,7 @@ fn optstrip_return_path_gives_clean_legacy() {
     let (client, server) = optstrip("ksr", 7005, "m1", "return path");
     let syn_ack_sent = server
         .iter()
-        .find(|c| c.seg.syn && c.seg.ack && *c.seg.src.ip() == SERVER_STACK)
+        .find(|c| c.seg.syn && c.seg.ack && c.seg.src.ip() == SERVER_STACK)
         .expect("server SYN-ACK");
     assert!(
         option_of(syn_ack_sent).is_some(),
@@ -433,7 +433,7 @@ fn optstrip_return_path_gives_clean_legacy() {
     assert!(
         client
             .iter()
-            .filter(|c| *c.seg.src.ip() == CLIENT_STACK && !c.seg.syn)
+            .filter(|c| c.seg.src.ip() == CLIENT_STACK && !c.seg.syn)
             .all(|c| c.seg.option == Ok(None)),
         "the client never confirmed"
     );
@@ -466,7 +466,7 @@ fn reject_with_reset_for_one_second_flow_resumes() {
     let segs = topology.client.segments();
     let attempts: Vec<Captured> = resume_syns(&segs, run.tifid)
         .into_iter()
-        .filter(|c| *c.seg.src.ip() == CLIENT_STACK)
+        .filter(|c| c.seg.src.ip() == CLIENT_STACK)
         .collect();
     let (last, reset) = attempts.split_last().expect("resume attempts");
     assert!(
@@ -508,7 +508,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
     let mut flow = RunningFlow::start(&topology, port, FLOW_BYTES, Pace::PACED);
     let tifid = flow.tifid();
     let old_local = flow.client.local_addr().expect("client connection");
-    assert_eq!(*old_local.ip(), CLIENT_STACK);
+    assert_eq!(old_local.ip(), CLIENT_STACK);
     flow.wait_server_received(DISRUPT_AT);
     topology
         .client
@@ -524,11 +524,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
         .wait_client_resumed(Duration::from_secs(30))
         .expect("the client resumed after moving");
     let new_local = flow.client.local_addr().expect("resumed connection");
-    assert_eq!(
-        *new_local.ip(),
-        CLIENT_MOVED,
-        "resumed from the new address"
-    );
+    assert_eq!(new_local.ip(), CLIENT_MOVED, "resumed from the new address");
     wait_until(
         Duration::from_secs(10),
         "the server's flow to see the new peer",
@@ -540,7 +536,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
     );
     assert_eq!(
         flow.client.peer_addr(),
-        Some(Topology::server_at(port)),
+        Some(Topology::server_at(port).into()),
         "the client's peer is unchanged"
     );
     let outcome = flow.finish();
@@ -561,7 +557,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
     let segs = topology.server.segments();
     let from_new: Vec<_> = resume_syns(&segs, tifid)
         .into_iter()
-        .filter(|c| *c.seg.src.ip() == CLIENT_MOVED)
+        .filter(|c| c.seg.src.ip() == CLIENT_MOVED)
         .collect();
     assert!(
         !from_new.is_empty(),
@@ -569,7 +565,7 @@ fn address_change_mid_transfer_resumes_from_new_address() {
     );
     assert!(
         segs.iter()
-            .any(|c| *c.seg.dst.ip() == CLIENT_MOVED && c.seg.payload_len > 0),
+            .any(|c| c.seg.dst.ip() == CLIENT_MOVED && c.seg.payload_len > 0),
         "the server sent data to the new address"
     );
     eprintln!(
@@ -779,11 +775,11 @@ fn bad_input_from_the_wire_leaves_the_live_flow_untouched() {
     for (src, t, _, _) in &forged {
         let syn = segs
             .iter()
-            .find(|c| c.seg.src == *src && c.seg.syn)
+            .find(|c| c.seg.src == (*src).into() && c.seg.syn)
             .unwrap_or_else(|| panic!("the forged resume from {src} reached the server"));
         let refusal = segs
             .iter()
-            .find(|c| c.seg.rst && c.seg.src == server && c.seg.dst == *src)
+            .find(|c| c.seg.rst && c.seg.src == server.into() && c.seg.dst == (*src).into())
             .unwrap_or_else(|| panic!("the forged resume from {src} was refused with a RST"));
         let echo = option_of(refusal).expect("the refusal carries our option");
         assert_eq!(echo.tifid, *t, "the refusal echoes the TIFID");
@@ -796,12 +792,12 @@ fn bad_input_from_the_wire_leaves_the_live_flow_untouched() {
         assert!(
             !segs
                 .iter()
-                .any(|c| c.seg.syn && c.seg.ack && c.seg.dst == *src),
+                .any(|c| c.seg.syn && c.seg.ack && c.seg.dst == (*src).into()),
             "no SYN-ACK to a forged resume from {src}"
         );
     }
     for (p, _) in &malformed {
-        for c in segs.iter().filter(|c| c.seg.dst == me(*p)) {
+        for c in segs.iter().filter(|c| c.seg.dst == me(*p).into()) {
             assert_eq!(
                 c.seg.option,
                 Ok(None),
@@ -812,7 +808,7 @@ fn bad_input_from_the_wire_leaves_the_live_flow_untouched() {
     }
     let answered = malformed
         .iter()
-        .filter(|(p, _)| segs.iter().any(|c| c.seg.dst == me(*p) && c.seg.syn))
+        .filter(|(p, _)| segs.iter().any(|c| c.seg.dst == me(*p).into() && c.seg.syn))
         .count();
 
     // The stack is still up: a new TI-flow works.

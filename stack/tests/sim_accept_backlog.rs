@@ -212,7 +212,7 @@ fn only_an_ack_of_our_syn_ack_is_held_for_a_full_accept_queue() {
             && s.syn
             && s.ack
         {
-            isns.insert(s.dst, s.seq);
+            isns.insert(v4(s.dst), s.seq);
         }
     }
     let ack = |from: SocketAddrV4, ack: u32| Tcp::new(from, server_port).seq(1001).ack(ack).build();

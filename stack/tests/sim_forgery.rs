@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use common::*;
 use smoltcp::time::Duration;
@@ -34,8 +34,8 @@ fn tifid_of(sim: &Sim, host: usize, id: StreamId) -> Tifid {
 
 /// A forged segment from `src` to `dst`.
 fn forged(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
     seq: u32,
     ack: u32,
     syn: bool,
@@ -45,8 +45,8 @@ fn forged(
 }
 
 fn forged_with(
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
     seq: u32,
     ack: u32,
     syn: bool,

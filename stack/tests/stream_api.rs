@@ -74,7 +74,7 @@ fn blocking_streams_survive_explicit_failures_byte_exact() {
     assert_eq!(server.join().expect("server"), payload.len());
     let info = c.info().expect("stream info");
     assert_eq!(info.stats.resumes, 4, "one resume per explicit failure");
-    assert_eq!(c.peer_addr(), Some(SocketAddrV4::new(B, 9000)));
+    assert_eq!(c.peer_addr(), Some(SocketAddrV4::new(B, 9000).into()));
 }
 
 #[test]

@@ -23,6 +23,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
 use crate::boundary::{Boundary, DEFAULT_LANE, Lane, NO_LANE};
+use crate::config::Ipv6Addressing;
 
 /// A connection's cell: its interface and its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +52,8 @@ pub(crate) struct Addressing {
     pub(crate) prefix_len: u8,
     /// The default gateway.
     pub(crate) gateway: Option<Ipv4Addr>,
+    /// The IPv6 address, if any.
+    pub(crate) ipv6: Option<Ipv6Addressing>,
 }
 
 /// Every connection's cell and the default interface.
@@ -83,14 +86,24 @@ fn new_interface<D: Device>(
 fn configure(iface: &mut Interface, addressing: &Addressing) {
     iface.update_ip_addrs(|addrs| {
         addrs.clear();
-        let _ = addrs.push(IpCidr::new(
-            IpAddress::Ipv4(addressing.address),
-            addressing.prefix_len,
-        ));
+        if !addressing.address.is_unspecified() {
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv4(addressing.address),
+                addressing.prefix_len,
+            ));
+        }
+        if let Some(v6) = addressing.ipv6 {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6.address), v6.prefix_len));
+        }
     });
-    iface.routes_mut().remove_default_ipv4_route();
+    let routes = iface.routes_mut();
+    routes.remove_default_ipv4_route();
+    routes.remove_default_ipv6_route();
     if let Some(gw) = addressing.gateway {
-        let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        let _ = routes.add_default_ipv4_route(gw);
+    }
+    if let Some(gw) = addressing.ipv6.and_then(|v6| v6.gateway) {
+        let _ = routes.add_default_ipv6_route(gw);
     }
 }
 

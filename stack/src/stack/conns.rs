@@ -56,11 +56,15 @@ impl<D: Device> Stack<D> {
             .get(&id)
             .map(|s| s.peer)
             .ok_or(StreamError::NoSuchStream)?;
+        let address = self
+            .config
+            .local_address_for(peer.ip())
+            .ok_or(StreamError::NoAddressOfFamily)?;
         let port = self.fresh_port()?;
-        let local = SocketAddrV4::new(self.config.address, port);
+        let local = SocketAddr::new(address, port);
         let socket = self.new_socket();
-        let remote = IpEndpoint::new(IpAddress::Ipv4(*peer.ip()), peer.port());
-        let local_ep = IpEndpoint::new(IpAddress::Ipv4(*local.ip()), local.port());
+        let remote = IpEndpoint::new(peer.ip().into(), peer.port());
+        let local_ep = IpEndpoint::new(local.ip().into(), local.port());
         let handle = self
             .cells
             .add(socket, self.rng.random(), &mut self.device, now)

@@ -162,8 +162,8 @@ mod tests {
 
     fn tuple(local_port: u16, remote_port: u16) -> FourTuple {
         FourTuple {
-            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), local_port),
-            remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), remote_port),
+            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), local_port).into(),
+            remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), remote_port).into(),
         }
     }
 

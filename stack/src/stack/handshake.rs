@@ -45,7 +45,7 @@ impl<D: Device> Stack<D> {
             return;
         }
         let is_new_syn = seg.syn && !seg.ack && !seg.rst;
-        let ours = *tuple.local.ip() == self.config.address;
+        let ours = self.config.is_ours(tuple.local.ip());
         if is_new_syn && ours && self.listeners.contains_key(&tuple.local.port()) {
             if let Some(&cell) = self.pending_cells.get(&tuple) {
                 self.deliver_for(Some(cell), packet);
@@ -326,8 +326,7 @@ impl<D: Device> Stack<D> {
         match outcome {
             SynAckOutcome::Established { tifid, peer_isn } => {
                 let isn = initiator.syn_option().tiseq;
-                let peer = IpAddress::Ipv4(*seg.src.ip());
-                let flow = Flow::new(tifid, Role::Initiator, isn, peer_isn, to_std_ip(peer));
+                let flow = Flow::new(tifid, Role::Initiator, isn, peer_isn, seg.src.ip());
                 if self.table.insert(flow).is_err() {
                     warn!(%tifid, "flow table refused the flow: legacy");
                     self.fall_back(handle, id, FallbackCause::TableFull);
@@ -447,7 +446,7 @@ impl<D: Device> Stack<D> {
             &mut self.table,
             policy,
             seg.option,
-            to_std_ip(IpAddress::Ipv4(*seg.src.ip())),
+            seg.src.ip(),
             &mut self.rng,
             ts,
         );
@@ -534,7 +533,7 @@ impl<D: Device> Stack<D> {
                 let from = responder.resume_send_from();
                 let dropped = flow.resume_from(from).unwrap_or(0);
                 flow.attach();
-                flow.set_peer(to_std_ip(IpAddress::Ipv4(*seg.src.ip())));
+                flow.set_peer(seg.src.ip());
                 let Some(s) = self.streams.get_mut(&id) else {
                     return true;
                 };
@@ -550,7 +549,7 @@ impl<D: Device> Stack<D> {
             }
             ConfirmOutcome::Confirmed => {
                 let (isn, peer_isn) = responder.isns();
-                let peer = to_std_ip(IpAddress::Ipv4(*seg.src.ip()));
+                let peer = seg.src.ip();
                 let inserted = self
                     .table
                     .insert(Flow::new(tifid, Role::Responder, isn, peer_isn, peer))

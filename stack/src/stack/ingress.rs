@@ -80,7 +80,7 @@ impl<D: Device> Stack<D> {
             return None;
         }
         let tuple = seg.tuple_at_receiver();
-        let new = *tuple.local.ip() == self.config.address
+        let new = self.config.is_ours(tuple.local.ip())
             && self.listeners.contains_key(&tuple.local.port())
             && !self.by_tuple.contains_key(&tuple)
             && !self.pending.contains_key(&tuple);

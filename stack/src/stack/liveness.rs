@@ -81,7 +81,7 @@ impl<D: Device> Stack<D> {
         };
         let path_answers = self
             .peers_heard
-            .get(conn.tuple.remote.ip())
+            .get(&conn.tuple.remote.ip())
             .is_some_and(|&heard| now < heard + smol(stall));
         let stall = if path_answers {
             stall.max(stall_max)
@@ -106,7 +106,7 @@ impl<D: Device> Stack<D> {
     }
 
     /// A peer address sent an acceptable segment: its path works.
-    pub(super) fn note_peer_heard(&mut self, now: Instant, peer: Ipv4Addr) {
+    pub(super) fn note_peer_heard(&mut self, now: Instant, peer: IpAddr) {
         self.peers_heard.insert(peer, now);
         // Forget peers long silent, so the map stays the size of the live
         // peers (amortized: only when it grew well past the connections).

@@ -9,7 +9,7 @@
 //! simulation can drive it in virtual time. It never blocks.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use smoltcp::wire::IpEndpoint;
 use tifid::handshake::{
     ConfirmOutcome, FallbackCause, Initiator, LostCause, Mode, RefuseReason, Responder,
     ResponderPolicy, RstOutcome, SynAckOutcome, SynDecision,
@@ -114,7 +114,7 @@ pub struct StreamInfo {
     /// Its mode.
     pub mode: StreamMode,
     /// The original peer.
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// Counters.
     pub stats: StreamStats,
     /// A live TCP connection carries it now (not a resume attempt).
@@ -235,7 +235,7 @@ struct Suspect {
 struct StreamState {
     mode: StreamMode,
     role: Role,
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     tifid: Option<Tifid>,
     conn: Option<ConnId>,
     /// Initiator, make before break: the connection that stalled or went
@@ -384,7 +384,7 @@ pub struct Stack<D: Device> {
     /// When each peer address last sent an acceptable segment on any
     /// connection (see `liveness`: a path that answers on other
     /// connections is not dead).
-    peers_heard: HashMap<Ipv4Addr, Instant>,
+    peers_heard: HashMap<IpAddr, Instant>,
     next_stream: u64,
     epoch: Instant,
 }
@@ -449,6 +449,7 @@ impl<D: Device> Stack<D> {
             address: config.address,
             prefix_len: config.prefix_len,
             gateway: config.gateway,
+            ipv6: config.ipv6,
         };
         let cells = Cells::new(addressing, rng.random(), &mut device, now);
         // Its own generator: drawing from `rng` would change every later
@@ -530,19 +531,43 @@ impl<D: Device> Stack<D> {
         Timestamp::from_micros((now - self.epoch).total_micros())
     }
 
-    /// Moves the stack to a new address (the host moved). Connections on
-    /// the old address are failed; TI-flows we initiated resume from the new
-    /// address.
-    pub fn set_address(&mut self, now: Instant, address: Ipv4Addr, prefix_len: u8) {
+    /// Moves the stack to a new address of `address`'s family (the host
+    /// moved; for IPv6, also a temporary address replaced). Connections on
+    /// the old address are failed; TI-flows we initiated resume from the
+    /// new address.
+    pub fn set_address(&mut self, now: Instant, address: impl Into<IpAddr>, prefix_len: u8) {
+        let address = address.into();
         info!(%address, "address changed");
-        self.config.address = address;
-        self.config.prefix_len = prefix_len;
+        let old = match address {
+            IpAddr::V4(v4) => {
+                let old = IpAddr::V4(self.config.address);
+                self.config.address = v4;
+                self.config.prefix_len = prefix_len;
+                old
+            }
+            IpAddr::V6(v6) => {
+                let old = self.config.ipv6.map(|a| IpAddr::V6(a.address));
+                let gateway = self.config.ipv6.and_then(|a| a.gateway);
+                self.config.ipv6 = Some(crate::Ipv6Addressing {
+                    address: v6,
+                    prefix_len,
+                    gateway,
+                });
+                old.unwrap_or(address)
+            }
+        };
         self.cells.set_addressing(Addressing {
-            address,
-            prefix_len,
+            address: self.config.address,
+            prefix_len: self.config.prefix_len,
             gateway: self.config.gateway,
+            ipv6: self.config.ipv6,
         });
-        let handles: Vec<ConnId> = self.conns.keys().copied().collect();
+        let handles: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tuple.local.ip() == old)
+            .map(|(h, _)| *h)
+            .collect();
         for handle in handles {
             self.connection_failed(now, handle, tifid::lifecycle::FailureCause::AddressChanged);
         }
@@ -555,7 +580,15 @@ impl<D: Device> Stack<D> {
     // ---------------------------------------------------------------- API
 
     /// Opens a connection to `remote`, offering a TI-flow (if enabled).
-    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<StreamId, StreamError> {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: impl Into<SocketAddr>,
+    ) -> Result<StreamId, StreamError> {
+        let remote = remote.into();
+        if self.config.local_address_for(remote.ip()).is_none() {
+            return Err(StreamError::NoAddressOfFamily);
+        }
         let id = self.new_stream(Role::Initiator, remote, now);
         let initiator = if self.config.ti_enabled {
             self.table
@@ -772,12 +805,12 @@ impl<D: Device> Stack<D> {
     }
 
     /// The original peer, unchanged across resumes.
-    pub fn peer_addr(&self, id: StreamId) -> Option<SocketAddrV4> {
+    pub fn peer_addr(&self, id: StreamId) -> Option<SocketAddr> {
         self.streams.get(&id).map(|s| s.peer)
     }
 
     /// Our end of the stream's current TCP connection.
-    pub fn local_addr(&self, id: StreamId) -> Option<SocketAddrV4> {
+    pub fn local_addr(&self, id: StreamId) -> Option<SocketAddr> {
         let s = self.streams.get(&id)?;
         s.conn
             .and_then(|h| self.conns.get(&h))
@@ -1065,7 +1098,7 @@ impl<D: Device> Stack<D> {
 
     // ------------------------------------------------------------ streams
 
-    fn new_stream(&mut self, role: Role, peer: SocketAddrV4, _now: Instant) -> StreamId {
+    fn new_stream(&mut self, role: Role, peer: SocketAddr, _now: Instant) -> StreamId {
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
         self.timers.mark_stream(id);
@@ -1114,25 +1147,16 @@ fn stream_info(id: StreamId, s: &StreamState) -> StreamInfo {
 }
 
 fn endpoint_tuple(local: IpEndpoint, remote: IpEndpoint) -> Option<FourTuple> {
-    match (local.addr, remote.addr) {
-        (IpAddress::Ipv4(l), IpAddress::Ipv4(r)) => Some(FourTuple {
-            local: SocketAddrV4::new(l, local.port),
-            remote: SocketAddrV4::new(r, remote.port),
-        }),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    }
+    let (local, remote) = (
+        SocketAddr::new(local.addr.into(), local.port),
+        SocketAddr::new(remote.addr.into(), remote.port),
+    );
+    (local.is_ipv4() == remote.is_ipv4()).then_some(FourTuple { local, remote })
 }
 
-fn to_std_ip(addr: IpAddress) -> std::net::IpAddr {
-    match addr {
-        IpAddress::Ipv4(a) => std::net::IpAddr::V4(a),
-        #[allow(unreachable_patterns)]
-        IpAddress::Ipv6(a) => std::net::IpAddr::V6(a),
-    }
-}
-
-/// Payload of a full segment with timestamps at this IP MTU.
-fn effective_mss(ip_mtu: usize) -> usize {
-    ip_mtu.saturating_sub(20 + 20 + 12)
+/// Payload of a full segment with timestamps at this IP MTU, over the IP
+/// version of `local` (an IPv6 header is 20 bytes longer).
+fn effective_mss(ip_mtu: usize, local: IpAddr) -> usize {
+    let ip_header = if local.is_ipv4() { 20 } else { 40 };
+    ip_mtu.saturating_sub(ip_header + 20 + 12)
 }

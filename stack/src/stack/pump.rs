@@ -115,7 +115,7 @@ impl<D: Device> Stack<D> {
         {
             let limit = match &conn.phase {
                 Phase::Confirming(i) => i
-                    .first_flight_limit(effective_mss(mtu))
+                    .first_flight_limit(effective_mss(mtu, conn.tuple.local.ip()))
                     .map(|l| (l as u64).saturating_sub(conn.written)),
                 _ => None,
             };

@@ -143,12 +143,12 @@ impl RetryFilter {
     }
 
     /// Three bit positions of `tuple`: keyed folded multiplies (as in
-    /// wyhash) of the tuple's 96 bits.
+    /// wyhash) of the tuple's 96 bits (IPv6 addresses folded to 64).
     fn positions(&self, tuple: &FourTuple) -> [usize; 3] {
-        let a = (u64::from(u32::from(*tuple.remote.ip())) << 32)
-            | (u64::from(tuple.remote.port()) << 16)
-            | u64::from(tuple.local.port());
-        let b = u64::from(u32::from(*tuple.local.ip()));
+        let a = ip_word(tuple.remote.ip()).rotate_left(32)
+            ^ (u64::from(tuple.remote.port()) << 16)
+            ^ u64::from(tuple.local.port());
+        let b = ip_word(tuple.local.ip());
         let h1 = fold_mul(a ^ self.keys[0], b ^ self.keys[1]);
         let h2 = fold_mul(h1 ^ self.keys[1], a ^ 0x9e37_79b9_7f4a_7c15);
         let mask = FILTER_BITS as u64 - 1;
@@ -165,6 +165,17 @@ fn fold_mul(x: u64, y: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
+/// An address as one word: IPv4 as is, IPv6 with its halves folded.
+fn ip_word(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            ((bits >> 64) as u64) ^ (bits as u64).rotate_left(17)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
@@ -173,8 +184,8 @@ mod tests {
 
     fn tuple(n: u32) -> FourTuple {
         FourTuple {
-            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80),
-            remote: SocketAddrV4::new(Ipv4Addr::from(0x0a07_0000 + (n >> 16)), n as u16),
+            local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80).into(),
+            remote: SocketAddrV4::new(Ipv4Addr::from(0x0a07_0000 + (n >> 16)), n as u16).into(),
         }
     }
 

@@ -79,7 +79,7 @@ impl<D: Device> Stack<D> {
             return true;
         };
         conn.last_rx = now;
-        let peer = *seg.src.ip();
+        let peer = seg.src.ip();
         let window_was_zero = conn.peer_window_zero;
         conn.peer_window_zero = seg.window == 0;
         tracing::trace!(%now, remote = %seg.src, window = seg.window, len, "sign of life");

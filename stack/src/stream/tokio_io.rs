@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
@@ -325,7 +325,10 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     /// Opens a connection to `remote` (offering a TI-flow) and waits,
     /// without blocking the thread, until it is established, refused or
     /// timed out (the stack's connect timeout).
-    pub async fn connect_async(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+    pub async fn connect_async(
+        &self,
+        remote: impl Into<SocketAddr>,
+    ) -> Result<TiStream<D>, StreamError> {
         let stream = self.connect_start(remote)?;
         stream.connected().await?;
         Ok(stream)
@@ -334,7 +337,7 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
     /// Opens a connection to `remote` (offering a TI-flow) and returns its
     /// stream at once, in its handshake (its id is known, its mode is
     /// `Connecting`); [`TiStream::connected`] waits for the handshake.
-    pub fn connect_start(&self, remote: SocketAddrV4) -> Result<TiStream<D>, StreamError> {
+    pub fn connect_start(&self, remote: impl Into<SocketAddr>) -> Result<TiStream<D>, StreamError> {
         let id = self.shared.act(|stack, now| stack.connect(now, remote))?;
         Ok(TiStream::new(self.shared.clone(), id))
     }

@@ -1,12 +1,20 @@
 //! Shared helpers of the simulation tests.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use smoltcp::time::Duration;
 use ti_stack::device::link::{LinkConfig, Network, Side};
 use ti_stack::sim::Sim;
 use ti_stack::{Mode, StackConfig, StreamId, StreamMode};
+
+/// The IPv4 address of `addr` (the simulated link carries IPv4 only).
+pub fn v4(addr: SocketAddr) -> SocketAddrV4 {
+    match addr {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => panic!("an IPv6 address on the IPv4 link: {a}"),
+    }
+}
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);

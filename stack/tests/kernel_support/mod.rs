@@ -190,7 +190,7 @@ pub fn read_segments(path: &Path) -> Vec<Captured> {
 /// SYN-ACKs) carry our option: what a connection that ended up legacy may
 /// show (DESIGN §4: nothing after the fallback decision carries it).
 pub fn assert_option_only_on_syns(segs: &[Captured], sender: Ipv4Addr, what: &str) {
-    for c in segs.iter().filter(|c| *c.seg.src.ip() == sender) {
+    for c in segs.iter().filter(|c| c.seg.src.ip() == sender) {
         let has_option = !matches!(c.seg.option, Ok(None));
         assert!(
             c.seg.syn || !has_option,

@@ -25,7 +25,7 @@
 //! shuffled order each round, reconnect alternating which goes first.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +91,7 @@ pub struct Sample {
     /// Index within its mode and RTT.
     pub index: usize,
     /// Our end of the (new) connection.
-    pub local: Option<SocketAddrV4>,
+    pub local: Option<SocketAddr>,
     /// The server.
     pub remote: SocketAddrV4,
     /// The application's time (connect: to end-of-stream; reconnect: to the
@@ -185,8 +185,8 @@ struct Point {
 
 /// What the captures said, to merge into the samples.
 struct Captured {
-    ti: std::collections::HashMap<(u16, SocketAddrV4), super::pcap::Handshake>,
-    legacy: std::collections::HashMap<(u16, SocketAddrV4), super::pcap::Handshake>,
+    ti: std::collections::HashMap<(u16, SocketAddr), super::pcap::Handshake>,
+    legacy: std::collections::HashMap<(u16, SocketAddr), super::pcap::Handshake>,
 }
 
 impl Captured {
@@ -199,7 +199,7 @@ impl Captured {
             };
             s.syn_ack = s
                 .local
-                .and_then(|l| table.get(&(l.port(), s.remote)))
+                .and_then(|l| table.get(&(l.port(), s.remote.into())))
                 .and_then(|h| h.syn_to_ack());
         }
         Ok(())

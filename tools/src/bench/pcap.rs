@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,12 +40,12 @@ impl Handshake {
 pub fn handshakes(
     path: &Path,
     local: Ipv4Addr,
-) -> Result<HashMap<(u16, SocketAddrV4), Handshake>, BenchError> {
+) -> Result<HashMap<(u16, SocketAddr), Handshake>, BenchError> {
     let what = || format!("read capture {}", path.display());
     let file = File::open(path).map_err(|e| BenchError::io(what(), e))?;
     let mut reader = PcapReader::new(BufReader::new(file))
         .map_err(|e| BenchError::io(what(), std::io::Error::other(e)))?;
-    let mut found: HashMap<(u16, SocketAddrV4), Handshake> = HashMap::new();
+    let mut found: HashMap<(u16, SocketAddr), Handshake> = HashMap::new();
     while let Some(packet) = reader.next_packet() {
         // A truncated last record (the writer was still running) ends the file.
         let Ok(packet) = packet else { break };
@@ -53,7 +53,7 @@ pub fn handshakes(
             continue;
         };
         let at = packet.timestamp;
-        if *seg.src.ip() == local {
+        if seg.src.ip() == local {
             let key = (seg.src.port(), seg.dst);
             if seg.syn && !seg.ack && !seg.rst {
                 found.entry(key).or_default().syn.get_or_insert(at);
@@ -65,7 +65,7 @@ pub fn handshakes(
             {
                 h.ack.get_or_insert(at);
             }
-        } else if *seg.dst.ip() == local
+        } else if seg.dst.ip() == local
             && seg.syn
             && seg.ack
             && !seg.rst
@@ -130,7 +130,7 @@ mod tests {
         drop(writer);
         let found = handshakes(&path, Ipv4Addr::from(US)).expect("parse");
         let _ = std::fs::remove_file(&path);
-        let h = found[&(50_000, SocketAddrV4::new(Ipv4Addr::from(PEER), 7000))];
+        let h = found[&(50_000, SocketAddr::from((Ipv4Addr::from(PEER), 7000)))];
         assert_eq!(h.syn_to_ack(), Some(Duration::from_millis(11)));
         assert_eq!(h.syn_ack, Some(Duration::from_millis(11)));
     }

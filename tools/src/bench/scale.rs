@@ -144,7 +144,7 @@ impl Setup {
             }
             // Pair each client end with its server end (accept order is
             // not connect order).
-            let by_peer: std::collections::HashMap<SocketAddrV4, StreamId> = servers
+            let by_peer: std::collections::HashMap<std::net::SocketAddr, StreamId> = servers
                 .iter()
                 .filter_map(|&id| sim.hosts[s].peer_addr(id).map(|p| (p, id)))
                 .collect();

@@ -23,7 +23,7 @@
 //! connection; waiting for the program to take data, a failure of the flow.
 
 use std::io::{self, IoSlice};
-use std::net::{Shutdown, SocketAddrV4};
+use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -252,7 +252,7 @@ fn stream_error(e: &io::Error) -> Option<StreamError> {
 /// What a relayed stream is, for logs: its TIFID (TI-flows) and its peer.
 struct FlowLabel {
     tifid: Option<String>,
-    peer: Option<SocketAddrV4>,
+    peer: Option<SocketAddr>,
 }
 
 impl FlowLabel {

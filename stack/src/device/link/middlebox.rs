@@ -602,7 +602,7 @@ mod tests {
         let public = SocketAddrV4::new(PUBLIC, NAT_FIRST_PORT);
         let (a_next, _) = handshake_and_data(&a, &b, public);
         assert_eq!(net.stats().dropped(DropReason::NatNoMapping), 0);
-        assert_eq!(net.connections()[0].b_view.remote, public);
+        assert_eq!(net.connections()[0].b_view.remote, public.into());
         assert_eq!(
             net.inject_rst_for(ms(10), Side::B, FourTuple::new(public, server(80))),
             1

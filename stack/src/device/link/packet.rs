@@ -8,7 +8,7 @@
 //! packet bytes.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
 use tifid::option::{OptionWalker, strip_options};
@@ -28,14 +28,18 @@ pub(super) fn ipv4_dst(bytes: &[u8]) -> Option<Ipv4Addr> {
 }
 
 /// The segment a well-formed IPv4 packet carries, as drop rules see it;
-/// `None` if it carries no whole, well-formed, unfragmented TCP segment.
+/// `None` if it carries no whole, well-formed, unfragmented TCP segment
+/// (the simulated link is IPv4 only).
 pub(super) fn segment_info(direction: Direction, bytes: &[u8]) -> Option<SegmentInfo> {
     // The flow option kind does not matter: the link ignores that field.
     let (seg, options) = Segment::parse_with_options(bytes, tifid::DEFAULT_KIND)?;
+    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (seg.src, seg.dst) else {
+        return None;
+    };
     Some(SegmentInfo {
         direction,
-        src: seg.src,
-        dst: seg.dst,
+        src,
+        dst,
         seq: seg.seq,
         ack: seg.ack_number,
         flags: TcpFlags {
