@@ -50,6 +50,9 @@ pub enum StreamError {
     /// address of.
     #[error("no local address of the destination's family (IPv4 or IPv6)")]
     NoAddressOfFamily,
+    /// Only the end that opened a flow resumes it.
+    #[error("only the initiator of a flow resumes it")]
+    NotInitiator,
 }
 
 impl From<StreamError> for io::Error {
@@ -64,6 +67,7 @@ impl From<StreamError> for io::Error {
             StreamError::WriteAfterShutdown => io::ErrorKind::BrokenPipe,
             StreamError::NoSuchStream | StreamError::StackStopped => io::ErrorKind::NotConnected,
             StreamError::AddrInUse => io::ErrorKind::AddrInUse,
+            StreamError::NotInitiator => io::ErrorKind::InvalidInput,
             StreamError::NoFreePort { .. } | StreamError::NoAddressOfFamily => {
                 io::ErrorKind::AddrNotAvailable
             }

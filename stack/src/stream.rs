@@ -436,6 +436,14 @@ impl<D: Device + Wait> TiStream<D> {
             .act(|stack, _| stack.fail_transport(self.id()))
     }
 
+    /// Sends the flow's later resumes to `peer`, of either family (see
+    /// [`crate::Stack::set_resume_peer`]).
+    pub fn set_resume_peer(&self, peer: impl Into<SocketAddr>) -> Result<(), StreamError> {
+        let peer = peer.into();
+        self.shared()
+            .act(|stack, _| stack.set_resume_peer(self.id(), peer))
+    }
+
     /// Ends the stream at both ends at once, without resume: queued data is
     /// discarded and the peer's program sees a reset (DESIGN §4 "Abort").
     pub fn abort(&self) -> Result<(), StreamError> {

@@ -856,6 +856,33 @@ impl<D: Device> Stack<D> {
         Ok(())
     }
 
+    /// Sends the flow's later resumes to `peer`, of either family: the
+    /// peer's other address, when the path to the one it was reached at is
+    /// gone (a host that moved to an IPv6-only network, a server
+    /// renumbered). Only the initiator resumes; the responder takes a
+    /// resume from a new address, of either family, only if it allows
+    /// migration (DESIGN §4 "Address families"). The live connection, if
+    /// any, is left alone. Fails for a responder's stream
+    /// ([`StreamError::NotInitiator`]) and for a family we have no address
+    /// of ([`StreamError::NoAddressOfFamily`]).
+    pub fn set_resume_peer(
+        &mut self,
+        id: StreamId,
+        peer: impl Into<SocketAddr>,
+    ) -> Result<(), StreamError> {
+        let peer = peer.into();
+        if self.config.local_address_for(peer.ip()).is_none() {
+            return Err(StreamError::NoAddressOfFamily);
+        }
+        let s = self.streams.get_mut(&id).ok_or(StreamError::NoSuchStream)?;
+        if s.role != Role::Initiator {
+            return Err(StreamError::NotInitiator);
+        }
+        info!(%peer, old = %s.peer, "resumes go to a new peer address");
+        s.peer = peer;
+        Ok(())
+    }
+
     /// Ends the stream at both ends without resume (DESIGN §4 "Abort"): the
     /// live connection, if any, is reset with our option carrying the TIFID
     /// and zero positions, so the peer ends the flow too; queued data is
