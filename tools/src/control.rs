@@ -181,9 +181,11 @@ pub struct FlowStatus {
 pub struct StatusReport {
     /// The TUN device.
     pub tun: String,
-    /// The stack's address with its prefix.
+    /// The stack's address with its prefix; both, IPv4 first, separated
+    /// by `, ` on a dual-stack stack (`10.0.2.1/24, fd00:2::1/64`).
     pub stack_address: String,
-    /// The kernel side of the TUN.
+    /// The kernel side of the TUN (both addresses on a dual-stack stack,
+    /// as `stack_address`).
     pub kernel_address: String,
     /// Whether TI-flows are offered and accepted.
     pub ti_enabled: bool,

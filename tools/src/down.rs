@@ -1,6 +1,7 @@
 //! `tiflow down [--tun NAME]`: removes what a `tiflow up` that died
 //! without cleaning up left on the host: its nftables table, its tagged
-//! iptables rules, `net.ipv4.ip_forward` as it found it, its state file.
+//! iptables and ip6tables rules, `net.ipv4.ip_forward` and
+//! `net.ipv6.conf.all.forwarding` as it found them, its state file.
 //! Idempotent: with nothing left, it says so and succeeds. It refuses
 //! while that `tiflow up` still runs (stop it with SIGTERM or Ctrl-C: it
 //! cleans up itself).
@@ -71,6 +72,9 @@ pub struct Leftovers {
     /// `net.ipv4.ip_forward` as that `tiflow up` found it, when it had
     /// changed it (not restored here: the caller decides).
     pub ip_forward_was: Option<String>,
+    /// `net.ipv6.conf.all.forwarding` as that `tiflow up` found it, when
+    /// it had changed it (not restored here: the caller decides).
+    pub ip6_forward_was: Option<String>,
 }
 
 impl Leftovers {
@@ -107,20 +111,34 @@ pub fn remove_leftovers(tun: &str) -> Result<Leftovers, DownError> {
         table: netfilter::delete_table(tun)?,
         forward_accepts: netfilter::remove_forward_accepts(tun)?,
         state_file: previous.is_some(),
-        ip_forward_was: previous.and_then(|s| s.ip_forward_was),
+        ip_forward_was: previous.as_ref().and_then(|s| s.ip_forward_was.clone()),
+        ip6_forward_was: previous.and_then(|s| s.ip6_forward_was),
     };
     state::remove(tun).map_err(io_error("remove the state file"))?;
     Ok(leftovers)
 }
 
+/// The IPv4 forwarding sysctl.
+pub const IP_FORWARD: &str = "net.ipv4.ip_forward";
+/// The IPv6 forwarding sysctl (every interface's).
+pub const IP6_FORWARD: &str = "net.ipv6.conf.all.forwarding";
+
 /// Sets `net.ipv4.ip_forward` back to `was`, as the `tiflow up` on `tun`
 /// found it, unless another live `tiflow up` in this namespace may need
 /// it on. Returns whether it was set.
 pub fn restore_ip_forward(tun: &str, was: &str) -> io::Result<bool> {
+    restore_forwarding(tun, IP_FORWARD, was)
+}
+
+/// Sets the forwarding sysctl `key` ([`IP_FORWARD`] or [`IP6_FORWARD`])
+/// back to `was`, as the `tiflow up` on `tun` found it, unless another
+/// live `tiflow up` in this namespace may need it on. Returns whether it
+/// was set.
+pub fn restore_forwarding(tun: &str, key: &str, was: &str) -> io::Result<bool> {
     if state::others_alive(tun) {
         return Ok(false);
     }
-    host::set_sysctl("net.ipv4.ip_forward", was)?;
+    host::set_sysctl(key, was)?;
     Ok(true)
 }
 
@@ -132,25 +150,31 @@ pub fn run(args: &DownArgs) -> Result<(), DownError> {
     let mut done = Vec::new();
     if left.table {
         done.push(format!(
-            "deleted nftables table ip {}",
+            "deleted nftables table {} {}",
+            netfilter::FAMILY.name(),
             netfilter::table_name(tun)
         ));
     }
     if left.forward_accepts > 0 {
         done.push(format!(
-            "removed {} iptables FORWARD rules tagged tiflow:{tun}",
+            "removed {} iptables/ip6tables FORWARD rules tagged tiflow:{tun}",
             left.forward_accepts
         ));
     }
-    if let Some(was) = &left.ip_forward_was {
-        let restored = restore_ip_forward(tun, was).map_err(|source| DownError::Io {
-            what: "restore net.ipv4.ip_forward".into(),
+    let forwarding = [
+        (IP_FORWARD, &left.ip_forward_was),
+        (IP6_FORWARD, &left.ip6_forward_was),
+    ];
+    for (key, was) in forwarding {
+        let Some(was) = was else { continue };
+        let restored = restore_forwarding(tun, key, was).map_err(|source| DownError::Io {
+            what: format!("restore {key}"),
             source,
         })?;
         done.push(if restored {
-            format!("restored net.ipv4.ip_forward = {was}")
+            format!("restored {key} = {was}")
         } else {
-            "left net.ipv4.ip_forward on: another tiflow up runs here".to_owned()
+            format!("left {key} on: another tiflow up runs here")
         });
     }
     if left.state_file {

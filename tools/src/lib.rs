@@ -10,6 +10,7 @@
 //! - [`control`]: its control socket, and `tiflow status` / `tiflow fail`.
 //! - [`demo`]: `tiflow demo`: plain TCP and a TI-flow through a NAT that loses
 //!   its state, in namespaces of its own.
+//! - [`cidr`]: addresses with a prefix length, of either family.
 //! - [`host`]: privileges, external commands and sysctls of the host, undone at exit.
 //! - [`netfilter`]: the nftables table (and, on hosts that need them,
 //!   tagged iptables rules) of one `tiflow up`.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cidr;
 pub mod control;
 pub mod demo;
 pub mod down;

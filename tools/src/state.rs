@@ -6,9 +6,9 @@
 //! One file per network namespace and TUN device (the namespace's inode
 //! in the name: `/run` is shared by every namespace), plain `key=value`
 //! lines. The nftables table needs no record (its name follows from the
-//! TUN's); the file holds the rest: the process, the `ip_forward` value
-//! found at start when `tiflow up` changed it, whether iptables rules
-//! were added.
+//! TUN's); the file holds the rest: the process, the `ip_forward` and
+//! IPv6 `forwarding` values found at start when `tiflow up` changed them,
+//! whether iptables (or ip6tables) rules were added.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +25,10 @@ pub struct UpState {
     /// `net.ipv4.ip_forward` as found before `tiflow up` turned it on
     /// (`None`: left as it was).
     pub ip_forward_was: Option<String>,
-    /// Whether tagged iptables `FORWARD` rules were added.
+    /// `net.ipv6.conf.all.forwarding` as found before `tiflow up` turned it
+    /// on (`None`: left as it was).
+    pub ip6_forward_was: Option<String>,
+    /// Whether tagged iptables (or ip6tables) `FORWARD` rules were added.
     pub forward_accepts: bool,
 }
 
@@ -35,6 +38,9 @@ impl UpState {
         let mut s = format!("pid={}\n", self.pid);
         if let Some(v) = &self.ip_forward_was {
             s += &format!("ip_forward_was={v}\n");
+        }
+        if let Some(v) = &self.ip6_forward_was {
+            s += &format!("ip6_forward_was={v}\n");
         }
         s += &format!("forward_accepts={}\n", u8::from(self.forward_accepts));
         s
@@ -55,6 +61,12 @@ impl UpState {
                         return Err(format!("bad ip_forward_was {value:?}"));
                     }
                     state.ip_forward_was = Some(value.to_owned());
+                }
+                "ip6_forward_was" => {
+                    if !matches!(value, "0" | "1" | "2") {
+                        return Err(format!("bad ip6_forward_was {value:?}"));
+                    }
+                    state.ip6_forward_was = Some(value.to_owned());
                 }
                 "forward_accepts" => state.forward_accepts = value == "1",
                 _ => {}
@@ -112,7 +124,7 @@ pub fn remove(tun: &str) -> io::Result<()> {
 }
 
 /// Whether another live `tiflow up` (another TUN) in this namespace wrote
-/// a state file: it may need `ip_forward` on.
+/// a state file: it may need forwarding on.
 pub fn others_alive(tun: &str) -> bool {
     let Ok(mine) = path(tun) else { return false };
     let Ok(prefix) = netns_id().map(|id| format!("{id}-")) else {
@@ -141,6 +153,7 @@ mod tests {
         let state = UpState {
             pid: 42,
             ip_forward_was: Some("0".into()),
+            ip6_forward_was: Some("0".into()),
             forward_accepts: true,
         };
         assert_eq!(UpState::parse(&state.to_text()), Ok(state));
@@ -162,6 +175,11 @@ mod tests {
             UpState::parse("ip_forward_was=7")
                 .expect_err("rejected")
                 .contains("ip_forward_was")
+        );
+        assert!(
+            UpState::parse("ip6_forward_was=x")
+                .expect_err("rejected")
+                .contains("ip6_forward_was")
         );
         assert!(
             UpState::parse("garbage")

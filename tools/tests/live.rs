@@ -298,7 +298,7 @@ fn sigterm_stops_up_cleanly_and_reverts_the_host() {
     );
     assert_eq!(forwarding(), "1");
     let nat = text(
-        &ns.run(&["nft", "list", "table", "ip", "tiflow_tfterm0"])
+        &ns.run(&["nft", "list", "table", "inet", "tiflow_tfterm0"])
             .expect("nft")
             .stdout,
     );

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use common::*;
 use ti_testnet::netns::NetNs;
@@ -17,28 +17,44 @@ const TOOLS: [(&str, &str); 2] = [("ip", "iproute2"), ("nft", "nftables")];
 
 fn listing(ns: &NetNs, table: &str) -> String {
     let out = ns
-        .run(&["nft", "list", "table", "ip", table])
-        .unwrap_or_else(|e| panic!("nft list table ip {table}: {e}"));
+        .run(&["nft", "list", "table", "inet", table])
+        .unwrap_or_else(|e| panic!("nft list table inet {table}: {e}"));
     text(&out.stdout)
 }
 
 fn rules_to_compare() -> Vec<NatRules> {
-    let to = |a: [u8; 4], port| SocketAddrV4::new(Ipv4Addr::from(a), port);
+    let to = |a: &str| a.parse::<SocketAddr>().expect("address");
+    let cidr = |c: &str| c.parse().expect("cidr");
     vec![
         NatRules {
             tun: "tiflow0".into(),
-            masquerade: Some("10.0.1.1/24".parse().expect("cidr")),
-            exposes: vec![(2222, to([10, 0, 1, 1], 22))],
+            masquerade: vec![cidr("10.0.1.1/24")],
+            exposes: vec![(2222, to("10.0.1.1:22"))],
         },
         NatRules {
             tun: "ti-fl.ow".into(),
-            masquerade: Some("172.20.5.9/20".parse().expect("cidr")),
+            masquerade: vec![cidr("172.20.5.9/20")],
             exposes: vec![],
         },
         NatRules {
             tun: "longname0123456".into(),
-            masquerade: None,
-            exposes: vec![(80, to([10, 9, 0, 2], 8080)), (65535, to([10, 9, 0, 2], 1))],
+            masquerade: vec![],
+            exposes: vec![(80, to("10.9.0.2:8080")), (65535, to("10.9.0.2:1"))],
+        },
+        // IPv6 only, and dual-stack (both families in the one table).
+        NatRules {
+            tun: "tiflow6".into(),
+            masquerade: vec![cidr("fd00:1::1/64")],
+            exposes: vec![(2222, to("[fd00:1::1]:22"))],
+        },
+        NatRules {
+            tun: "tiflow46".into(),
+            masquerade: vec![cidr("10.0.1.1/24"), cidr("fd00:1:2:3::9/56")],
+            exposes: vec![
+                (2222, to("10.0.1.1:22")),
+                (2222, to("[fd00:1:2:3::9]:22")),
+                (80, to("[2001:db8::1]:8080")),
+            ],
         },
     ]
 }
@@ -117,7 +133,7 @@ fn a_refused_table_changes_nothing_and_says_why() {
         .expect_err("a 300-character table name is refused");
     let message = err.to_string();
     assert!(
-        message.contains("refused new table ip tiflow_xxx"),
+        message.contains("refused new table inet tiflow_xxx"),
         "names the message: {message}"
     );
     assert_eq!(

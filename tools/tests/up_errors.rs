@@ -325,6 +325,10 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
     let flags = [
         "--address",
         "10.66.0.1/24",
+        "--address",
+        "fd00:66::1/64",
+        "--kernel-address",
+        "fd00:66::fe",
         "--masquerade",
         "--serve",
         "7500=127.0.0.1:7500",
@@ -334,6 +338,8 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
         "7500",
         "--forward",
         "127.0.0.1:7600=192.0.2.10:7600",
+        "--forward",
+        "[::1]:7601=[2001:db8::10]:7601",
         "--stall-timeout",
         "2s",
         "--keepalive",
@@ -344,7 +350,7 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
     let file = scratch.path("tiflow.toml");
     std::fs::write(
         &file,
-        "address = \"10.66.0.1/24\"\nmasquerade = true\nserve = [\"7500=127.0.0.1:7500\", \"7501=127.0.0.1:7501\"]\nexpose = [7500]\nforward = [\"127.0.0.1:7600=192.0.2.10:7600\"]\nstall_timeout = \"2s\"\nkeepalive = \"7s\"\nmtu = 1400\n",
+        "address = [\"10.66.0.1/24\", \"fd00:66::1/64\"]\nkernel_address = \"fd00:66::fe\"\nmasquerade = true\nserve = [\"7500=127.0.0.1:7500\", \"7501=127.0.0.1:7501\"]\nexpose = [7500]\nforward = [\"127.0.0.1:7600=192.0.2.10:7600\", \"[::1]:7601=[2001:db8::10]:7601\"]\nstall_timeout = \"2s\"\nkeepalive = \"7s\"\nmtu = 1400\n",
     )
     .expect("write");
     let file = file.to_string_lossy().into_owned();
@@ -358,13 +364,27 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
             .map(str::to_owned)
             .collect();
         let table = text(
-            &ns.run(&["nft", "list", "table", "ip", "tiflow_tiflow0"])
+            &ns.run(&["nft", "list", "table", "inet", "tiflow_tiflow0"])
                 .expect("nft")
                 .stdout,
         );
         up.stop().expect("stops");
         (banner, table)
     };
+    let (banner, table) = observe("flags", &flags);
+    assert!(
+        banner.iter().any(|l| l
+            .contains("stack 10.66.0.1/24, fd00:66::1/64, kernel side 10.66.0.254, fd00:66::fe"))
+            && banner
+                .iter()
+                .any(|l| l.contains("forward [::1]:7601 -> [2001:db8::10]:7601")),
+        "dual-stack banner: {banner:?}"
+    );
+    assert!(
+        table.contains("ip6 saddr fd00:66::/64 oifname != \"tiflow0\" masquerade")
+            && table.contains("dnat ip6 to [fd00:66::1]:7500"),
+        "both families in the one table: {table}"
+    );
     let from_flags = observe("flags", &flags);
     let from_file = observe("file", &["--config", &file]);
     assert!(

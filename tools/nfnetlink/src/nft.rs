@@ -4,7 +4,10 @@
 //! A [`Table`] is what an `nft -f` script's `table` block says; the
 //! expressions of a rule are the kernel's (what `nft --debug=netlink`
 //! prints), built by the helpers below ([`ip_saddr_in`], [`oifname`],
-//! [`tcp_dport`], [`dnat_to`], ...), so a rule reads like its nft line:
+//! [`tcp_dport`], [`dnat_to`], ...), so a rule reads like its nft line.
+//! Addresses of both families: [`ip_saddr_in`] and [`ip6_saddr_in`],
+//! [`dnat_to`] of either; an `inet` table's rule tests [`meta_nfproto`]
+//! before it reads or writes an address:
 //!
 //! ```
 //! use ti_nfnetlink::nft::*;
@@ -18,7 +21,7 @@
 //! assert_eq!(rule.len(), 6);
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::consts::*;
 use crate::msg::Msg;
@@ -32,6 +35,8 @@ const ENOENT: i32 = 2;
 pub enum Family {
     /// `ip`: IPv4.
     Ip,
+    /// `ip6`: IPv6.
+    Ip6,
     /// `inet`: IPv4 and IPv6.
     Inet,
 }
@@ -40,6 +45,7 @@ impl Family {
     fn proto(self) -> u8 {
         match self {
             Family::Ip => NFPROTO_IPV4,
+            Family::Ip6 => NFPROTO_IPV6,
             Family::Inet => NFPROTO_INET,
         }
     }
@@ -48,6 +54,7 @@ impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::Ip => "ip",
+            Family::Ip6 => "ip6",
             Family::Inet => "inet",
         }
     }
@@ -123,7 +130,7 @@ pub enum Cmp {
 /// Which header a payload expression reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadBase {
-    /// The network header (IPv4).
+    /// The network header (IPv4 or IPv6).
     Network,
     /// The transport header (TCP, UDP).
     Transport,
@@ -138,6 +145,9 @@ pub enum MetaKey {
     OifName,
     /// The layer-4 protocol number.
     L4Proto,
+    /// The layer-3 protocol (`meta nfproto`: IPv4 or IPv6), what an
+    /// `inet` table's rules test before reading an address.
+    NfProto,
 }
 
 /// The first data register (`reg 1`).
@@ -217,11 +227,13 @@ pub enum Expr {
         /// Random source ports (`masquerade random`).
         random: bool,
     },
-    /// IPv4 source or destination NAT to the address in `addr_reg`
-    /// (and the port in `proto_reg`).
+    /// Source or destination NAT to the address in `addr_reg` (and the
+    /// port in `proto_reg`).
     Nat {
         /// `snat` (false) or `dnat` (true).
         dnat: bool,
+        /// The address is IPv6 (`dnat ip6 to`), else IPv4.
+        ipv6: bool,
         /// Register with the address.
         addr_reg: u32,
         /// Register with the port, if any.
@@ -241,19 +253,51 @@ pub fn ip_saddr_in(net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
         len: 4,
         dreg: REG_1,
     };
-    masked_cmp(saddr, mask.to_be_bytes(), Cmp::Eq, net.to_be_bytes())
+    masked_cmp(saddr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
 }
 
-/// `load & mask OP data`: a 4-byte value loaded into register 1, masked,
-/// compared.
-fn masked_cmp(load: Expr, mask: [u8; 4], op: Cmp, data: [u8; 4]) -> Vec<Expr> {
+/// `ip6 saddr NET/PREFIX`: payload (the IPv6 source address, offset 8,
+/// 16 bytes), bitwise with the prefix's mask, cmp.
+pub fn ip6_saddr_in(net: Ipv6Addr, prefix: u8) -> Vec<Expr> {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0);
+    let net = u128::from(net) & mask;
+    let saddr = Expr::Payload {
+        base: PayloadBase::Network,
+        offset: 8,
+        len: 16,
+        dreg: REG_1,
+    };
+    masked_cmp(saddr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
+}
+
+/// `meta nfproto ipv4` or `meta nfproto ipv6`: in an `inet` table, the
+/// test that comes before an address of that family is read or written.
+pub fn meta_nfproto(ipv6: bool) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: MetaKey::NfProto,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: Cmp::Eq,
+            data: vec![if ipv6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+        },
+    ]
+}
+
+/// `load & mask OP data`: a value loaded into register 1, masked,
+/// compared (`mask` and `data` as long as the value).
+fn masked_cmp(load: Expr, mask: &[u8], op: Cmp, data: &[u8]) -> Vec<Expr> {
     vec![
         load,
         Expr::Bitwise {
             sreg: REG_1,
             dreg: REG_1,
             mask: mask.to_vec(),
-            xor: vec![0; 4],
+            xor: vec![0; mask.len()],
         },
         Expr::Cmp {
             sreg: REG_1,
@@ -324,9 +368,9 @@ pub fn tcp_dport(port: u16) -> Vec<Expr> {
 pub fn ct_state_in(states: u32) -> Vec<Expr> {
     masked_cmp(
         Expr::CtState { dreg: REG_1 },
-        states.to_ne_bytes(),
+        &states.to_ne_bytes(),
         Cmp::Neq,
-        [0; 4],
+        &[0; 4],
     )
 }
 
@@ -335,19 +379,28 @@ pub fn masquerade(random: bool) -> Expr {
     Expr::Masq { random }
 }
 
-/// `dnat to ADDR:PORT`.
-pub fn dnat_to(to: SocketAddrV4) -> Vec<Expr> {
+/// The address's bytes, and whether it is IPv6.
+fn addr_bytes(ip: IpAddr) -> (Vec<u8>, bool) {
+    match ip {
+        IpAddr::V4(v4) => (v4.octets().to_vec(), false),
+        IpAddr::V6(v6) => (v6.octets().to_vec(), true),
+    }
+}
+
+/// `dnat to ADDR:PORT` (`dnat ip to` or `dnat ip6 to` in an `inet`
+/// table, by the address's family).
+pub fn dnat_to(to: impl Into<SocketAddr>) -> Vec<Expr> {
+    let to = to.into();
+    let (data, ipv6) = addr_bytes(to.ip());
     vec![
-        Expr::Immediate {
-            dreg: REG_1,
-            data: to.ip().octets().to_vec(),
-        },
+        Expr::Immediate { dreg: REG_1, data },
         Expr::Immediate {
             dreg: REG_2,
             data: to.port().to_be_bytes().to_vec(),
         },
         Expr::Nat {
             dnat: true,
+            ipv6,
             addr_reg: REG_1,
             proto_reg: Some(REG_2),
         },
@@ -355,14 +408,13 @@ pub fn dnat_to(to: SocketAddrV4) -> Vec<Expr> {
 }
 
 /// `snat to ADDR`.
-pub fn snat_to(to: Ipv4Addr) -> Vec<Expr> {
+pub fn snat_to(to: impl Into<IpAddr>) -> Vec<Expr> {
+    let (data, ipv6) = addr_bytes(to.into());
     vec![
-        Expr::Immediate {
-            dreg: REG_1,
-            data: to.octets().to_vec(),
-        },
+        Expr::Immediate { dreg: REG_1, data },
         Expr::Nat {
             dnat: false,
+            ipv6,
             addr_reg: REG_1,
             proto_reg: None,
         },
@@ -456,6 +508,7 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
                 MetaKey::IifName => NFT_META_IIFNAME,
                 MetaKey::OifName => NFT_META_OIFNAME,
                 MetaKey::L4Proto => NFT_META_L4PROTO,
+                MetaKey::NfProto => NFT_META_NFPROTO,
             };
             m.put_be32(NFTA_META_KEY, key)
                 .put_be32(NFTA_META_DREG, *dreg);
@@ -483,14 +536,16 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
         }
         Expr::Nat {
             dnat,
+            ipv6,
             addr_reg,
             proto_reg,
         } => {
+            let family = if *ipv6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
             m.put_be32(
                 NFTA_NAT_TYPE,
                 if *dnat { NFT_NAT_DNAT } else { NFT_NAT_SNAT },
             )
-            .put_be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4))
+            .put_be32(NFTA_NAT_FAMILY, u32::from(family))
             .put_be32(NFTA_NAT_REG_ADDR_MIN, *addr_reg);
             if let Some(reg) = proto_reg {
                 m.put_be32(NFTA_NAT_REG_PROTO_MIN, *reg)
@@ -720,6 +775,46 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_prefix_reads_the_16_byte_source_address() {
+        let exprs = ip6_saddr_in("fd00:1:2:3:4::7".parse().expect("addr"), 56);
+        assert_eq!(
+            exprs[0],
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset: 8,
+                len: 16,
+                dreg: REG_1
+            }
+        );
+        let mut mask = vec![0xff; 7];
+        mask.resize(16, 0);
+        assert!(
+            matches!(&exprs[1], Expr::Bitwise { mask: m, xor, .. } if *m == mask && xor.len() == 16)
+        );
+        let mut net = vec![0xfd, 0, 0, 1, 0, 2, 0];
+        net.resize(16, 0);
+        assert!(matches!(&exprs[2], Expr::Cmp { data, .. } if *data == net));
+        let dnat = dnat_to("[fd00:2::1]:22".parse::<SocketAddr>().expect("addr"));
+        assert!(matches!(&dnat[0], Expr::Immediate { data, .. } if data.len() == 16));
+        assert!(matches!(
+            dnat[2],
+            Expr::Nat {
+                ipv6: true,
+                dnat: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            meta_nfproto(true)[1],
+            Expr::Cmp {
+                sreg: REG_1,
+                op: Cmp::Eq,
+                data: vec![10]
+            }
+        );
+    }
+
+    #[test]
     fn interface_names_are_padded_to_ifnamsiz() {
         let exprs = oifname(Cmp::Neq, "t0");
         let Expr::Cmp { data, op, .. } = &exprs[1] else {
@@ -741,7 +836,7 @@ mod tests {
                 data: vec![0x08, 0xae]
             }
         );
-        let dnat = dnat_to("10.0.2.1:22".parse().expect("addr"));
+        let dnat = dnat_to("10.0.2.1:22".parse::<SocketAddr>().expect("addr"));
         assert_eq!(
             dnat[1],
             Expr::Immediate {

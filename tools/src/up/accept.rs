@@ -182,7 +182,7 @@ async fn serve_one<D: Device + Wait + Send + 'static>(
         Mode::Resilient { tifid } => info!(%tifid, ?peer, "TI-flow accepted"),
         Mode::Legacy => info!(?peer, "plain TCP connection accepted"),
     }
-    let target = SocketAddr::from(serve.target);
+    let target = serve.target;
     let connected = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(target)).await;
     let kernel = match connected {
         Ok(Ok(kernel)) => {

@@ -1,35 +1,46 @@
 //! `tiflow up`'s command line: the arguments, their parsing and the checks
 //! that need several of them, and the stack settings they make.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use ti_stack::StackConfig;
+use ti_stack::{Ipv6Addressing, StackConfig};
 
+use crate::cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr};
 use crate::control;
-use crate::host::Ipv4Cidr;
 
 /// Help shown after `tiflow up`'s options.
 pub const UP_HELP: &str = "\
 Addressing:
-  The stack and the kernel each have an address on the TUN device's subnet.
-  --address 10.0.2.1/24 is the stack's: TI-flows leave from it and arrive at it.
-  The kernel side of the TUN takes the highest host address of that subnet
-  (10.0.2.254 here; --kernel-address to choose) and is the stack's gateway: the
-  kernel routes the stack's packets to its peers with its own routing table
-  (tiflow up turns net.ipv4.ip_forward on while it runs). Peers must be able to
-  answer the stack's address: route that subnet to this host, or use
-  --masquerade (flows we open leave with this host's address) and --expose
-  (a port of this host is forwarded to a --serve port of the stack).
+  The stack and the kernel each have an address on the TUN device's subnet,
+  of each family the stack speaks. --address 10.0.2.1/24 is the stack's IPv4
+  address: TI-flows leave from it and arrive at it. Add --address
+  fd00:2::1/64 for IPv6 too (dual-stack), or give only an IPv6 one.
+  The kernel side of the TUN takes, for IPv4, the highest host address of the
+  subnet (10.0.2.254 here), for IPv6 the subnet's ::1, or ::2 when the stack
+  has ::1 (fd00:2::2 here); --kernel-address chooses (once per family). The
+  kernel side is the stack's gateway: the kernel routes the stack's packets
+  to its peers with its own routing table (tiflow up turns net.ipv4.ip_forward
+  on while it runs, and net.ipv6.conf.all.forwarding with an IPv6 address; a
+  host forwarding IPv6 ignores router advertisements on interfaces whose
+  accept_ra is 1: set it to 2 where the host configures itself by SLAAC).
+  Peers must be able to answer the stack's address: route that subnet to
+  this host, or use --masquerade (flows we open leave with this host's
+  address of their family) and --expose (a port of this host is forwarded to
+  a --serve port of the stack, over both families).
 
 Example (ssh through TI-flows; server host 192.0.2.10):
   server# tiflow up --address 10.0.2.1/24 --serve 22=127.0.0.1:22 --expose 2222=22
   client# tiflow up --address 10.0.1.1/24 --masquerade --forward 127.0.0.1:2222=192.0.2.10:2222
   client$ ssh -p 2222 user@127.0.0.1
   client# tiflow status; tiflow fail --all
+
+Example over IPv6 (server host 2001:db8::10):
+  server# tiflow up --address fd00:2::1/64 --serve 22=[::1]:22 --expose 2222=22
+  client# tiflow up --address fd00:1::1/64 --masquerade --forward [::1]:2222=[2001:db8::10]:2222
 
 Exit codes:
   0  stopped cleanly (SIGINT or SIGTERM; a second one exits at once)
@@ -42,24 +53,35 @@ Exit codes:
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
     /// Kernel address to listen on.
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     /// The remote end, reached through the stack.
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
+    /// When REMOTE is a name: its first address of the other family, if
+    /// any (taken when the stack has no address of `remote`'s family; see
+    /// [`UpArgs::settled`]).
+    pub remote_other: Option<SocketAddr>,
 }
 
 impl FromStr for Forward {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (listen, remote) = s.split_once('=').ok_or_else(|| {
-            format!("{s:?} is not LISTEN=REMOTE (like 127.0.0.1:2222=10.0.2.2:22)")
+        let (listen, remote) = split_rule(s).ok_or_else(|| {
+            format!(
+                "{s:?} is not LISTEN=REMOTE (like 127.0.0.1:2222=10.0.2.2:22 or \
+                 [::1]:2222=[2001:db8::10]:22)"
+            )
         })?;
         let listen = endpoint(listen, "LISTEN")?;
-        let remote = host_port(remote, "REMOTE")?;
+        let (remote, remote_other) = host_port(remote, "REMOTE")?;
         if remote.port() == 0 || remote.ip().is_unspecified() {
             return Err(format!("REMOTE {remote} needs an address and a port"));
         }
-        Ok(Forward { listen, remote })
+        Ok(Forward {
+            listen,
+            remote,
+            remote_other,
+        })
     }
 }
 
@@ -70,15 +92,14 @@ pub struct Serve {
     /// The stack's port.
     pub port: u16,
     /// The local program to connect to.
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
 }
 
 impl FromStr for Serve {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (port, target) = s
-            .split_once('=')
+        let (port, target) = split_rule(s)
             .ok_or_else(|| format!("{s:?} is not PORT=TARGET (like 22=127.0.0.1:22)"))?;
         let port = port_number(port, "PORT")?;
         let target = endpoint(target, "TARGET")?;
@@ -87,7 +108,8 @@ impl FromStr for Serve {
 }
 
 /// An `--expose HOSTPORT[=PORT]` rule: TCP arriving at this host's
-/// `host_port` (not through the TUN) is sent to the stack's `port`.
+/// `host_port` (not through the TUN) is sent to the stack's `port`, over
+/// each family the stack has an address of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expose {
     /// The host's port.
@@ -108,6 +130,11 @@ impl FromStr for Expose {
     }
 }
 
+/// `A=B` split at its `=` (no address of either family holds one).
+fn split_rule(s: &str) -> Option<(&str, &str)> {
+    s.split_once('=')
+}
+
 fn port_number(s: &str, what: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
@@ -115,41 +142,48 @@ fn port_number(s: &str, what: &str) -> Result<u16, String> {
     }
 }
 
-/// `IP:PORT`, or `PORT` alone for 127.0.0.1.
-fn endpoint(s: &str, what: &str) -> Result<SocketAddrV4, String> {
+/// `IP:PORT` (`[IPV6]:PORT`), `NAME:PORT` (its first address), or
+/// `PORT` alone for 127.0.0.1.
+fn endpoint(s: &str, what: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
-        return port_number(s, what).map(|_| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        return port_number(s, what).map(|_| SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
-    let addr = host_port(s, what)?;
+    let (addr, _) = host_port(s, what)?;
     if addr.port() == 0 {
         return Err(format!("{what} {s:?} needs a port other than 0"));
     }
     Ok(addr)
 }
 
-/// `IPV4:PORT`, or `NAME:PORT` resolved now to the name's first IPv4
-/// address (`localhost:22`).
-fn host_port(s: &str, what: &str) -> Result<SocketAddrV4, String> {
-    if let Ok(addr) = s.parse::<SocketAddrV4>() {
-        return Ok(addr);
+/// `IPV4:PORT`, `[IPV6]:PORT`, or `NAME:PORT` resolved now: the name's
+/// first address, and its first address of the other family if it has
+/// one (`localhost:22`).
+fn host_port(s: &str, what: &str) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok((addr, None));
     }
-    let form = || format!("{what} {s:?} is not IPV4:PORT, NAME:PORT or PORT (like 10.0.2.2:22)");
+    let form = || {
+        format!(
+            "{what} {s:?} is not IPV4:PORT, [IPV6]:PORT, NAME:PORT or PORT \
+             (like 10.0.2.2:22 or [2001:db8::10]:22)"
+        )
+    };
     let (name, port) = s.rsplit_once(':').ok_or_else(form)?;
     let port: u16 = port.parse().map_err(|_| form())?;
     if name.is_empty() || name.contains(['[', ']', ':']) {
         return Err(form());
     }
-    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
-        .map_err(|e| format!("{what} {s:?}: cannot resolve {name:?} ({e})"))?;
-    addrs
-        .filter_map(|a| match a {
-            std::net::SocketAddr::V4(v4) => Some(v4),
-            std::net::SocketAddr::V6(_) => None,
-        })
-        .next()
-        .ok_or_else(|| {
-            format!("{what} {s:?}: {name:?} has no IPv4 address (the stack speaks IPv4)")
-        })
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
+        .map_err(|e| format!("{what} {s:?}: cannot resolve {name:?} ({e})"))?
+        .collect();
+    let first = *addrs
+        .first()
+        .ok_or_else(|| format!("{what} {s:?}: {name:?} has no address"))?;
+    let other = addrs
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() != first.is_ipv4());
+    Ok((first, other))
 }
 
 /// Parses `500ms`, `3s` or `2m`; a number needs its unit (is `3` three
@@ -208,21 +242,44 @@ pub fn parse_tun_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-fn parse_stack_address(s: &str) -> Result<Ipv4Cidr, String> {
-    let cidr: Ipv4Cidr = s.parse()?;
-    if cidr.prefix > 30 {
-        return Err(format!(
-            "/{} leaves no room for the kernel side of the TUN: use /30 or shorter",
-            cidr.prefix
-        ));
-    }
-    if !cidr.is_host(cidr.addr) {
-        return Err(format!(
-            "{} is the network or broadcast address of {}/{}",
-            cidr.addr,
-            cidr.network(),
-            cidr.prefix
-        ));
+fn parse_stack_address(s: &str) -> Result<IpCidr, String> {
+    let cidr: IpCidr = s.parse()?;
+    match cidr {
+        IpCidr::V4(c) => {
+            if c.prefix > 30 {
+                return Err(format!(
+                    "/{} leaves no room for the kernel side of the TUN: use /30 or shorter",
+                    c.prefix
+                ));
+            }
+            if !c.is_host(c.addr) {
+                return Err(format!(
+                    "{} is the network or broadcast address of {}/{}",
+                    c.addr,
+                    c.network(),
+                    c.prefix
+                ));
+            }
+        }
+        IpCidr::V6(c) => {
+            if c.prefix > 126 {
+                return Err(format!(
+                    "/{} leaves no room for the kernel side of the TUN: use /126 or shorter",
+                    c.prefix
+                ));
+            }
+            if !c.is_host(c.addr) {
+                return Err(format!(
+                    "{} is the network (subnet-router anycast) address of {}/{}",
+                    c.addr,
+                    c.network(),
+                    c.prefix
+                ));
+            }
+            if c.addr.is_loopback() || c.addr.is_multicast() || c.addr.is_unspecified() {
+                return Err(format!("{} cannot be the stack's address", c.addr));
+            }
+        }
     }
     Ok(cidr)
 }
@@ -234,38 +291,44 @@ pub struct UpArgs {
     #[arg(long, value_name = "NAME", default_value = "tiflow0", value_parser = parse_tun_name)]
     pub tun: String,
 
-    /// The stack's address and prefix on the TUN device (see Addressing below).
+    /// The stack's address and prefix on the TUN device, IPv4 or IPv6
+    /// (see Addressing below). Give one of each family for a dual-stack
+    /// stack.
     #[arg(long, value_name = "ADDR/PREFIX", default_value = "10.0.2.1/24", value_parser = parse_stack_address)]
-    pub address: Ipv4Cidr,
+    pub address: Vec<IpCidr>,
 
-    /// The kernel side of the TUN device [default: the highest host address
-    /// of --address's subnet].
+    /// The kernel side of the TUN device, at most one per family
+    /// [default: for IPv4, the highest host address of --address's subnet;
+    /// for IPv6, the subnet's ::1, or ::2 when the stack has ::1].
     #[arg(long, value_name = "ADDR")]
-    pub kernel_address: Option<Ipv4Addr>,
+    pub kernel_address: Vec<IpAddr>,
 
     /// MTU of the TUN device (kernel and stack side).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..=9000))]
     pub mtu: u16,
 
-    /// Carry kernel TCP connections accepted at LISTEN (IP:PORT, NAME:PORT,
-    /// or PORT for 127.0.0.1) to REMOTE (IPV4:PORT or NAME:PORT, resolved at
-    /// start to an IPv4 address) as TI-flows. Repeatable.
+    /// Carry kernel TCP connections accepted at LISTEN (IP:PORT,
+    /// [IPV6]:PORT, NAME:PORT, or PORT for 127.0.0.1) to REMOTE (IPV4:PORT,
+    /// [IPV6]:PORT or NAME:PORT, a name resolved at start to an address of
+    /// a family the stack has) as TI-flows. Repeatable.
     #[arg(long = "forward", value_name = "LISTEN=REMOTE")]
     pub forwards: Vec<Forward>,
 
     /// Accept TI-flows (and plain TCP) on the stack's PORT and connect each
-    /// to TARGET (IP:PORT, NAME:PORT, or PORT for 127.0.0.1) with kernel
-    /// TCP. Repeatable.
+    /// to TARGET (IP:PORT, [IPV6]:PORT, NAME:PORT, or PORT for 127.0.0.1)
+    /// with kernel TCP. Repeatable.
     #[arg(long = "serve", value_name = "PORT=TARGET")]
     pub serves: Vec<Serve>,
 
     /// Masquerade the stack's outgoing connections with this host's address
-    /// (nftables NAT), so peers need no route back to --address.
+    /// of the same family (nftables NAT, IPv4 and IPv6), so peers need no
+    /// route back to --address.
     #[arg(long)]
     pub masquerade: bool,
 
     /// Forward TCP arriving at this host's HOSTPORT to the stack's PORT
-    /// (nftables DNAT; PORT defaults to HOSTPORT). Repeatable.
+    /// (nftables DNAT, over each family the stack has an address of; PORT
+    /// defaults to HOSTPORT). Repeatable.
     #[arg(long = "expose", value_name = "HOSTPORT[=PORT]")]
     pub exposes: Vec<Expose>,
 
@@ -344,13 +407,80 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
-    /// The kernel side of the TUN device.
-    pub fn kernel_address(&self) -> Ipv4Addr {
-        self.kernel_address
-            .unwrap_or_else(|| match self.address.last_host() {
-                Some(last) if last != self.address.addr => last,
-                _ => self.address.first_host().unwrap_or(self.address.addr),
+    /// The stack's IPv4 address (the last `--address` of that family).
+    pub fn ipv4(&self) -> Option<Ipv4Cidr> {
+        self.address.iter().rev().find_map(|a| match a {
+            IpCidr::V4(c) => Some(*c),
+            IpCidr::V6(_) => None,
+        })
+    }
+
+    /// The stack's IPv6 address (the last `--address` of that family).
+    pub fn ipv6(&self) -> Option<Ipv6Cidr> {
+        self.address.iter().rev().find_map(|a| match a {
+            IpCidr::V6(c) => Some(*c),
+            IpCidr::V4(_) => None,
+        })
+    }
+
+    /// The stack's addresses, IPv4 first.
+    pub fn addresses(&self) -> Vec<IpCidr> {
+        let v4 = self.ipv4().map(IpCidr::V4);
+        let v6 = self.ipv6().map(IpCidr::V6);
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// Whether the stack has an address of `ip`'s family.
+    pub fn has_family_of(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.ipv4().is_some(),
+            IpAddr::V6(_) => self.ipv6().is_some(),
+        }
+    }
+
+    /// The kernel side of the TUN device for the stack's IPv4 address.
+    pub fn kernel_ipv4(&self) -> Option<Ipv4Addr> {
+        let stack = self.ipv4()?;
+        let chosen = self.kernel_address.iter().rev().find_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        Some(chosen.unwrap_or_else(|| match stack.last_host() {
+            Some(last) if last != stack.addr => last,
+            _ => stack.first_host().unwrap_or(stack.addr),
+        }))
+    }
+
+    /// The kernel side of the TUN device for the stack's IPv6 address:
+    /// `--kernel-address`, else the subnet's `::1`, or `::2` when the stack
+    /// has `::1`.
+    pub fn kernel_ipv6(&self) -> Option<Ipv6Addr> {
+        let stack = self.ipv6()?;
+        let chosen = self.kernel_address.iter().rev().find_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        Some(chosen.unwrap_or_else(|| match stack.nth(1) {
+            Some(first) if first != stack.addr => first,
+            _ => stack.nth(2).unwrap_or(stack.addr),
+        }))
+    }
+
+    /// The kernel side's addresses with their prefixes, IPv4 first.
+    pub fn kernel_addresses(&self) -> Vec<IpCidr> {
+        let v4 = self.ipv4().zip(self.kernel_ipv4()).map(|(s, k)| {
+            IpCidr::V4(Ipv4Cidr {
+                addr: k,
+                prefix: s.prefix,
             })
+        });
+        let v6 = self.ipv6().zip(self.kernel_ipv6()).map(|(s, k)| {
+            IpCidr::V6(Ipv6Cidr {
+                addr: k,
+                prefix: s.prefix,
+            })
+        });
+        v4.into_iter().chain(v6).collect()
     }
 
     /// The control socket.
@@ -364,19 +494,7 @@ impl UpArgs {
     /// Checks what clap cannot see one argument at a time. The message is
     /// for a usage error (exit code 2).
     pub fn validate(&self) -> Result<(), String> {
-        let kernel = self.kernel_address();
-        if kernel == self.address.addr {
-            return Err(format!(
-                "--kernel-address {kernel} is the stack's own address (--address)"
-            ));
-        }
-        if !self.address.is_host(kernel) {
-            return Err(format!(
-                "--kernel-address {kernel} is not a host address of {}/{}",
-                self.address.network(),
-                self.address.prefix
-            ));
-        }
+        self.validate_addresses()?;
         let mut ports = std::collections::HashSet::new();
         for s in &self.serves {
             if !ports.insert(s.port) {
@@ -388,10 +506,10 @@ impl UpArgs {
             if !listens.insert(f.listen) {
                 return Err(format!("--forward listens on {} twice", f.listen));
             }
-            if *f.remote.ip() == self.address.addr {
+            let remote = self.remote_for(f)?;
+            if self.address.iter().any(|a| a.addr() == remote.ip()) {
                 return Err(format!(
-                    "--forward to {} would reach the stack itself; give the peer's address",
-                    f.remote
+                    "--forward to {remote} would reach the stack itself; give the peer's address"
                 ));
             }
         }
@@ -410,11 +528,143 @@ impl UpArgs {
         Ok(())
     }
 
+    /// At most one `--address` and one `--kernel-address` per family, each
+    /// kernel address a host of its family's subnet and not the stack's.
+    fn validate_addresses(&self) -> Result<(), String> {
+        let count = |v6: bool| {
+            self.address
+                .iter()
+                .filter(|a| a.addr().is_ipv6() == v6)
+                .count()
+        };
+        for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
+            if count(v6) > 1 {
+                return Err(format!(
+                    "--address given twice for {family}: one address per family"
+                ));
+            }
+            let kernels = self.kernel_address.iter().filter(|a| a.is_ipv6() == v6);
+            if kernels.count() > 1 {
+                return Err(format!(
+                    "--kernel-address given twice for {family}: one address per family"
+                ));
+            }
+        }
+        if self.address.is_empty() {
+            return Err("no --address: give the stack an IPv4 or an IPv6 address".into());
+        }
+        for k in &self.kernel_address {
+            if !self.has_family_of(*k) {
+                let family = if k.is_ipv6() { "IPv6" } else { "IPv4" };
+                return Err(format!(
+                    "--kernel-address {k} is {family}, but no --address is: give the stack an {family} address too"
+                ));
+            }
+        }
+        if let (Some(stack), Some(kernel)) = (self.ipv4(), self.kernel_ipv4()) {
+            if kernel == stack.addr {
+                return Err(format!(
+                    "--kernel-address {kernel} is the stack's own address (--address)"
+                ));
+            }
+            if !stack.is_host(kernel) {
+                return Err(format!(
+                    "--kernel-address {kernel} is not a host address of {}/{}",
+                    stack.network(),
+                    stack.prefix
+                ));
+            }
+        }
+        if let (Some(stack), Some(kernel)) = (self.ipv6(), self.kernel_ipv6()) {
+            if kernel == stack.addr {
+                return Err(format!(
+                    "--kernel-address {kernel} is the stack's own address (--address)"
+                ));
+            }
+            if !stack.is_host(kernel) {
+                return Err(format!(
+                    "--kernel-address {kernel} is not a host address of {}/{}",
+                    stack.network(),
+                    stack.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address a `--forward` reaches: its REMOTE, or (for a name) the
+    /// name's address of the other family when the stack has no address of
+    /// the first one's; an error when the stack has neither family.
+    pub fn remote_for(&self, f: &Forward) -> Result<SocketAddr, String> {
+        if self.has_family_of(f.remote.ip()) {
+            return Ok(f.remote);
+        }
+        if let Some(other) = f.remote_other.filter(|o| self.has_family_of(o.ip())) {
+            return Ok(other);
+        }
+        let (family, flag) = if f.remote.is_ipv6() {
+            ("IPv6", "fd00:2::1/64")
+        } else {
+            ("IPv4", "10.0.2.1/24")
+        };
+        Err(format!(
+            "--forward to {} needs an {family} address on the stack, which has only {}: \
+             add one (--address {flag}){}",
+            f.remote,
+            self.address_list(),
+            if f.remote_other.is_some() {
+                ""
+            } else {
+                " or give an address the stack can reach"
+            }
+        ))
+    }
+
+    /// The stack's addresses as text: `10.0.2.1/24, fd00:2::1/64`.
+    pub fn address_list(&self) -> String {
+        let all: Vec<String> = self.addresses().iter().map(ToString::to_string).collect();
+        all.join(", ")
+    }
+
+    /// The kernel side's addresses as text.
+    pub fn kernel_address_list(&self) -> String {
+        let all: Vec<String> = self
+            .kernel_addresses()
+            .iter()
+            .map(|c| c.addr().to_string())
+            .collect();
+        all.join(", ")
+    }
+
+    /// Validates, and returns the arguments with each `--forward`'s remote
+    /// of a family the stack has (a name's other address taken when needed).
+    pub fn settled(&self) -> Result<UpArgs, String> {
+        self.validate()?;
+        let mut settled = self.clone();
+        for f in &mut settled.forwards {
+            f.remote = self.remote_for(f)?;
+            f.remote_other = None;
+        }
+        Ok(settled)
+    }
+
     /// The stack's settings.
     pub fn stack_config(&self) -> StackConfig {
-        let mut config = StackConfig::new(self.address.addr);
-        config.prefix_len = self.address.prefix;
-        config.gateway = Some(self.kernel_address());
+        let mut config = match (self.ipv4(), self.ipv6()) {
+            (Some(v4), _) => {
+                let mut c = StackConfig::new(v4.addr);
+                c.prefix_len = v4.prefix;
+                c.gateway = self.kernel_ipv4();
+                c
+            }
+            (None, Some(v6)) => StackConfig::new_v6(v6.addr),
+            (None, None) => StackConfig::new(Ipv4Addr::UNSPECIFIED),
+        };
+        config.ipv6 = self.ipv6().map(|v6| Ipv6Addressing {
+            address: v6.addr,
+            prefix_len: v6.prefix,
+            gateway: self.kernel_ipv6(),
+        });
         config.ti_enabled = !self.no_ti;
         config.option_kind = self.option_kind;
         config.stall_timeout = self.stall_timeout;
@@ -449,11 +699,13 @@ mod tests {
     fn defaults_give_the_documented_addressing() {
         let a = parse(&[]).expect("defaults");
         assert_eq!(a.tun, "tiflow0");
-        assert_eq!(a.address.to_string(), "10.0.2.1/24");
-        assert_eq!(a.kernel_address(), Ipv4Addr::new(10, 0, 2, 254));
+        assert_eq!(a.address_list(), "10.0.2.1/24");
+        assert_eq!(a.kernel_ipv4(), Some(Ipv4Addr::new(10, 0, 2, 254)));
+        assert_eq!(a.kernel_ipv6(), None);
         assert_eq!(a.control_addr().to_string(), "@tiflow/tiflow0");
         let c = a.stack_config();
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 2, 254)));
+        assert_eq!(c.ipv6, None);
         assert!(c.ti_enabled && c.allow_migration);
         assert_eq!(c.option_kind, 253);
         assert_eq!(c.user_timeout, Duration::from_secs(30));
@@ -463,7 +715,89 @@ mod tests {
     #[test]
     fn stack_on_the_last_host_puts_the_kernel_on_the_first() {
         let a = parse(&["--address", "10.0.2.254/24"]).expect("parse");
-        assert_eq!(a.kernel_address(), Ipv4Addr::new(10, 0, 2, 1));
+        assert_eq!(a.kernel_ipv4(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("IPv6 address")
+    }
+
+    #[test]
+    fn an_ipv6_address_makes_the_stack_dual_stack() {
+        let a = parse(&["--address", "10.0.1.1/24", "--address", "fd00:1::1/64"]).expect("parse");
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(a.address_list(), "10.0.1.1/24, fd00:1::1/64");
+        assert_eq!(a.kernel_address_list(), "10.0.1.254, fd00:1::2");
+        let c = a.stack_config();
+        assert_eq!(c.address, Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(
+            c.ipv6,
+            Some(Ipv6Addressing {
+                address: v6("fd00:1::1"),
+                prefix_len: 64,
+                gateway: Some(v6("fd00:1::2")),
+            })
+        );
+        // IPv6 only; the kernel takes ::1 unless the stack has it.
+        let a = parse(&["--address", "fd00:1::10/64"]).expect("parse");
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(a.kernel_ipv6(), Some(v6("fd00:1::1")));
+        assert_eq!(a.kernel_ipv4(), None);
+        let c = a.stack_config();
+        assert!(c.address.is_unspecified());
+        assert_eq!(c.ipv6.and_then(|v| v.gateway), Some(v6("fd00:1::1")));
+        // --kernel-address once per family.
+        let a = parse(&[
+            "--address",
+            "fd00:1::10/64",
+            "--address",
+            "10.0.1.1/24",
+            "--kernel-address",
+            "fd00:1::99",
+            "--kernel-address",
+            "10.0.1.7",
+        ])
+        .expect("parse");
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(a.kernel_address_list(), "10.0.1.7, fd00:1::99");
+    }
+
+    #[test]
+    fn ipv6_literals_and_names_parse() {
+        let a = parse(&[
+            "--address",
+            "fd00:1::1/64",
+            "--forward",
+            "[::1]:2222=[2001:db8::10]:22",
+            "--serve",
+            "22=[::1]:22",
+        ])
+        .expect("parse");
+        assert_eq!(a.forwards[0].listen, "[::1]:2222".parse().expect("addr"));
+        assert_eq!(
+            a.forwards[0].remote,
+            "[2001:db8::10]:22".parse().expect("addr")
+        );
+        assert_eq!(a.serves[0].target, "[::1]:22".parse().expect("addr"));
+        assert_eq!(a.validate(), Ok(()));
+        // An IPv4 remote for an IPv6-only stack: refused, saying why.
+        let a =
+            parse(&["--address", "fd00:1::1/64", "--forward", "1=192.0.2.1:22"]).expect("parse");
+        let e = a.validate().expect_err("no IPv4 address");
+        assert!(e.contains("needs an IPv4 address on the stack"), "{e}");
+        // A name of both families: the stack's family is chosen.
+        let both = Forward {
+            listen: "127.0.0.1:1".parse().expect("addr"),
+            remote: "192.0.2.1:22".parse().expect("addr"),
+            remote_other: Some("[2001:db8::1]:22".parse().expect("addr")),
+        };
+        let mut a = parse(&["--address", "fd00:1::1/64"]).expect("parse");
+        a.forwards.push(both);
+        let settled = a.settled().expect("settled");
+        assert_eq!(
+            settled.forwards[0].remote,
+            "[2001:db8::1]:22".parse().expect("addr")
+        );
     }
 
     #[test]
@@ -521,8 +855,14 @@ mod tests {
 
     #[test]
     fn bad_arguments_have_clear_messages() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 16] = [
             (&["--forward", "2222"], "is not LISTEN=REMOTE"),
+            (
+                &["--forward", "2222=[fd00::1]"],
+                "is not IPV4:PORT, [IPV6]:PORT",
+            ),
+            (&["--address", "fd00::1/127"], "leaves no room"),
+            (&["--address", "fd00::/64"], "subnet-router anycast"),
             (
                 &["--forward", "2222=no-such-host.invalid:22"],
                 "cannot resolve",
@@ -549,7 +889,24 @@ mod tests {
 
     #[test]
     fn arguments_that_do_not_fit_together_are_refused() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 10] = [
+            (
+                &["--address", "10.0.1.1/24", "--address", "10.0.2.1/24"],
+                "one address per family",
+            ),
+            (
+                &["--address", "fd00::1/64", "--address", "fd00::2/64"],
+                "one address per family",
+            ),
+            (&["--kernel-address", "fd00::2"], "no --address is"),
+            (
+                &["--address", "fd00::1/64", "--kernel-address", "fd01::2"],
+                "not a host address of fd00::/64",
+            ),
+            (
+                &["--address", "fd00::1/64", "--forward", "1=[fd00::1]:22"],
+                "reach the stack itself",
+            ),
             (&["--kernel-address", "10.0.2.1"], "stack's own address"),
             (&["--kernel-address", "10.0.3.1"], "not a host address"),
             (&["--serve", "22=22", "--serve", "22=23"], "given twice"),

@@ -1,7 +1,7 @@
 //! Why `tiflow up` failed, in words that say what to do.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ti_stack::StreamError;
@@ -25,7 +25,7 @@ pub enum UpError {
     #[error("cannot listen on {addr} for --forward: {source}{}", port_hint(.source))]
     Listen {
         /// The address.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// Why.
         source: io::Error,
     },
@@ -57,9 +57,14 @@ pub enum UpError {
     /// The kernel refused the nftables table (or could not be asked).
     #[error("nftables: {0}")]
     Netfilter(#[from] ti_nfnetlink::Error),
-    /// IPv4 forwarding could not be turned on.
-    #[error("cannot turn on IPv4 forwarding (net.ipv4.ip_forward): {0}")]
-    Forwarding(io::Error),
+    /// A sysctl (forwarding, the TUN's IPv6) could not be read or set.
+    #[error("cannot set {key}: {source}{}", ipv6_hint(.key, .source))]
+    Sysctl {
+        /// The sysctl.
+        key: String,
+        /// Why.
+        source: io::Error,
+    },
     /// The `--metrics` address cannot be listened on.
     #[error("cannot listen on {addr} for --metrics: {source}")]
     Metrics {
@@ -104,5 +109,14 @@ fn port_hint(e: &io::Error) -> &'static str {
         io::ErrorKind::AddrNotAvailable => " (no interface of this host has that address)",
         io::ErrorKind::PermissionDenied => " (ports below 1024 need root)",
         _ => "",
+    }
+}
+
+/// Why an IPv6 sysctl may be missing.
+fn ipv6_hint(key: &str, source: &io::Error) -> &'static str {
+    if key.starts_with("net.ipv6") && source.kind() == io::ErrorKind::NotFound {
+        " (IPv6 is off in this kernel or namespace: boot without ipv6.disable=1, or give only IPv4 addresses)"
+    } else {
+        ""
     }
 }

@@ -4,7 +4,7 @@
 //! recorded in [`Undo`] to be reverted at exit.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunDevice};
 use tracing::{info, warn};
@@ -13,6 +13,7 @@ use super::{UpArgs, UpError};
 
 /// Packets the kernel queues toward the stack on the TUN device.
 const TXQUEUELEN: &str = "4096";
+use crate::cidr::IpCidr;
 use crate::down;
 use crate::host::{self, Undo};
 use crate::netfilter::{self, NatRules};
@@ -84,15 +85,16 @@ fn subnets_overlap(a: host::Ipv4Cidr, b: host::Ipv4Cidr) -> bool {
 /// Addresses, MTU and link state of the TUN's kernel side, forwarding, NAT.
 pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpError> {
     let tun = args.tun.as_str();
-    for (interface, cidr) in overlapping(args.address) {
-        warn!(
-            address = %args.address,
-            %interface,
-            theirs = %cidr,
-            "--address overlaps the subnet of another interface (another tiflow up's TUN, or the host's own network): the kernel routes those addresses one way only; pick a subnet of its own"
-        );
+    if let Some(v4) = args.ipv4() {
+        for (interface, cidr) in overlapping(v4) {
+            warn!(
+                address = %v4,
+                %interface,
+                theirs = %cidr,
+                "--address overlaps the subnet of another interface (another tiflow up's TUN, or the host's own network): the kernel routes those addresses one way only; pick a subnet of its own"
+            );
+        }
     }
-    let kernel = format!("{}/{}", args.kernel_address(), args.address.prefix);
     let mtu = args.mtu.to_string();
     // A longer queue toward the stack than the default 500 packets: the
     // keepalive probes of thousands of idle flows come in bursts.
@@ -109,12 +111,10 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
             TXQUEUELEN,
         ],
     )?;
-    host::run("ip", &["addr", "add", &kernel, "dev", tun])?;
+    add_kernel_addresses(args)?;
     host::run("ip", &["link", "set", "dev", tun, "up"])?;
-    // The stack speaks IPv4 only: keep the kernel's IPv6 chatter off the device.
-    let _ = host::set_sysctl(&format!("net.ipv6.conf.{tun}.disable_ipv6"), "1");
     // What a tiflow up on this TUN left when it died goes first; the
-    // ip_forward it found is the one to restore.
+    // forwarding values it found are the ones to restore.
     let left = down::remove_leftovers(tun)?;
     if left.any() {
         warn!(
@@ -127,13 +127,16 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
     let mut state = UpState {
         pid: std::process::id(),
         ip_forward_was: left.ip_forward_was,
+        ip6_forward_was: left.ip6_forward_was,
         forward_accepts: false,
     };
-    let forwarding = host::sysctl("net.ipv4.ip_forward").map_err(UpError::Forwarding)?;
-    if forwarding != "1" {
-        host::set_sysctl("net.ipv4.ip_forward", "1").map_err(UpError::Forwarding)?;
-        state.ip_forward_was = Some(forwarding);
-        info!("IPv4 forwarding turned on (restored at exit)");
+    if let Some(found) = turn_on(down::IP_FORWARD, "IPv4")? {
+        state.ip_forward_was = Some(found);
+    }
+    if args.ipv6().is_some()
+        && let Some(found) = turn_on(down::IP6_FORWARD, "IPv6")?
+    {
+        state.ip6_forward_was = Some(found);
     }
     // Undone last: the state file goes once everything else is undone.
     let tun_name = tun.to_owned();
@@ -142,47 +145,115 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
             warn!(error = %e, "cannot remove the state file");
         }
     });
-    if let Some(was) = state.ip_forward_was.clone() {
+    let restores = [
+        (down::IP_FORWARD, state.ip_forward_was.clone()),
+        (down::IP6_FORWARD, state.ip6_forward_was.clone()),
+    ];
+    for (key, was) in restores {
+        let Some(was) = was else { continue };
         let tun_name = tun.to_owned();
-        undo.call(move || match down::restore_ip_forward(&tun_name, &was) {
-            Ok(true) => {}
-            Ok(false) => info!("IPv4 forwarding left on: another tiflow up runs in this namespace"),
-            Err(e) => warn!(error = %e, "cannot restore net.ipv4.ip_forward"),
-        });
+        undo.call(
+            move || match down::restore_forwarding(&tun_name, key, &was) {
+                Ok(true) => {}
+                Ok(false) => info!("{key} left on: another tiflow up runs in this namespace"),
+                Err(e) => warn!(error = %e, "cannot restore {key}"),
+            },
+        );
     }
     state::write(tun, &state).map_err(UpError::State)?;
     add_nat_rules(args, &mut state, undo)
 }
 
+/// The kernel side's address of each family the stack has. Without an
+/// IPv6 address the device's IPv6 is off (no chatter toward the stack);
+/// with one, the kernel's address is usable at once (no duplicate address
+/// detection: the stack is the only other host on the link) and the device
+/// takes no router advertisements.
+fn add_kernel_addresses(args: &UpArgs) -> Result<(), UpError> {
+    let tun = args.tun.as_str();
+    let conf = |key: &str| format!("net.ipv6.conf.{tun}.{key}");
+    if args.ipv6().is_none() {
+        let _ = host::set_sysctl(&conf("disable_ipv6"), "1");
+    }
+    for kernel in args.kernel_addresses() {
+        let text = kernel.to_string();
+        match kernel {
+            IpCidr::V4(_) => host::run("ip", &["addr", "add", &text, "dev", tun])?,
+            IpCidr::V6(_) => {
+                let key = conf("disable_ipv6");
+                host::set_sysctl(&key, "0").map_err(|source| UpError::Sysctl { key, source })?;
+                let _ = host::set_sysctl(&conf("accept_ra"), "0");
+                host::run("ip", &["-6", "addr", "add", &text, "dev", tun, "nodad"])?
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Turns the forwarding sysctl `key` on; returns the value it had when
+/// it was off (to restore at exit), `None` when it was on already.
+fn turn_on(key: &str, family: &str) -> Result<Option<String>, UpError> {
+    let error = |source| UpError::Sysctl {
+        key: key.to_owned(),
+        source,
+    };
+    let found = host::sysctl(key).map_err(error)?;
+    if found == "1" {
+        return Ok(None);
+    }
+    host::set_sysctl(key, "1").map_err(error)?;
+    info!("{family} forwarding turned on ({key}, restored at exit)");
+    Ok(Some(found))
+}
+
 /// `--masquerade` and `--expose`: the TUN's nftables table (and, where
-/// the iptables FORWARD policy drops, the tagged accepts, recorded in the
-/// state file), each undone at exit.
+/// the iptables or ip6tables FORWARD policy drops, the tagged accepts,
+/// recorded in the state file), each undone at exit.
 fn add_nat_rules(args: &UpArgs, state: &mut UpState, undo: &mut Undo) -> Result<(), UpError> {
     let tun = args.tun.as_str();
+    let addresses = args.addresses();
     let rules = NatRules {
         tun: tun.to_owned(),
-        masquerade: args.masquerade.then_some(args.address),
+        masquerade: if args.masquerade {
+            addresses.clone()
+        } else {
+            Vec::new()
+        },
         exposes: args
             .exposes
             .iter()
-            .map(|e| (e.host_port, SocketAddrV4::new(args.address.addr, e.port)))
+            .flat_map(|e| {
+                addresses
+                    .iter()
+                    .map(move |a| (e.host_port, SocketAddr::new(a.addr(), e.port)))
+            })
             .collect(),
     };
     if rules.is_empty() {
         return Ok(());
     }
-    if netfilter::iptables_forward_drops() {
+    let families = [
+        (false, args.ipv4().is_some()),
+        (true, args.ipv6().is_some()),
+    ];
+    for (ipv6, used) in families {
+        if !used || !netfilter::forward_drops(ipv6) {
+            continue;
+        }
         // nftables cannot override another table's drop: see `netfilter`.
-        state.forward_accepts = true;
-        state::write(tun, state).map_err(UpError::State)?;
-        let tun_name = tun.to_owned();
-        undo.call(move || {
-            if let Err(e) = netfilter::remove_forward_accepts(&tun_name) {
-                warn!(error = %e, "cannot remove the iptables FORWARD rules");
-            }
-        });
-        netfilter::add_forward_accepts(tun)?;
-        info!(%tun, "the iptables FORWARD chain drops by policy: two rules tagged tiflow:{tun} let the TUN's traffic through");
+        if !state.forward_accepts {
+            state.forward_accepts = true;
+            state::write(tun, state).map_err(UpError::State)?;
+            let tun_name = tun.to_owned();
+            undo.call(move || {
+                if let Err(e) = netfilter::remove_forward_accepts(&tun_name) {
+                    warn!(error = %e, "cannot remove the iptables FORWARD rules");
+                }
+            });
+        }
+        netfilter::add_forward_accepts(tun, ipv6)?;
+        let command = if ipv6 { "ip6tables" } else { "iptables" };
+        info!(%tun, "the {command} FORWARD chain drops by policy: two rules tagged tiflow:{tun} let the TUN's traffic through");
     }
     let tun_name = tun.to_owned();
     undo.call(move || {

@@ -74,7 +74,8 @@ impl Stop {
 
 /// `tiflow up`: runs until SIGINT or SIGTERM (or stdin closing, when asked).
 pub fn run(args: &UpArgs) -> Result<(), UpError> {
-    args.validate().map_err(UpError::Usage)?;
+    // Each --forward's remote of a family the stack has an address of.
+    let args = &args.settled().map_err(UpError::Usage)?;
     host::check_net_admin()?;
     // The NAT rules go over netlink: iproute2's `ip` is the only command.
     host::require(&[host::IP])?;
@@ -295,8 +296,8 @@ fn print_banner<D: Device + Wait>(
         "tiflow up: TUN {} ({}), stack {}, kernel side {}, MTU {}, {}",
         args.tun,
         offloads,
-        args.address,
-        args.kernel_address(),
+        args.address_list(),
+        args.kernel_address_list(),
         args.mtu,
         if args.no_ti {
             "plain TCP (--no-ti)".to_owned()
@@ -308,7 +309,12 @@ fn print_banner<D: Device + Wait>(
         println!("  forward {} -> {}", f.listen, f.remote);
     }
     for (s, _) in ti_listeners {
-        println!("  serve   {}:{} -> {}", args.address.addr, s.port, s.target);
+        let stack: Vec<String> = args
+            .addresses()
+            .iter()
+            .map(|a| std::net::SocketAddr::new(a.addr(), s.port).to_string())
+            .collect();
+        println!("  serve   {} -> {}", stack.join(", "), s.target);
     }
     for e in &args.exposes {
         println!(
@@ -317,7 +323,10 @@ fn print_banner<D: Device + Wait>(
         );
     }
     if args.masquerade {
-        println!("  masquerade {} behind this host's address", args.address);
+        println!(
+            "  masquerade {} behind this host's address",
+            args.address_list()
+        );
     }
     println!(
         "  timeouts: stall {:?}, keepalive {:?}, resume {:?}, plain TCP user timeout {:?}",
@@ -331,7 +340,8 @@ fn print_banner<D: Device + Wait>(
     }
     if args.masquerade || !args.exposes.is_empty() {
         println!(
-            "  nat rules in nftables table ip {} (tiflow down removes it after a crash)",
+            "  nat rules in nftables table {} {} (tiflow down removes it after a crash)",
+            crate::netfilter::FAMILY.name(),
             crate::netfilter::table_name(&args.tun)
         );
     }

@@ -31,8 +31,8 @@ pub(super) fn handle<D: Device + Wait + Send + 'static>(
     match req {
         Request::Status => Reply::Status(StatusReport {
             tun: args.tun.clone(),
-            stack_address: args.address.to_string(),
-            kernel_address: args.kernel_address().to_string(),
+            stack_address: args.address_list(),
+            kernel_address: args.kernel_address_list(),
             ti_enabled: !args.no_ti,
             option_kind: args.option_kind,
             uptime_s: started.elapsed().as_secs_f64(),
