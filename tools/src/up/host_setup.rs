@@ -13,7 +13,7 @@ use super::{UpArgs, UpError};
 
 /// Packets the kernel queues toward the stack on the TUN device.
 const TXQUEUELEN: &str = "4096";
-use crate::cidr::IpCidr;
+use crate::cidr::{IpCidr, Ipv6Cidr};
 use crate::down;
 use crate::host::{self, Undo};
 use crate::netfilter::{self, NatRules};
@@ -54,41 +54,52 @@ pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
     Ok(tun.with_mtu(usize::from(args.mtu)))
 }
 
-/// The host's IPv4 addresses (interface, address/prefix) whose subnet
-/// overlaps `net`, from `ip -o -4 addr show`.
-fn overlapping(net: host::Ipv4Cidr) -> Vec<(String, host::Ipv4Cidr)> {
-    let Ok(listed) = host::run("ip", &["-o", "-4", "addr", "show"]) else {
+/// The host's addresses (interface, address/prefix) of `net`'s family
+/// whose subnet overlaps `net`, from `ip -o addr show`.
+fn overlapping(net: IpCidr) -> Vec<(String, IpCidr)> {
+    let Ok(listed) = host::run("ip", &["-o", "addr", "show"]) else {
         return Vec::new();
     };
     listed
         .lines()
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "inet")?;
-            let cidr: host::Ipv4Cidr = words.get(at + 1)?.parse().ok()?;
+            let at = words.iter().position(|w| *w == "inet" || *w == "inet6")?;
+            let cidr: IpCidr = words.get(at + 1)?.parse().ok()?;
             Some((words.get(1)?.trim_end_matches(':').to_owned(), cidr))
         })
         .filter(|(_, cidr)| subnets_overlap(*cidr, net))
         .collect()
 }
 
-/// Whether two subnets share an address.
-fn subnets_overlap(a: host::Ipv4Cidr, b: host::Ipv4Cidr) -> bool {
-    let shorter = host::Ipv4Cidr {
-        addr: a.addr,
-        prefix: a.prefix.min(b.prefix),
-    };
-    let mask = shorter.mask();
-    u32::from(a.addr) & mask == u32::from(b.addr) & mask
+/// Whether two subnets share an address (never across families).
+fn subnets_overlap(a: IpCidr, b: IpCidr) -> bool {
+    match (a, b) {
+        (IpCidr::V4(a), IpCidr::V4(b)) => {
+            let shorter = host::Ipv4Cidr {
+                addr: a.addr,
+                prefix: a.prefix.min(b.prefix),
+            };
+            shorter.contains(b.addr)
+        }
+        (IpCidr::V6(a), IpCidr::V6(b)) => {
+            let shorter = Ipv6Cidr {
+                addr: a.addr,
+                prefix: a.prefix.min(b.prefix),
+            };
+            shorter.contains(b.addr)
+        }
+        _ => false,
+    }
 }
 
 /// Addresses, MTU and link state of the TUN's kernel side, forwarding, NAT.
 pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpError> {
     let tun = args.tun.as_str();
-    if let Some(v4) = args.ipv4() {
-        for (interface, cidr) in overlapping(v4) {
+    for address in args.addresses() {
+        for (interface, cidr) in overlapping(address) {
             warn!(
-                address = %v4,
+                %address,
                 %interface,
                 theirs = %cidr,
                 "--address overlaps the subnet of another interface (another tiflow up's TUN, or the host's own network): the kernel routes those addresses one way only; pick a subnet of its own"
@@ -312,7 +323,7 @@ pub(super) fn offload_text(offloads: Offloads) -> &'static str {
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> host::Ipv4Cidr {
+    fn cidr(s: &str) -> IpCidr {
         s.parse().expect("cidr")
     }
 
@@ -323,5 +334,10 @@ mod tests {
         assert!(subnets_overlap(cidr("10.0.0.1/16"), cidr("10.0.2.1/24")));
         assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.3.1/24")));
         assert!(!subnets_overlap(cidr("10.0.2.1/25"), cidr("10.0.2.129/25")));
+        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:2::ff/64")));
+        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00::1/16")));
+        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:3::1/64")));
+        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fe80::1/64")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("::/0")));
     }
 }
