@@ -52,6 +52,26 @@ fn bad_arguments_are_usage_errors_with_clear_messages() {
         ),
         (&["up", "--expose", "2022=22"], "no --serve listens on"),
         (
+            &["up", "--address", "10.0.2.1/24", "--address", "10.0.3.1/24"],
+            "one address per family",
+        ),
+        (&["up", "--address", "fd00::/64"], "subnet-router anycast"),
+        (&["up", "--forward", "2222=[fd00::1]"], "[IPV6]:PORT"),
+        (
+            &[
+                "up",
+                "--address",
+                "fd00::1/64",
+                "--forward",
+                "1=192.0.2.1:22",
+            ],
+            "needs an IPv4 address on the stack",
+        ),
+        (
+            &["up", "--kernel-address", "fd00::2"],
+            "is IPv6, but no --address is",
+        ),
+        (
             &["up", "--serve", "22=22", "--serve", "22=23"],
             "given twice",
         ),
@@ -87,6 +107,9 @@ fn help_documents_exit_codes_and_addressing() {
     let help = text(&tiflow(&["up", "--help"]).stdout);
     assert!(help.contains("Addressing:"), "{help}");
     assert!(help.contains("10.0.2.254"), "{help}");
+    assert!(help.contains("fd00:2::1/64"), "{help}");
+    assert!(help.contains("the subnet's ::1, or ::2"), "{help}");
+    assert!(help.contains("net.ipv6.conf.all.forwarding"), "{help}");
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!
 //! ```toml
 //! tun = "tiflow0"
-//! address = "10.0.1.1/24"
+//! address = ["10.0.1.1/24", "fd00:1::1/64"]   # dual-stack; or one string
 //! masquerade = true
 //! forward = ["127.0.0.1:2222=192.0.2.10:2222"]
 //! stall-timeout = "3s"
