@@ -200,6 +200,21 @@ pub fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(sysctl_path(key), value)
 }
 
+/// Reads `net.ipv6.conf.IFNAME.KEY` (by path: an interface name may hold
+/// a dot, which the dotted form cannot say).
+pub fn ipv6_conf(ifname: &str, key: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(ipv6_conf_path(ifname, key)).map(|s| s.trim().to_owned())
+}
+
+/// Writes `net.ipv6.conf.IFNAME.KEY` (by path, as [`ipv6_conf`]).
+pub fn set_ipv6_conf(ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(ipv6_conf_path(ifname, key), value)
+}
+
+fn ipv6_conf_path(ifname: &str, key: &str) -> PathBuf {
+    Path::new("/proc/sys/net/ipv6/conf").join(ifname).join(key)
+}
+
 fn sysctl_path(key: &str) -> PathBuf {
     Path::new("/proc/sys").join(key.replace('.', "/"))
 }

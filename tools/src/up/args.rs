@@ -23,9 +23,9 @@ Addressing:
   subnet (10.0.2.254 here), for IPv6 the subnet's ::1, or ::2 when the stack
   has ::1 (fd00:2::2 here); --kernel-address chooses (once per family). The
   kernel side is the stack's gateway: the kernel routes the stack's packets
-  to its peers with its own routing table (tiflow up turns net.ipv4.ip_forward
-  on while it runs, and net.ipv6.conf.all.forwarding with an IPv6 address; a
-  host forwarding IPv6 ignores router advertisements on interfaces whose
+  to its peers with its own routing table (while it runs, tiflow up turns on
+  net.ipv4.ip_forward with an IPv4 address and net.ipv6.conf.all.forwarding
+  with an IPv6 one; a host forwarding IPv6 ignores router advertisements on interfaces whose
   accept_ra is 1: set it to 2 where the host configures itself by SLAAC).
   Peers must be able to answer the stack's address: route that subnet to
   this host, or use --masquerade (flows we open leave with this host's

@@ -141,13 +141,17 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
         ip6_forward_was: left.ip6_forward_was,
         forward_accepts: false,
     };
-    if let Some(found) = turn_on(down::IP_FORWARD, "IPv4")? {
+    // Each family's forwarding only where the stack has an address of it.
+    if args.ipv4().is_some()
+        && let Some(found) = turn_on(down::IP_FORWARD, "IPv4")?
+    {
         state.ip_forward_was = Some(found);
     }
     if args.ipv6().is_some()
         && let Some(found) = turn_on(down::IP6_FORWARD, "IPv6")?
     {
         state.ip6_forward_was = Some(found);
+        warn_router_advertisements_ignored(tun);
     }
     // Undone last: the state file goes once everything else is undone.
     let tun_name = tun.to_owned();
@@ -182,23 +186,49 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
 /// takes no router advertisements.
 fn add_kernel_addresses(args: &UpArgs) -> Result<(), UpError> {
     let tun = args.tun.as_str();
-    let conf = |key: &str| format!("net.ipv6.conf.{tun}.{key}");
     if args.ipv6().is_none() {
-        let _ = host::set_sysctl(&conf("disable_ipv6"), "1");
+        let _ = host::set_ipv6_conf(tun, "disable_ipv6", "1");
     }
     for kernel in args.kernel_addresses() {
         let text = kernel.to_string();
         match kernel {
             IpCidr::V4(_) => host::run("ip", &["addr", "add", &text, "dev", tun])?,
             IpCidr::V6(_) => {
-                let key = conf("disable_ipv6");
-                host::set_sysctl(&key, "0").map_err(|source| UpError::Sysctl { key, source })?;
-                let _ = host::set_sysctl(&conf("accept_ra"), "0");
+                host::set_ipv6_conf(tun, "disable_ipv6", "0").map_err(|source| {
+                    UpError::Sysctl {
+                        key: format!("net.ipv6.conf.{tun}.disable_ipv6"),
+                        source,
+                    }
+                })?;
+                let _ = host::set_ipv6_conf(tun, "accept_ra", "0");
                 host::run("ip", &["-6", "addr", "add", &text, "dev", tun, "nodad"])?
             }
         };
     }
     Ok(())
+}
+
+/// Warns about the interfaces that stop taking router advertisements now
+/// that the host forwards IPv6 (`accept_ra` 1 means "unless forwarding").
+fn warn_router_advertisements_ignored(tun: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !matches!(name.as_str(), "all" | "default" | "lo") && name != tun)
+        .filter(|name| host::ipv6_conf(name, "accept_ra").is_ok_and(|v| v == "1"))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    names.sort();
+    warn!(
+        interfaces = %names.join(", "),
+        "with IPv6 forwarding on, these interfaces ignore router advertisements (accept_ra = 1): \
+         set net.ipv6.conf.IFACE.accept_ra = 2 where this host configures itself by SLAAC"
+    );
 }
 
 /// Turns the forwarding sysctl `key` on; returns the value it had when
