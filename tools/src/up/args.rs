@@ -25,8 +25,9 @@ Addressing:
   kernel side is the stack's gateway: the kernel routes the stack's packets
   to its peers with its own routing table (while it runs, tiflow up turns on
   net.ipv4.ip_forward with an IPv4 address and net.ipv6.conf.all.forwarding
-  with an IPv6 one; a host forwarding IPv6 ignores router advertisements on interfaces whose
-  accept_ra is 1: set it to 2 where the host configures itself by SLAAC).
+  with an IPv6 one; a host forwarding IPv6 ignores router advertisements on
+  interfaces whose accept_ra is 1: set it to 2 where the host configures
+  itself by SLAAC).
   Peers must be able to answer the stack's address: route that subnet to
   this host, or use --masquerade (flows we open leave with this host's
   address of their family) and --expose (a port of this host is forwarded to
