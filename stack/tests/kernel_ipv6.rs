@@ -11,7 +11,9 @@
 //!   NAT66 masquerade with its conntrack flushed mid-transfer, a stateful
 //!   IPv6 firewall flushed mid-transfer, TCPOPTSTRIP each way (clean
 //!   legacy), and the client's address replaced mid-transfer (a temporary
-//!   address rotating); each byte-exact with the expected resumes.
+//!   address rotating within its /64, and a renumbering to another /64 with
+//!   the kernel's routes following); each byte-exact with the expected
+//!   resumes (one per disruption, on each end).
 //!
 //! Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN), iproute2, nft, ip6tables,
 //! conntrack and /dev/net/tun: without them every test FAILS with what is
@@ -23,14 +25,15 @@
 #[allow(dead_code)]
 mod kernel_support;
 
-use std::net::{IpAddr, SocketAddrV6, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV6, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use kernel_support::ipv6::{
-    CLIENT_MOVED, CLIENT_STACK, LINUX, LinuxPeer6, MB_SERVER_SIDE, SERVER_STACK, Topology6,
+    CLIENT_MOVED, CLIENT_RENUMBERED, CLIENT_STACK, LINUX, LinuxPeer6, MB_SERVER_SIDE, SERVER_STACK,
+    Topology6,
 };
 use kernel_support::{
     Captured, DEADLINE, End, Pace, RunningFlow, accept_linux, assert_option_only_on_syns,
@@ -185,7 +188,14 @@ fn assert_legacy_on_the_wire_as_initiator(segs: &[Captured], port: u16) {
 /// byte-exact. Returns the TUN's mode and counters.
 fn interop_both_ways(prefix: &str, offload: OffloadRequest) -> (Offloads, TunStats) {
     require_privileges();
-    let peer = LinuxPeer6::with_offload(prefix, offload, |_| {});
+    // A receive buffer larger than the transfer: the stream takes every
+    // byte out of the socket at once, so these tests check interop, not the
+    // LAST-ACK bug `legacy_close_from_last_ack_with_unread_data_ends_cleanly`
+    // shows (with the default buffer about one run in ten failed with a
+    // reset after the last byte; a slow reader is enough).
+    let peer = LinuxPeer6::with_offload(prefix, offload, |config| {
+        config.recv_buffer = 2 * INTEROP_BYTES;
+    });
 
     // Ours -> Linux.
     let port = 5201;
@@ -433,9 +443,17 @@ fn nat66_conntrack_flush_mid_transfer_flow_resumes() {
 fn ipv6_firewall_conntrack_flush_mid_transfer_flow_resumes() {
     require_privileges();
     let topology = Topology6::new("k6w", Middlebox6::Firewall);
+    let dropped_before = std::cell::Cell::new(0);
     let tifid = run_disrupted(&topology, 7102, "IPv6 firewall conntrack -F", || {
+        dropped_before.set(topology.firewall_dropped());
         topology.conntrack_flush();
     });
+    let dropped = topology.firewall_dropped() - dropped_before.get();
+    eprintln!("[kernel-ipv6] IPv6 firewall dropped {dropped} packets of the old connection");
+    assert!(
+        dropped >= 1,
+        "the firewall blackholed the old connection after the flush"
+    );
     let segs = topology.server.segments();
     let resumes = resume_syns(&segs, tifid);
     assert!(
@@ -552,9 +570,24 @@ fn ipv6_optstrip_return_path_gives_clean_legacy() {
 /// address, the server's flow follows the new peer, data exact.
 #[test]
 fn ipv6_address_change_mid_transfer_resumes_from_new_address() {
+    address_change("k6a", 7105, CLIENT_MOVED, false);
+}
+
+/// (d) The client's network is renumbered mid-transfer: its stack moves to
+/// another /64, and the kernel's routes follow (the client host routes the
+/// new prefix into the TUN; the middlebox already routes it to the client
+/// host). The flow resumes once from the new address, data exact.
+#[test]
+fn ipv6_renumbering_mid_transfer_resumes_from_the_new_prefix() {
+    address_change("k6p", 7106, CLIENT_RENUMBERED, true);
+}
+
+/// Moves the client's stack to `new_addr` (/64) once the server has
+/// 1 MiB; `route` adds the kernel's route to the new /64 into the TUN
+/// first. Checks one resume from the new address, byte-exact.
+fn address_change(prefix: &str, port: u16, new_addr: Ipv6Addr, route: bool) {
     require_privileges();
-    let topology = Topology6::new("k6a", Middlebox6::Router);
-    let port = 7105;
+    let topology = Topology6::new(prefix, Middlebox6::Router);
     let mut flow = RunningFlow::start_between(
         topology.client.runtime(),
         topology.server.runtime(),
@@ -566,18 +599,25 @@ fn ipv6_address_change_mid_transfer_resumes_from_new_address() {
     let old_local = flow.client.local_addr().expect("client connection");
     assert_eq!(old_local.ip(), IpAddr::V6(CLIENT_STACK));
     flow.wait_server_received(DISRUPT_AT);
+    if route {
+        topology
+            .client
+            .ns()
+            .add_dev_route6(&format!("{new_addr}/64"), "ti0")
+            .expect("kernel route to the new prefix");
+    }
     let started = Instant::now();
     topology
         .client
         .runtime()
-        .with_stack(|stack, now| stack.set_address(now, CLIENT_MOVED, 64));
+        .with_stack(|stack, now| stack.set_address(now, new_addr, 64));
     let resumed_at = flow
         .wait_client_resumed(Duration::from_secs(30))
         .expect("the client resumed after moving");
     let new_local = flow.client.local_addr().expect("resumed connection");
     assert_eq!(
         new_local.ip(),
-        IpAddr::V6(CLIENT_MOVED),
+        IpAddr::V6(new_addr),
         "resumed from the new address"
     );
     wait_until(
@@ -585,7 +625,7 @@ fn ipv6_address_change_mid_transfer_resumes_from_new_address() {
         "the server's flow to see the new peer",
         || {
             topology.server.runtime().with_stack(|stack, _| {
-                stack.flows().get(tifid).map(|f| f.peer()) == Some(IpAddr::V6(CLIENT_MOVED))
+                stack.flows().get(tifid).map(|f| f.peer()) == Some(IpAddr::V6(new_addr))
             })
         },
     );
@@ -595,21 +635,94 @@ fn ipv6_address_change_mid_transfer_resumes_from_new_address() {
         "the client's peer is unchanged"
     );
     let outcome = flow.finish();
-    assert_resumed(&outcome, tifid, 1, "IPv6 address change");
+    assert_resumed(
+        &outcome,
+        tifid,
+        1,
+        &format!("IPv6 address change to {new_addr}"),
+    );
     let segs = topology.server.segments();
     assert!(
         resume_syns(&segs, tifid)
             .iter()
-            .any(|c| c.seg.src.ip() == IpAddr::V6(CLIENT_MOVED)),
+            .any(|c| c.seg.src.ip() == IpAddr::V6(new_addr)),
         "the server saw the resume SYN from the new address"
     );
     assert!(
         segs.iter()
-            .any(|c| c.seg.dst.ip() == IpAddr::V6(CLIENT_MOVED) && c.seg.payload_len > 0),
+            .any(|c| c.seg.dst.ip() == IpAddr::V6(new_addr) && c.seg.payload_len > 0),
         "the server sent data to the new address"
     );
     eprintln!(
         "[kernel-ipv6] address change {old_local} -> {new_local}: move -> resumed {:.1} ms",
         ms(resumed_at - started)
     );
+}
+
+// ------------------------------------------------------------ findings
+
+/// Found by these tests (about one run in ten of the 8 MiB interop here and
+/// of `offload.rs` over IPv4: "read failed after 8388608 bytes: connection
+/// reset", while the capture shows a clean close, no RST): a legacy stream
+/// whose peer's FIN came while our unread data filled the stream's receive
+/// buffer, so some stayed in the socket, and which then closed from
+/// LAST-ACK, is reported reset once the socket is CLOSED: the pump counts
+/// the peer's FIN only in CLOSE-WAIT, LAST-ACK, CLOSING and TIME-WAIT, and
+/// `service_connection` takes a CLOSED socket without a clean end for a
+/// failure, although its receive buffer still holds the peer's last bytes.
+/// Made deterministic here: Linux sends more than the receive buffer and
+/// its FIN, we close without reading, then read everything. A fix (in
+/// `stack/src/stack/`, outside this branch's files) makes it pass; until
+/// then it is ignored, run it with `--ignored`.
+#[test]
+#[ignore = "stack bug, see the doc comment: a clean close from LAST-ACK with unread data is reported as a reset"]
+fn legacy_close_from_last_ack_with_unread_data_ends_cleanly() {
+    use std::io::{Read, Write};
+    require_privileges();
+    let peer = LinuxPeer6::with_offload("k6c", OffloadRequest::Off, |config| {
+        config.socket_buffer = 64 << 10;
+        config.recv_buffer = 64 << 10;
+    });
+    let port = 5203;
+    let sent = random_bytes(81, 96 << 10);
+    let listener = peer.listen(port);
+    let linux = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let mut stream = accept_linux(&listener, Duration::from_secs(10));
+            stream
+                .set_read_timeout(Some(DEADLINE))
+                .expect("read timeout");
+            stream.write_all(&sent).expect("Linux writes");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("Linux shutdown");
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).expect("Linux reads our FIN");
+            back.len()
+        })
+    };
+    let mut stream = peer
+        .host
+        .runtime()
+        .connect(SocketAddrV6::new(LINUX, port, 0, 0))
+        .expect("connect to Linux over IPv6");
+    stream.set_read_timeout(Some(DEADLINE));
+    // Linux's bytes and FIN arrive; we read nothing yet.
+    std::thread::sleep(Duration::from_millis(300));
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("our shutdown");
+    // Our FIN is acknowledged: LAST-ACK -> CLOSED with bytes unread.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = Vec::new();
+    let read = stream.read_to_end(&mut got);
+    assert_eq!(
+        join_bounded(linux, Instant::now() + DEADLINE, "Linux"),
+        0,
+        "we sent nothing"
+    );
+    assert_eq!(got.len(), sent.len(), "every byte Linux sent ({read:?})");
+    assert!(got == sent, "exact bytes");
+    read.expect("a clean end of stream, not a reset");
 }

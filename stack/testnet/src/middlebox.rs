@@ -151,8 +151,9 @@ pub enum Middlebox6 {
     Nat66,
     /// A stateful IPv6 firewall, no NAT, default drop: what belongs to a
     /// tracked connection passes (`ct state established,related`), and a
-    /// new connection only as a SYN from the inside. Once its state is
-    /// lost, the old connection is blackholed both ways.
+    /// new connection only as a SYN from the inside; the rest is dropped
+    /// and counted ([`firewall6_dropped`]). Once its state is lost, the old
+    /// connection is blackholed both ways.
     Firewall,
 }
 
@@ -168,7 +169,7 @@ impl Middlebox6 {
                 "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{OUTSIDE_IF}\" masquerade random\n  }}\n"
             ),
             Middlebox6::Firewall => format!(
-                "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"{INSIDE_IF}\" tcp flags & (syn | ack) == syn ct state new accept\n  }}\n"
+                "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"{INSIDE_IF}\" tcp flags & (syn | ack) == syn ct state new accept\n    counter drop\n  }}\n"
             ),
         };
         Some(format!("table ip6 {MIDDLEBOX6_TABLE} {{\n{body}}}\n"))
@@ -286,13 +287,7 @@ pub fn random_loss(ns: &NetNs, percent: u8) -> Result<(), NetnsError> {
 /// The packets `random_loss` dropped in `ns` so far.
 pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
     let out = ns.run(&["nft", "list", "table", "inet", "ti_loss"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
+    Ok(dropped_packets(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Empties the conntrack table of `ns` (what `conntrack -F` does, over
@@ -300,6 +295,22 @@ pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
 /// connection.
 pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
     netlink_in(ns, ti_nfnetlink::conntrack::flush)
+}
+
+/// The packets the [`Middlebox6::Firewall`] in `ns` dropped so far.
+pub fn firewall6_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
+    let out = ns.run(&["nft", "list", "table", "ip6", MIDDLEBOX6_TABLE])?;
+    Ok(dropped_packets(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The packet count of the first `counter` in nft's listing of a table.
+fn dropped_packets(listing: &str) -> u64 {
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Empties the IPv6 conntrack table of `ns` (`conntrack -F -f ipv6`; the

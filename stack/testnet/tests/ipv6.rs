@@ -128,9 +128,17 @@ fn ipv6_firewall_admits_new_connections_only_from_inside() {
     let seen = exchange(&line.client, &line.server, (SERVER, 7104).into()).expect("out");
     assert_eq!(seen.ip(), CLIENT, "no NAT");
     assert_eq!(
+        middlebox::firewall6_dropped(&line.middlebox).expect("counter"),
+        0
+    );
+    assert_eq!(
         exchange(&line.server, &line.client, (CLIENT, 7105).into()),
         None,
         "a connection from outside must not get in"
+    );
+    assert!(
+        middlebox::firewall6_dropped(&line.middlebox).expect("counter") >= 1,
+        "the refused SYN was counted"
     );
 }
 

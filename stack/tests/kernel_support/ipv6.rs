@@ -30,6 +30,9 @@ pub const CLIENT_STACK: Ipv6Addr = addr(1, 2);
 /// Where the client host's stack moves to: a new address in the same
 /// /64 (a temporary address replacing the old one).
 pub const CLIENT_MOVED: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0x7e3f, 0x11a2, 0x9b4c, 0x2d01);
+/// Where the client host's stack moves when its network is renumbered: a
+/// new /64, routed to the client host by the middlebox.
+pub const CLIENT_RENUMBERED: Ipv6Addr = addr(0x11, 2);
 /// Client host's end of the link to the middlebox (or to the Linux peer).
 const CLIENT_LINK: Ipv6Addr = addr(2, 1);
 /// Middlebox, client side.
@@ -112,7 +115,8 @@ impl LinuxPeer6 {
 /// stack fd00:1::2 | ti0 fd00:1::1 [client ns] fd00:2::1 -- fd00:2::2 [middlebox] fd00:3::1 -- fd00:3::2 [server ns] ti0 fd00:4::1 | stack fd00:4::2
 /// ```
 ///
-/// Dropped (deleted) in field order.
+/// The middlebox also routes fd00:11::/64 (the client's renumbered prefix)
+/// to the client host. Dropped (deleted) in field order.
 pub struct Topology6 {
     /// The client host (initiator).
     pub client: Host,
@@ -170,6 +174,8 @@ impl Topology6 {
             .expect("server default route");
         mb.add_route6("fd00:1::/64", &CLIENT_LINK.to_string())
             .expect("route to client host");
+        mb.add_route6("fd00:11::/64", &CLIENT_LINK.to_string())
+            .expect("route to client host's renumbered prefix");
         mb.add_route6("fd00:4::/64", &SERVER_LINK.to_string())
             .expect("route to server host");
         kind.install(&mb)
@@ -197,6 +203,11 @@ impl Topology6 {
     /// Empties the middlebox's IPv6 conntrack table.
     pub fn conntrack_flush(&self) {
         middlebox::conntrack_flush6(&self.middlebox).expect("conntrack -F -f ipv6");
+    }
+
+    /// Packets the middlebox's [`Middlebox6::Firewall`] dropped so far.
+    pub fn firewall_dropped(&self) -> u64 {
+        middlebox::firewall6_dropped(&self.middlebox).expect("nft list table")
     }
 
     /// Entries in the middlebox's IPv6 conntrack table.
