@@ -16,8 +16,9 @@
 //! TI-flow, (d) the same with `fail_transport` and a resume, (e) and (f) an
 //! `iptables -t mangle -A FORWARD -i tia|tib -p tcp -j TCPOPTSTRIP
 //! --strip-options 253` rule in the router on the forward and on the return
-//! path. Each of our stacks is wrapped in a `PcapTap` (pcap LINKTYPE_RAW,
-//! the bytes on the wire, our option included), driven by a bounded manual
+//! path; (g) to (i): (a), (b) and (d) over IPv6. Each of our stacks is
+//! wrapped in a `PcapTap` (pcap LINKTYPE_RAW, the bytes on the wire, our
+//! option included), driven by a bounded manual
 //! loop (`Stack::poll` with a monotonic clock, `TunDevice::wait`) on a
 //! thread of its own; the kernel side uses std sockets opened inside the
 //! namespace. Every loop and wait is bounded in count and time; namespaces
@@ -30,7 +31,7 @@
 //! finding: the trace is still written, for inspection).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -44,11 +45,11 @@ use pcap_tests::scenarios::{self, ALL, Scenario, Side, Strip, Topology};
 use sha2::{Digest, Sha256};
 use smoltcp::time::Instant;
 use ti_stack::device::pcap_tap::PcapTap;
-use ti_stack::device::tun::TunDevice;
-use ti_stack::{Mode, Stack, StackConfig, StreamEvent, StreamMode};
+use ti_stack::device::tun::{OffloadRequest, TunDevice};
+use ti_stack::{Ipv6Addressing, Mode, Stack, StackConfig, StreamEvent, StreamMode};
 use ti_testnet::middlebox;
 use ti_testnet::netns::{self, NetNs};
-use ti_testnet::topology::{self, TunSpec};
+use ti_testnet::topology::{self, Cidr6, TunSpec};
 
 /// No scenario's network phase runs longer.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -107,9 +108,29 @@ fn run_host(
     clock: Clock,
     ready: mpsc::Sender<()>,
 ) -> Result<HostReport, String> {
-    let mut config = StackConfig::new(scenario.our_addr(side));
-    config.prefix_len = 24;
-    config.gateway = scenario.gateway(side);
+    let config = match (scenario.our_addr(side), scenario.gateway(side)) {
+        (IpAddr::V6(ours), gateway) => {
+            let mut config = StackConfig::new_v6(ours);
+            config.ipv6 = Some(Ipv6Addressing {
+                address: ours,
+                prefix_len: 64,
+                gateway: match gateway {
+                    Some(IpAddr::V6(g)) => Some(g),
+                    _ => None,
+                },
+            });
+            config
+        }
+        (IpAddr::V4(ours), gateway) => {
+            let mut config = StackConfig::new(ours);
+            config.prefix_len = 24;
+            config.gateway = match gateway {
+                Some(IpAddr::V4(g)) => Some(g),
+                _ => None,
+            };
+            config
+        }
+    };
     let tap = PcapTap::create(tun, &pcap).map_err(|e| format!("{}: {e}", pcap.display()))?;
     let mut stack = Stack::new(config, tap, clock.now());
     let mut app = App::new(scenario.app_role(side), scenario.exchange());
@@ -209,7 +230,7 @@ fn io_err(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// Linux as the initiator: connects from inside `ns`, writes each request
 /// and reads its response, shuts down writing, reads to end of stream.
 fn kernel_client(ns: &NetNs, scenario: Scenario) -> Result<JoinHandle<KernelResult>, String> {
-    let remote = std::net::SocketAddr::V4(scenario.responder());
+    let remote = scenario.responder();
     let stream = ns
         .enter(|| TcpStream::connect_timeout(&remote, DEADLINE))
         .map_err(|e| e.to_string())?
@@ -294,19 +315,45 @@ fn join_kernel(handle: JoinHandle<KernelResult>) -> KernelResult {
         .unwrap_or_else(|_| Err("kernel thread panicked".into()))
 }
 
-/// A namespace with TUN `ti0` (kernel side 10.7.0.1/24, up, IPv6 off).
-fn kernel_namespace() -> Result<(NetNs, TunDevice), String> {
+/// A namespace with TUN `ti0`: kernel side 10.7.0.1/24, up, IPv6 off; or
+/// for an IPv6 scenario kernel side fd00:7::1/64 and no IPv4 address.
+fn kernel_namespace(ipv6: bool) -> Result<(NetNs, TunDevice), String> {
     let ns = NetNs::create("ticap").map_err(|e| e.to_string())?;
-    ns.disable_ipv6().map_err(|e| e.to_string())?;
-    let tun = topology::open_tun(&ns, &TunSpec::new("ti0", scenarios::KERNEL))
-        .map_err(|e| e.to_string())?;
-    Ok((ns, tun))
+    let tun = if ipv6 {
+        quiet_ipv6(&ns)?;
+        topology::open_tun6(
+            &ns,
+            "ti0",
+            1500,
+            Cidr6::slash64(scenarios::KERNEL6),
+            OffloadRequest::Auto,
+        )
+    } else {
+        ns.disable_ipv6().map_err(|e| e.to_string())?;
+        topology::open_tun(&ns, &TunSpec::new("ti0", scenarios::KERNEL))
+    };
+    Ok((ns, tun.map_err(|e| e.to_string())?))
+}
+
+/// IPv6 on in `ns` with less of the kernel's own chatter on the TUNs
+/// opened after: no link-local address (`addr_gen_mode` 1), so no router
+/// solicitations; the multicast listener report for the kernel side's
+/// address (from `::`) may still appear in a capture (non-TCP: the replay
+/// ignores it, `tiflow dump` counts it as other IP).
+fn quiet_ipv6(ns: &NetNs) -> Result<(), String> {
+    ns.enable_ipv6().map_err(|e| e.to_string())?;
+    for conf in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{conf}.addr_gen_mode"), "1")
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The router namespace: TUNs `tia` (10.7.1.1/24) and `tib` (10.7.2.1/24),
 /// IPv4 forwarding on, and the TCPOPTSTRIP rule if asked.
 fn router_namespace(strip: Option<Strip>) -> Result<(NetNs, TunDevice, TunDevice), String> {
     let ns = NetNs::create("tirouter").map_err(|e| e.to_string())?;
+
     ns.disable_ipv6().map_err(|e| e.to_string())?;
     ns.sysctl("net.ipv4.ip_forward", "1")
         .map_err(|e| e.to_string())?;
@@ -320,6 +367,35 @@ fn router_namespace(strip: Option<Strip>) -> Result<(NetNs, TunDevice, TunDevice
             Strip::Return => "tib",
         };
         middlebox::strip_option(&ns, inbound, tifid::DEFAULT_KIND).map_err(|e| e.to_string())?;
+    }
+    Ok((ns, a, b))
+}
+
+/// The IPv6 router namespace: TUNs `tia` (fd00:7:1::1/64) and `tib`
+/// (fd00:7:2::1/64), IPv6 forwarding on, and the TCPOPTSTRIP rule
+/// (ip6tables) if asked.
+fn router_namespace6(strip: Option<Strip>) -> Result<(NetNs, TunDevice, TunDevice), String> {
+    let ns = NetNs::create("tirouter6").map_err(|e| e.to_string())?;
+    quiet_ipv6(&ns)?;
+    ns.enable_forwarding().map_err(|e| e.to_string())?;
+    let open = |name, gateway| {
+        topology::open_tun6(
+            &ns,
+            name,
+            1500,
+            Cidr6::slash64(gateway),
+            OffloadRequest::Auto,
+        )
+        .map_err(|e| e.to_string())
+    };
+    let a = open("tia", scenarios::GATEWAY_A6)?;
+    let b = open("tib", scenarios::GATEWAY_B6)?;
+    if let Some(strip) = strip {
+        let inbound = match strip {
+            Strip::Forward => "tia",
+            Strip::Return => "tib",
+        };
+        middlebox::strip_option6(&ns, inbound, tifid::DEFAULT_KIND).map_err(|e| e.to_string())?;
     }
     Ok((ns, a, b))
 }
@@ -366,7 +442,7 @@ fn capture(scenario: Scenario, out: &Path, clock: Clock) -> Result<Vec<HostRepor
     let exchange = scenario.exchange();
     match scenario.topology {
         Topology::LinuxClient => {
-            let (ns, tun) = kernel_namespace()?;
+            let (ns, tun) = kernel_namespace(scenario.ipv6)?;
             let host = spawn_host(scenario, Side::Responder, tun, path(Side::Responder), clock)?;
             let kernel = kernel_client(&ns, scenario);
             let report = join_host(host);
@@ -378,7 +454,7 @@ fn capture(scenario: Scenario, out: &Path, clock: Clock) -> Result<Vec<HostRepor
             Ok(vec![report?])
         }
         Topology::LinuxServer => {
-            let (ns, tun) = kernel_namespace()?;
+            let (ns, tun) = kernel_namespace(scenario.ipv6)?;
             let kernel = kernel_server(&ns, scenario)?;
             let host = spawn_host(scenario, Side::Initiator, tun, path(Side::Initiator), clock)?;
             let report = join_host(host);
@@ -390,7 +466,11 @@ fn capture(scenario: Scenario, out: &Path, clock: Clock) -> Result<Vec<HostRepor
             Ok(vec![report?])
         }
         Topology::TwoStacks(strip) => {
-            let (ns, tun_a, tun_b) = router_namespace(strip)?;
+            let (ns, tun_a, tun_b) = if scenario.ipv6 {
+                router_namespace6(strip)?
+            } else {
+                router_namespace(strip)?
+            };
             let b = spawn_host(
                 scenario,
                 Side::Responder,
@@ -442,10 +522,20 @@ const BEGIN: &str = "<!-- captured:begin -->";
 const END: &str = "<!-- captured:end -->";
 
 /// The generated MANIFEST section: kernel, date, one row per file.
-fn manifest_section(out: &Path, files: &[(Scenario, Side)]) -> String {
+/// `subset`: the scenarios captured now when not all were (the others'
+/// files were captured by an earlier run).
+fn manifest_section(out: &Path, files: &[(Scenario, Side)], subset: &[String]) -> String {
+    let scope = if subset.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ": only {} (kernel and date of this run; the other files come from an earlier run, see the git history)",
+            subset.join(", ")
+        )
+    };
     let mut text = format!(
         "{BEGIN}\n<!-- Generated by capture/capture_traces.rs; do not edit by hand. -->\n\n\
-         - **Kernel:** Linux `{}` (`uname -r`)\n- **Captured:** {} (UTC)\n\n\
+         - **Kernel:** Linux `{}` (`uname -r`)\n- **Captured:** {} (UTC){scope}\n\n\
          | File | Captured at | Packets | Bytes | SHA-256 |\n|---|---|---|---|---|\n",
         kernel_release(),
         utc_date()
@@ -555,8 +645,16 @@ fn main() -> ExitCode {
             files.push((scenario, *side));
         }
     }
-    if out == traces_dir() && only.is_empty() {
-        let section = manifest_section(&out, &files);
+    if out == traces_dir() {
+        if !only.is_empty() {
+            // A subset: the section lists every scenario's files, the ones
+            // not captured now with what is on disk.
+            files = ALL
+                .iter()
+                .flat_map(|s| s.sides().iter().map(move |side| (*s, *side)))
+                .collect();
+        }
+        let section = manifest_section(&out, &files, &only);
         if let Err(e) = update_manifest(&out.join("MANIFEST.md"), &section) {
             eprintln!("{e}");
             ok = false;

@@ -18,7 +18,7 @@
 //! request and writes the response, then reads until end of stream and
 //! closes.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use smoltcp::phy::Device;
 use smoltcp::time::Instant;
@@ -82,7 +82,7 @@ pub enum AppRole {
     /// Connects to `remote`.
     Initiator {
         /// The responder's address and port.
-        remote: SocketAddrV4,
+        remote: SocketAddr,
     },
     /// Listens on `port` and accepts one connection.
     Responder {

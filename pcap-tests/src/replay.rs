@@ -1,10 +1,13 @@
 //! The replay harness: a recorded conversation's peer packets driven into a
 //! fresh [`Stack`] in virtual time, and the stack's answers captured.
 //!
-//! Owns [`read_trace`] (pcap to IPv4 packets), [`ReplayDevice`] (a smoltcp
-//! [`Device`] fed from a trace), its [`Rewriter`] and the [`Replay`] driver.
+//! Owns [`read_trace`] (pcap to IP packets, IPv4 and IPv6), [`ReplayDevice`]
+//! (a smoltcp [`Device`] fed from a trace), its [`Rewriter`] and the
+//! [`Replay`] driver. Traces of either family replay into a stack of that
+//! family (our address decides; IPv6 TCP behind extension headers is left
+//! as recorded).
 //!
-//! A trace is seen from one host, *ours*: packets whose IPv4 source is our
+//! A trace is seen from one host, *ours*: packets whose IP source is our
 //! recorded address are what our side sent then (kept only as a reference),
 //! packets addressed to it are the *peer's*, and those are injected, in
 //! order, each at its recorded time relative to the trace's first packet
@@ -39,16 +42,16 @@
 //! injected as recorded, and a trace that cannot be read is an error.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration as StdDuration;
 
 use pcap_file::DataLink;
 use pcap_file::pcap::PcapReader;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, TcpSeqNumber};
 use ti_stack::segment::Segment;
-use ti_stack::{Stack, StackConfig};
+use ti_stack::{Ipv6Addressing, Stack, StackConfig};
 use tifid::option::{OPTION_LEN, OptionWalker};
 use tifid::seq::SEQ48_MODULUS;
 use tifid::{DEFAULT_KIND, FlowOption, FlowOptionRepr, Half, Seq48, Tifid};
@@ -70,15 +73,15 @@ pub enum TraceError {
     LinkType(u32),
 }
 
-/// Reads a pcap capture (link type RAW, IPV4, ETHERNET, LINUX_SLL or
-/// LINUX_SLL2) into its IPv4 packets, in file order. Frames that do not
-/// carry IPv4 are skipped.
+/// Reads a pcap capture (link type RAW, IPV4, IPV6, ETHERNET, LINUX_SLL or
+/// LINUX_SLL2) into its IP packets (IPv4 and IPv6), in file order. Frames
+/// that carry neither are skipped.
 pub fn read_trace(bytes: &[u8]) -> Result<Vec<TracePacket>, TraceError> {
     Ok(read_frames(bytes)?.into_iter().flatten().collect())
 }
 
 /// Reads a pcap capture like [`read_trace`], one entry per frame: the
-/// IPv4 packet it carries, or `None`. Entry `i` is the frame tcpdump's
+/// IP packet it carries, or `None`. Entry `i` is the frame tcpdump's
 /// `-#` numbers `i + 1`.
 pub fn read_frames(bytes: &[u8]) -> Result<Vec<Option<TracePacket>>, TraceError> {
     let mut reader = PcapReader::new(bytes).map_err(|e| TraceError::Pcap(e.to_string()))?;
@@ -88,14 +91,14 @@ pub fn read_frames(bytes: &[u8]) -> Result<Vec<Option<TracePacket>>, TraceError>
         let record = record.map_err(|e| TraceError::Pcap(e.to_string()))?;
         let data: &[u8] = &record.data;
         let ip = match link {
-            DataLink::RAW | DataLink::IPV4 => Some(data),
+            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some(data),
             DataLink::ETHERNET => strip_link(data, 14, 12),
             DataLink::LINUX_SLL => strip_link(data, 16, 14),
             DataLink::LINUX_SLL2 => strip_link(data, 20, 0),
             other => return Err(TraceError::LinkType(u32::from(other))),
         };
         frames.push(
-            ip.filter(|ip| ip.first().is_some_and(|b| b >> 4 == 4))
+            ip.filter(|ip| ip.first().is_some_and(|b| matches!(b >> 4, 4 | 6)))
                 .map(|ip| TracePacket {
                     time: record.timestamp,
                     bytes: ip.to_vec(),
@@ -106,10 +109,10 @@ pub fn read_frames(bytes: &[u8]) -> Result<Vec<Option<TracePacket>>, TraceError>
 }
 
 /// The payload of a link header of `len` bytes whose EtherType is at
-/// `ethertype_at`, if it is IPv4.
+/// `ethertype_at`, if it is IPv4 or IPv6.
 fn strip_link(frame: &[u8], len: usize, ethertype_at: usize) -> Option<&[u8]> {
     let ethertype = frame.get(ethertype_at..ethertype_at + 2)?;
-    (ethertype == [0x08, 0x00])
+    (ethertype == [0x08, 0x00] || ethertype == [0x86, 0xdd])
         .then(|| frame.get(len..))
         .flatten()
 }
@@ -127,12 +130,12 @@ pub struct Packet {
     pub index: usize,
     /// Virtual time.
     pub time: Instant,
-    /// The IPv4 datagram.
+    /// The IP datagram (IPv4 or IPv6).
     pub bytes: Vec<u8>,
 }
 
 impl Packet {
-    /// The packet as a TCP/IPv4 segment (our option of kind `kind` parsed),
+    /// The packet as a TCP segment (our option of kind `kind` parsed),
     /// or `None` if it is not one.
     pub fn segment(&self, kind: u8) -> Option<Segment> {
         Segment::parse(&self.bytes, kind)
@@ -144,11 +147,12 @@ impl Packet {
 pub struct ReplayConfig {
     /// Our address in the trace: packets from it are our recorded side,
     /// packets to it the peer's.
-    pub recorded_ours: Ipv4Addr,
-    /// Our address in the replay (the fresh stack's).
-    pub ours: Ipv4Addr,
+    pub recorded_ours: IpAddr,
+    /// Our address in the replay (the fresh stack's; of the trace's
+    /// family).
+    pub ours: IpAddr,
     /// Peer addresses to rewrite, recorded to replayed.
-    pub peer_addresses: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub peer_addresses: Vec<(IpAddr, IpAddr)>,
     /// Index of the first trace packet replayed; earlier ones are ignored,
     /// and virtual time zero is this packet's time.
     pub start: usize,
@@ -163,7 +167,8 @@ pub struct ReplayConfig {
 impl ReplayConfig {
     /// Replays the trace with our side at `ours`, unchanged addresses, from
     /// the first packet, with seed 1.
-    pub fn new(ours: Ipv4Addr) -> ReplayConfig {
+    pub fn new(ours: impl Into<IpAddr>) -> ReplayConfig {
+        let ours = ours.into();
         ReplayConfig {
             recorded_ours: ours,
             ours,
@@ -175,20 +180,37 @@ impl ReplayConfig {
         }
     }
 
-    /// The fresh stack's configuration: our replay address on a /24, a
-    /// gateway in it (so peers on other subnets are reachable), the seed.
+    /// The fresh stack's configuration: our replay address on a /24 (IPv4)
+    /// or a /64 (IPv6, the stack IPv6-only), a gateway in it (so peers on
+    /// other subnets are reachable), the seed.
     pub fn stack_config(&self) -> StackConfig {
-        let mut config = StackConfig::new(self.ours);
-        config.prefix_len = 24;
-        let [a, b, c, d] = self.ours.octets();
-        config.gateway = Some(Ipv4Addr::new(a, b, c, if d == 1 { 254 } else { 1 }));
+        let mut config = match self.ours {
+            IpAddr::V4(ours) => {
+                let mut config = StackConfig::new(ours);
+                config.prefix_len = 24;
+                let [a, b, c, d] = ours.octets();
+                config.gateway = Some(Ipv4Addr::new(a, b, c, if d == 1 { 254 } else { 1 }));
+                config
+            }
+            IpAddr::V6(ours) => {
+                let mut config = StackConfig::new_v6(ours);
+                let mut gateway = ours.segments();
+                gateway[7] = if gateway[7] == 1 { 0xfe } else { 1 };
+                config.ipv6 = Some(Ipv6Addressing {
+                    address: ours,
+                    prefix_len: 64,
+                    gateway: Some(Ipv6Addr::from(gateway)),
+                });
+                config
+            }
+        };
         config.seed = Some(self.seed);
         config.option_kind = self.kind;
         config
     }
 
     /// The replay address of `recorded` (ours or a mapped peer).
-    fn map_addr(&self, recorded: Ipv4Addr) -> Ipv4Addr {
+    fn map_addr(&self, recorded: IpAddr) -> IpAddr {
         if recorded == self.recorded_ours {
             return self.ours;
         }
@@ -327,19 +349,13 @@ impl Rewriter {
 
     /// Rewrites a recorded peer packet (replay addresses already) in place
     /// to answer our fresh stack's choices, and recomputes its TCP checksum
-    /// (the IP header is not touched). A packet that is not TCP/IPv4, or is
-    /// truncated, is left as it is.
+    /// (the IP header is not touched). A packet that is not TCP over IPv4 or
+    /// IPv6 (no extension headers), or is truncated, is left as it is.
     pub fn rewrite(&self, packet: &mut [u8]) {
-        let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
+        let Some((src, dst, range)) = tcp_span(packet) else {
             return;
         };
-        if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
-            return;
-        }
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let header_len = usize::from(ip.header_len());
-        let total = usize::from(ip.total_len()).min(packet.len());
-        let Some(segment) = packet.get_mut(header_len..total) else {
+        let Some(segment) = packet.get_mut(range) else {
             return;
         };
         let Ok(mut tcp) = TcpPacket::new_checked(&mut *segment) else {
@@ -367,7 +383,7 @@ impl Rewriter {
         let Ok(mut tcp) = TcpPacket::new_checked(segment) else {
             return;
         };
-        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        tcp.fill_checksum(&IpAddress::from(src), &IpAddress::from(dst));
     }
 
     /// SACK blocks shifted by the connection's TCP delta; our flow option's
@@ -605,10 +621,9 @@ impl Replay {
         let mut ours = Vec::new();
         let mut pending = VecDeque::new();
         for p in packets {
-            let Ok(ip) = Ipv4Packet::new_checked(&p.bytes[..]) else {
+            let Some((src, dst)) = ip_addresses(&p.bytes) else {
                 continue;
             };
-            let (src, dst) = (ip.src_addr(), ip.dst_addr());
             let mut bytes = p.bytes.clone();
             map_addresses(&mut bytes, &config);
             if src == config.recorded_ours {
@@ -764,30 +779,88 @@ impl Replay {
 }
 
 /// Rewrites the addresses of a recorded packet to the replay's; fixes the
-/// checksums (the TCP one covers the addresses).
+/// checksums (the TCP one covers the addresses). A mapping to the other
+/// family is not applied.
 fn map_addresses(packet: &mut [u8], config: &ReplayConfig) {
-    let Ok(mut ip) = Ipv4Packet::new_checked(&mut *packet) else {
+    let Some((src, dst)) = ip_addresses(packet) else {
         return;
     };
-    let (src, dst) = (
-        config.map_addr(ip.src_addr()),
-        config.map_addr(ip.dst_addr()),
-    );
-    if (src, dst) == (ip.src_addr(), ip.dst_addr()) {
+    let (new_src, new_dst) = (config.map_addr(src), config.map_addr(dst));
+    if (new_src, new_dst) == (src, dst) {
         return;
     }
-    ip.set_src_addr(src);
-    ip.set_dst_addr(dst);
-    ip.fill_checksum();
-    let tcp = ip.next_header() == IpProtocol::Tcp && !ip.more_frags() && ip.frag_offset() == 0;
-    let header_len = usize::from(ip.header_len());
-    let total = usize::from(ip.total_len()).min(packet.len());
-    if !tcp {
-        return;
+    match (new_src, new_dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let Ok(mut ip) = Ipv4Packet::new_checked(&mut *packet) else {
+                return;
+            };
+            ip.set_src_addr(s);
+            ip.set_dst_addr(d);
+            ip.fill_checksum();
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) if src.is_ipv6() => {
+            let Ok(mut ip) = Ipv6Packet::new_checked(&mut *packet) else {
+                return;
+            };
+            ip.set_src_addr(s);
+            ip.set_dst_addr(d);
+        }
+        _ => return,
     }
-    if let Some(segment) = packet.get_mut(header_len..total)
+    if let Some((src, dst, range)) = tcp_span(packet)
+        && let Some(segment) = packet.get_mut(range)
         && let Ok(mut tcp) = TcpPacket::new_checked(segment)
     {
-        tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        tcp.fill_checksum(&IpAddress::from(src), &IpAddress::from(dst));
+    }
+}
+
+/// The source and destination of an IPv4 or IPv6 packet.
+fn ip_addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            Some((ip.src_addr().into(), ip.dst_addr().into()))
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            Some((ip.src_addr().into(), ip.dst_addr().into()))
+        }
+        _ => None,
+    }
+}
+
+/// Where the TCP segment of an unfragmented TCP/IPv4 packet, or of a
+/// TCP/IPv6 packet without extension headers, lies in `packet`, with the
+/// packet's addresses; `None` for anything else.
+fn tcp_span(packet: &[u8]) -> Option<(IpAddr, IpAddr, std::ops::Range<usize>)> {
+    match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                return None;
+            }
+            let header_len = usize::from(ip.header_len());
+            let total = usize::from(ip.total_len()).min(packet.len());
+            Some((
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                header_len..total.max(header_len),
+            ))
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let header_len = ip.header_len();
+            let total = (header_len + usize::from(ip.payload_len())).min(packet.len());
+            Some((
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                header_len..total.max(header_len),
+            ))
+        }
+        _ => None,
     }
 }

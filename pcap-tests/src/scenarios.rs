@@ -13,8 +13,12 @@
 //!   ([`STACK_B`], the responder) on `tib`. Option stripping is an
 //!   `iptables -t mangle -A FORWARD -i tia|tib -p tcp -j TCPOPTSTRIP
 //!   --strip-options 253` rule in that namespace.
+//! - The IPv6 scenarios ([`Scenario::ipv6`]) use the same topologies over
+//!   IPv6: kernel [`KERNEL6`] and ours [`OURS6`] on a /64; stacks
+//!   [`STACK_A6`] and [`STACK_B6`] behind the router's [`GATEWAY_A6`] and
+//!   [`GATEWAY_B6`], IPv6 forwarding on.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::exchange::{AppRole, Exchange, Round};
 
@@ -30,6 +34,19 @@ pub const GATEWAY_A: Ipv4Addr = Ipv4Addr::new(10, 7, 1, 1);
 pub const STACK_B: Ipv4Addr = Ipv4Addr::new(10, 7, 2, 2);
 /// The router's address on B's TUN (B's gateway).
 pub const GATEWAY_B: Ipv4Addr = Ipv4Addr::new(10, 7, 2, 1);
+
+/// The kernel's address in the IPv6 kernel scenarios.
+pub const KERNEL6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 0, 0, 0, 0, 0, 1);
+/// Our stack's address in the IPv6 kernel scenarios.
+pub const OURS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 0, 0, 0, 0, 0, 2);
+/// Stack A (initiator) in the IPv6 two-stack scenarios.
+pub const STACK_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 1, 0, 0, 0, 0, 2);
+/// The router's address on A's TUN in the IPv6 scenarios.
+pub const GATEWAY_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 1, 0, 0, 0, 0, 1);
+/// Stack B (responder) in the IPv6 two-stack scenarios.
+pub const STACK_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 2, 0, 0, 0, 0, 2);
+/// The router's address on B's TUN in the IPv6 scenarios.
+pub const GATEWAY_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 7, 2, 0, 0, 0, 0, 1);
 
 /// Where the TCPOPTSTRIP rule applies in a two-stack scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +94,8 @@ pub struct Scenario {
     pub rounds: usize,
     /// The initiator fails its transport after this round.
     pub fail_after_round: Option<usize>,
+    /// Over IPv6 (the `*6` addresses) instead of IPv4.
+    pub ipv6: bool,
 }
 
 /// (a) A Linux client's SYN (no option) to our listener.
@@ -87,6 +106,7 @@ pub const LINUX_CLIENT: Scenario = Scenario {
     port: 7001,
     rounds: 1,
     fail_after_round: None,
+    ipv6: false,
 };
 
 /// (b) Our SYN with the option to a Linux server.
@@ -97,6 +117,7 @@ pub const LINUX_SERVER: Scenario = Scenario {
     port: 7002,
     rounds: 1,
     fail_after_round: None,
+    ipv6: false,
 };
 
 /// (c) Two of our stacks set up a TI-flow.
@@ -107,6 +128,7 @@ pub const TI_SETUP: Scenario = Scenario {
     port: 7003,
     rounds: 1,
     fail_after_round: None,
+    ipv6: false,
 };
 
 /// (d) Two of our stacks: a flow, `fail_transport`, a resume.
@@ -117,6 +139,7 @@ pub const TI_RESUME: Scenario = Scenario {
     port: 7004,
     rounds: 2,
     fail_after_round: Some(0),
+    ipv6: false,
 };
 
 /// (e) TCPOPTSTRIP on the forward path.
@@ -127,6 +150,7 @@ pub const STRIP_FORWARD: Scenario = Scenario {
     port: 7005,
     rounds: 1,
     fail_after_round: None,
+    ipv6: false,
 };
 
 /// (f) TCPOPTSTRIP on the return path.
@@ -137,16 +161,53 @@ pub const STRIP_RETURN: Scenario = Scenario {
     port: 7006,
     rounds: 1,
     fail_after_round: None,
+    ipv6: false,
 };
 
-/// Every scenario, in the order (a) to (f).
-pub const ALL: [Scenario; 6] = [
+/// (g) (a) over IPv6.
+pub const LINUX_CLIENT_V6: Scenario = Scenario {
+    name: "linux-client-to-ours-ipv6",
+    summary: "over IPv6, a Linux client connects to our listener: no option anywhere, legacy",
+    topology: Topology::LinuxClient,
+    port: 7011,
+    rounds: 1,
+    fail_after_round: None,
+    ipv6: true,
+};
+
+/// (h) (b) over IPv6.
+pub const LINUX_SERVER_V6: Scenario = Scenario {
+    name: "ours-to-linux-server-ipv6",
+    summary: "over IPv6, our SYN offers a flow to a Linux server, whose SYN-ACK has no option: legacy",
+    topology: Topology::LinuxServer,
+    port: 7012,
+    rounds: 1,
+    fail_after_round: None,
+    ipv6: true,
+};
+
+/// (i) (d) over IPv6.
+pub const TI_RESUME_V6: Scenario = Scenario {
+    name: "ti-flow-resume-ipv6",
+    summary: "over IPv6, a TI-flow, fail_transport at the initiator after the first round, then a resume on a new connection",
+    topology: Topology::TwoStacks(None),
+    port: 7014,
+    rounds: 2,
+    fail_after_round: Some(0),
+    ipv6: true,
+};
+
+/// Every scenario, in the order (a) to (i).
+pub const ALL: [Scenario; 9] = [
     LINUX_CLIENT,
     LINUX_SERVER,
     TI_SETUP,
     TI_RESUME,
     STRIP_FORWARD,
     STRIP_RETURN,
+    LINUX_CLIENT_V6,
+    LINUX_SERVER_V6,
+    TI_RESUME_V6,
 ];
 
 impl Scenario {
@@ -180,38 +241,46 @@ impl Scenario {
     }
 
     /// The initiator's address.
-    pub fn initiator_addr(&self) -> Ipv4Addr {
-        match self.topology {
-            Topology::LinuxClient => KERNEL,
-            Topology::LinuxServer => OURS,
-            Topology::TwoStacks(_) => STACK_A,
+    pub fn initiator_addr(&self) -> IpAddr {
+        match (self.topology, self.ipv6) {
+            (Topology::LinuxClient, false) => KERNEL.into(),
+            (Topology::LinuxServer, false) => OURS.into(),
+            (Topology::TwoStacks(_), false) => STACK_A.into(),
+            (Topology::LinuxClient, true) => KERNEL6.into(),
+            (Topology::LinuxServer, true) => OURS6.into(),
+            (Topology::TwoStacks(_), true) => STACK_A6.into(),
         }
     }
 
     /// The responder's address and port.
-    pub fn responder(&self) -> SocketAddrV4 {
-        let addr = match self.topology {
-            Topology::LinuxClient => OURS,
-            Topology::LinuxServer => KERNEL,
-            Topology::TwoStacks(_) => STACK_B,
+    pub fn responder(&self) -> SocketAddr {
+        let addr: IpAddr = match (self.topology, self.ipv6) {
+            (Topology::LinuxClient, false) => OURS.into(),
+            (Topology::LinuxServer, false) => KERNEL.into(),
+            (Topology::TwoStacks(_), false) => STACK_B.into(),
+            (Topology::LinuxClient, true) => OURS6.into(),
+            (Topology::LinuxServer, true) => KERNEL6.into(),
+            (Topology::TwoStacks(_), true) => STACK_B6.into(),
         };
-        SocketAddrV4::new(addr, self.port)
+        SocketAddr::new(addr, self.port)
     }
 
     /// Our stack's address in a trace captured at `side`.
-    pub fn our_addr(&self, side: Side) -> Ipv4Addr {
+    pub fn our_addr(&self, side: Side) -> IpAddr {
         match side {
             Side::Initiator => self.initiator_addr(),
-            Side::Responder => self.responder().ip().to_owned(),
+            Side::Responder => self.responder().ip(),
         }
     }
 
     /// The gateway our stack at `side` uses (none in the kernel scenarios:
     /// the peer is on the TUN's subnet).
-    pub fn gateway(&self, side: Side) -> Option<Ipv4Addr> {
-        match (self.topology, side) {
-            (Topology::TwoStacks(_), Side::Initiator) => Some(GATEWAY_A),
-            (Topology::TwoStacks(_), Side::Responder) => Some(GATEWAY_B),
+    pub fn gateway(&self, side: Side) -> Option<IpAddr> {
+        match (self.topology, side, self.ipv6) {
+            (Topology::TwoStacks(_), Side::Initiator, false) => Some(GATEWAY_A.into()),
+            (Topology::TwoStacks(_), Side::Responder, false) => Some(GATEWAY_B.into()),
+            (Topology::TwoStacks(_), Side::Initiator, true) => Some(GATEWAY_A6.into()),
+            (Topology::TwoStacks(_), Side::Responder, true) => Some(GATEWAY_B6.into()),
             _ => None,
         }
     }

@@ -8,7 +8,7 @@
 //! Every failure message carries the replay's transcript as `tiflow dump`
 //! prints it.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use pcap_tests::exchange::App;
 use pcap_tests::paper_traces::{self, TracePacket, traces_dir};
@@ -124,7 +124,32 @@ fn assert_no_option(segments: &[Segment], what: &str, replay: &Replay) {
 
 #[test]
 fn a_linux_syn_without_option_gets_syn_ack_without_option_and_legacy() {
-    let (replay, app) = replay_scenario(scenarios::LINUX_CLIENT, Side::Responder, 11);
+    check_linux_client(scenarios::LINUX_CLIENT, 11);
+}
+
+#[test]
+fn g_ipv6_linux_syn_without_option_gets_syn_ack_without_option_and_legacy() {
+    check_linux_client(scenarios::LINUX_CLIENT_V6, 31);
+}
+
+/// Asserts every replayed segment, ours and the peer's, is of the
+/// scenario's family.
+fn assert_family(scenario: Scenario, replay: &Replay) {
+    let t = replay.transcript();
+    let all: Vec<Segment> = ours(replay).into_iter().chain(peers(replay)).collect();
+    assert!(!all.is_empty(), "{t}");
+    for seg in all {
+        assert_eq!(
+            (seg.src.is_ipv6(), seg.dst.is_ipv6()),
+            (scenario.ipv6, scenario.ipv6),
+            "{seg:?}\n{t}"
+        );
+    }
+}
+
+fn check_linux_client(scenario: Scenario, seed: u64) {
+    let (replay, app) = replay_scenario(scenario, Side::Responder, seed);
+    assert_family(scenario, &replay);
     let t = replay.transcript();
     let peer = peers(&replay);
     let syn = peer.first().expect("the Linux SYN was injected");
@@ -148,7 +173,17 @@ fn a_linux_syn_without_option_gets_syn_ack_without_option_and_legacy() {
 
 #[test]
 fn b_our_syn_offers_a_flow_and_after_a_linux_syn_ack_we_send_no_option() {
-    let (replay, app) = replay_scenario(scenarios::LINUX_SERVER, Side::Initiator, 12);
+    check_linux_server(scenarios::LINUX_SERVER, 12);
+}
+
+#[test]
+fn h_ipv6_our_syn_offers_a_flow_and_after_a_linux_syn_ack_we_send_no_option() {
+    check_linux_server(scenarios::LINUX_SERVER_V6, 32);
+}
+
+fn check_linux_server(scenario: Scenario, seed: u64) {
+    let (replay, app) = replay_scenario(scenario, Side::Initiator, seed);
+    assert_family(scenario, &replay);
     let t = replay.transcript();
     let ours = ours(&replay);
     let syn = ours.first().expect("our SYN");
@@ -312,8 +347,11 @@ fn c_initiator_confirms_with_the_responders_values_until_it_answers() {
 fn c_paper_trace2_syn_into_our_listener() {
     let trace = paper_traces::trace2();
     let mut config = ReplayConfig::new(scenarios::OURS);
-    config.recorded_ours = Ipv4Addr::from(paper_traces::RESPONDER);
-    config.peer_addresses = vec![(Ipv4Addr::from(paper_traces::INITIATOR), scenarios::KERNEL)];
+    config.recorded_ours = Ipv4Addr::from(paper_traces::RESPONDER).into();
+    config.peer_addresses = vec![(
+        Ipv4Addr::from(paper_traces::INITIATOR).into(),
+        scenarios::KERNEL.into(),
+    )];
     config.seed = 15;
     let mut replay = Replay::new(&trace.packets, config);
     let accepted = run_listening(&mut replay, paper_traces::SSH_PORT);
@@ -451,7 +489,7 @@ fn c_clean_close_removes_the_responders_flow_entry() {
 
 /// Index (in the trace) of the peer's first resume SYN: a SYN to `ours`
 /// carrying a complete TIFID.
-fn resume_syn_index(trace: &[TracePacket], ours: Ipv4Addr) -> usize {
+fn resume_syn_index(trace: &[TracePacket], ours: IpAddr) -> usize {
     trace
         .iter()
         .position(|p| {
@@ -466,14 +504,23 @@ fn resume_syn_index(trace: &[TracePacket], ours: Ipv4Addr) -> usize {
 
 #[test]
 fn d_resume_syn_with_unknown_tifid_gets_rst_echoing_the_tifid() {
-    let scenario = scenarios::TI_RESUME;
+    check_unknown_resume(scenarios::TI_RESUME, 18);
+}
+
+#[test]
+fn i_ipv6_resume_syn_with_unknown_tifid_gets_rst_echoing_the_tifid() {
+    check_unknown_resume(scenarios::TI_RESUME_V6, 38);
+}
+
+fn check_unknown_resume(scenario: Scenario, seed: u64) {
     let ours_addr = scenario.our_addr(Side::Responder);
     let trace = trace(scenario, Side::Responder);
     let mut config = ReplayConfig::new(ours_addr);
     config.start = resume_syn_index(&trace, ours_addr);
-    config.seed = 18;
+    config.seed = seed;
     let mut replay = Replay::new(&trace, config);
     let accepted = run_listening(&mut replay, scenario.port);
+    assert_family(scenario, &replay);
     let t = replay.transcript();
     let peer = peers(&replay);
     let syn = peer.first().expect("the resume SYN");
@@ -503,8 +550,17 @@ fn d_resume_syn_with_unknown_tifid_gets_rst_echoing_the_tifid() {
 
 #[test]
 fn d_full_resume_replayed_into_a_fresh_responder_is_accepted() {
-    let scenario = scenarios::TI_RESUME;
-    let (replay, app) = replay_scenario(scenario, Side::Responder, 19);
+    check_full_resume_responder(scenarios::TI_RESUME, 19);
+}
+
+#[test]
+fn i_ipv6_full_resume_replayed_into_a_fresh_responder_is_accepted() {
+    check_full_resume_responder(scenarios::TI_RESUME_V6, 39);
+}
+
+fn check_full_resume_responder(scenario: Scenario, seed: u64) {
+    let (replay, app) = replay_scenario(scenario, Side::Responder, seed);
+    assert_family(scenario, &replay);
     let t = replay.transcript();
     let exchange = scenario.exchange();
     let (req1, resp1) = (
@@ -553,8 +609,17 @@ fn d_full_resume_replayed_into_a_fresh_responder_is_accepted() {
 
 #[test]
 fn d_full_resume_replayed_from_a_fresh_initiator() {
-    let scenario = scenarios::TI_RESUME;
-    let (replay, app) = replay_scenario(scenario, Side::Initiator, 20);
+    check_full_resume_initiator(scenarios::TI_RESUME, 20);
+}
+
+#[test]
+fn i_ipv6_full_resume_replayed_from_a_fresh_initiator() {
+    check_full_resume_initiator(scenarios::TI_RESUME_V6, 40);
+}
+
+fn check_full_resume_initiator(scenario: Scenario, seed: u64) {
+    let (replay, app) = replay_scenario(scenario, Side::Initiator, seed);
+    assert_family(scenario, &replay);
     let t = replay.transcript();
     let exchange = scenario.exchange();
     let (req1, resp1) = (

@@ -273,12 +273,21 @@ fn dissector_output_matches_golden() {
     if !pcap_tests::bless() {
         // The traces that carry the option, and the two that carry none.
         assert!(compared.len() >= 10, "compared only {compared:?}");
-        for name in ["paper-trace2", "ti-flow-resume.initiator"] {
+        for name in [
+            "paper-trace2",
+            "ti-flow-resume.initiator",
+            "ti-flow-resume-ipv6.initiator",
+            "ours-to-linux-server-ipv6",
+        ] {
             assert!(compared.iter().any(|c| c == name), "{name} not compared");
         }
         assert_eq!(
             without,
-            ["linux-client-to-ours", "optstrip-forward.responder"]
+            [
+                "linux-client-to-ours-ipv6",
+                "linux-client-to-ours",
+                "optstrip-forward.responder"
+            ]
         );
     }
 }

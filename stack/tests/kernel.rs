@@ -20,6 +20,9 @@
 //! them, also on failure; nothing is configured in the root namespace. Run
 //! with `--nocapture` to see the measurements.
 
+// The support module is shared with `offload.rs` and `kernel_ipv6.rs`;
+// this file uses part of it.
+#[allow(dead_code)]
 mod kernel_support;
 
 use std::net::{IpAddr, SocketAddrV4};

@@ -3,10 +3,12 @@
 //! Owns one TUN file descriptor (TUN mode, no packet-info header,
 //! non-blocking; opened by [`super::tun_sys`]) and two reused packet buffers.
 //! With offloads ([`Offloads::Active`]) every packet carries a virtio-net
-//! header ([`super::vnet`]): smoltcp may emit TCP segments of up to 64 KiB,
-//! which the kernel cuts to the segment size smoltcp asked for (the path's
-//! MSS, so peers never see more), and the kernel hands us coalesced segments
-//! of up to 64 KiB, taken whole. The MTU smoltcp is told stays the path's:
+//! header ([`super::vnet`]): smoltcp may emit TCP/IPv4 segments of up to 64
+//! KiB, which the kernel cuts to the segment size smoltcp asked for (the
+//! path's MSS, so peers never see more), and the kernel hands us coalesced
+//! TCP segments of either family of up to 64 KiB, taken whole. TCP/IPv6
+//! segments we send stay at the path's MSS (see [`OFFLOAD_FLAGS`]), their
+//! checksums left to the kernel. The MTU smoltcp is told stays the path's:
 //! the MSS smoltcp advertises and the MSS it cuts to are unchanged. When the
 //! kernel refuses the header or the offloads, the device falls back to plain
 //! packets and says so at INFO.
@@ -33,15 +35,24 @@ use super::vnet::{self, HEADER_LEN, Ingress, VnetHeader};
 /// The MTU a [`TunDevice`] assumes unless told otherwise.
 pub const DEFAULT_MTU: usize = 1500;
 
-/// The largest IP packet: the receive buffer holds one (so a kernel-side MTU
-/// larger than ours, or a coalesced segment, is never truncated), and with
-/// offloads smoltcp may build TCP/IPv4 segments this large.
+/// The largest IPv4 packet: with offloads smoltcp may build TCP/IPv4
+/// segments this large.
 const MAX_IP_PACKET: usize = 65535;
 
-/// Offloads asked of the kernel: checksums and TCP/IPv4 segmentation.
-/// (No TSO6: the stack speaks IPv4 only, and smoltcp cannot emit IPv6
-/// segments larger than the MTU.)
-const OFFLOAD_FLAGS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+/// The largest packet the receive buffer holds: an IPv6 header and the
+/// largest payload its length field allows (more than [`MAX_IP_PACKET`]),
+/// so a kernel-side MTU larger than ours, or a coalesced segment of either
+/// family, is never truncated.
+const MAX_RX_PACKET: usize = 40 + 65535;
+
+/// Offloads asked of the kernel: checksums, and TCP segmentation for both
+/// families. TSO6 serves one direction only: the kernel hands us coalesced
+/// TCP/IPv6 segments (`GSO_TCPV6`), but smoltcp 0.14 drops an IPv6 packet
+/// larger than the MTU even with a segment size (it has no IPv6
+/// fragmentation and does not look at the size there), so our IPv6
+/// segments leave at the path's MSS: the device never asks smoltcp for
+/// large IPv6 segments (`caps.segmentation.tcpv6` stays `None`).
+const OFFLOAD_FLAGS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
 
 /// Bad packets skipped in one `receive` call before it returns `None`
 /// (bounds the call; the rest wait for the next one).
@@ -60,8 +71,8 @@ pub enum OffloadRequest {
 /// The mode a [`TunDevice`] runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offloads {
-    /// Virtio-net header, checksum offload and TCP/IPv4 segmentation both
-    /// ways.
+    /// Virtio-net header, checksum offload, TCP/IPv4 segmentation both
+    /// ways and coalesced TCP/IPv6 segments in.
     Active,
     /// Plain packets of at most the MTU, and why.
     Off(OffloadOff),
@@ -94,14 +105,14 @@ pub struct TunStats {
     pub tx_errors: u64,
     /// Read errors other than "no packet" (`EAGAIN`).
     pub rx_errors: u64,
-    /// Of `tx_packets`: TCP segments larger than one MSS written for the
-    /// kernel to cut (offloads only).
+    /// Of `tx_packets`: TCP/IPv4 segments larger than one MSS written for
+    /// the kernel to cut (offloads only; never TCP/IPv6).
     pub tx_gso_packets: u64,
     /// The largest segment size (`gso_size`) asked of the kernel: the
     /// payload of the segments it cut, which peers see.
     pub tx_gso_size_max: u16,
-    /// Of `rx_packets`: coalesced TCP segments the kernel handed us whole
-    /// (offloads only).
+    /// Of `rx_packets`: coalesced TCP segments (IPv4 or IPv6) the kernel
+    /// handed us whole (offloads only).
     pub rx_coalesced: u64,
     /// Of `rx_packets`: packets whose partial checksum was completed here.
     pub rx_checksums_completed: u64,
@@ -152,7 +163,7 @@ impl TunDevice {
         match offloads {
             Offloads::Active => tracing::info!(
                 tun = %given,
-                "tun offloads on: virtio-net header, checksum offload, TCP/IPv4 segmentation (64 KiB segments both ways)"
+                "tun offloads on: virtio-net header, checksum offload, TCP segmentation (64 KiB TCP/IPv4 segments both ways, coalesced TCP/IPv6 segments in)"
             ),
             Offloads::Off(why) => {
                 tracing::info!(tun = %given, reason = ?why, "tun offloads off: plain packets");
@@ -167,7 +178,7 @@ impl TunDevice {
             name: given,
             mtu: DEFAULT_MTU,
             offloads,
-            rx_buf: vec![0; header + MAX_IP_PACKET],
+            rx_buf: vec![0; header + MAX_RX_PACKET],
             tx_buf: Vec::with_capacity(header + DEFAULT_MTU),
             stats: TunStats::default(),
             warned: false,

@@ -76,7 +76,7 @@ pub(crate) fn open(name: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, String)> 
 }
 
 /// Asks the kernel to hand us (and accept from us) packets with the
-/// offloads `flags` (`TUN_F_CSUM | TUN_F_TSO4 ...`). Needs a TUN opened
+/// offloads `flags` (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 ...`). Needs a TUN opened
 /// with a virtio-net header.
 pub(crate) fn set_offload(fd: BorrowedFd<'_>, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is

@@ -4,11 +4,13 @@
 //! Owns [`VnetHeader`] (the 10-byte `struct virtio_net_hdr` that precedes
 //! every packet read from or written to such a TUN: encode, decode),
 //! [`prepare_ingress`] (turns what the kernel hands us, possibly a coalesced
-//! TCP segment of up to 64 KiB with a partial checksum, into a packet smoltcp
-//! accepts: the whole segment with its checksum completed) and
-//! [`prepare_egress`] (the header for what smoltcp emits: a partial TCP
-//! checksum for the kernel to complete, and `GSO_TCPV4` when the segment
-//! must be cut by the kernel). Pure functions on byte slices: no I/O, no clock. Never panics
+//! TCP/IPv4 or TCP/IPv6 segment of up to 64 KiB with a partial checksum,
+//! into a packet smoltcp accepts: the whole segment with its checksum
+//! completed) and [`prepare_egress`] (the header for what smoltcp emits: a
+//! partial TCP checksum for the kernel to complete, either family, and
+//! `GSO_TCPV4` when a TCP/IPv4 segment must be cut by the kernel; smoltcp
+//! 0.14 never emits TCP/IPv6 segments larger than the MTU, so `GSO_TCPV6`
+//! is only ever received). Pure functions on byte slices: no I/O, no clock. Never panics
 //! on any input: what cannot be made right is an error the device counts and
 //! drops.
 //!
@@ -92,9 +94,16 @@ pub enum VnetError {
         len: usize,
     },
     /// A TCP/IPv4 segment was expected (GSO) but the packet is not one, or
-    /// its IPv4 length disagrees with what was read.
+    /// its IPv4 length disagrees with what was read; or a segment size came
+    /// with a packet we do not ask the kernel to segment (anything but
+    /// TCP/IPv4).
     #[error("GSO packet is not a well-formed TCP/IPv4 segment")]
     NotTcpV4,
+    /// A TCP/IPv6 segment was expected (`GSO_TCPV6`) but the packet is not
+    /// one (extension headers included), or its IPv6 payload length
+    /// disagrees with what was read.
+    #[error("GSO packet is not a well-formed TCP/IPv6 segment")]
+    NotTcpV6,
 }
 
 impl VnetHeader {
@@ -178,6 +187,10 @@ pub fn prepare_ingress(header: &VnetHeader, packet: &mut [u8]) -> Result<Ingress
             fill_tcpv4_checksum(packet)?;
             Ok(Ingress::Coalesced)
         }
+        GSO_TCPV6 => {
+            fill_tcpv6_checksum(packet)?;
+            Ok(Ingress::Coalesced)
+        }
         _ => Err(VnetError::UnsupportedGso(header.gso_type)),
     }
 }
@@ -237,6 +250,31 @@ pub fn fill_tcpv4_checksum(packet: &mut [u8]) -> Result<(), VnetError> {
     Ok(())
 }
 
+/// The TCP/IPv6 headers of `packet` (no extension headers): (source,
+/// destination), checked against the packet's length.
+fn tcpv6_headers(packet: &[u8]) -> Result<(IpAddress, IpAddress), VnetError> {
+    let ip = Ipv6Packet::new_checked(packet).map_err(|_| VnetError::NotTcpV6)?;
+    if ip.version() != 6
+        || ip.next_header() != IpProtocol::Tcp
+        || usize::from(ip.payload_len()) + IPV6_HEADER_LEN != packet.len()
+    {
+        return Err(VnetError::NotTcpV6);
+    }
+    TcpPacket::new_checked(ip.payload()).map_err(|_| VnetError::NotTcpV6)?;
+    Ok((
+        IpAddress::Ipv6(ip.src_addr()),
+        IpAddress::Ipv6(ip.dst_addr()),
+    ))
+}
+
+/// Computes the full TCP checksum of a TCP/IPv6 packet (no extension
+/// headers) in place.
+pub fn fill_tcpv6_checksum(packet: &mut [u8]) -> Result<(), VnetError> {
+    let (src, dst) = tcpv6_headers(packet)?;
+    TcpPacket::new_unchecked(&mut packet[IPV6_HEADER_LEN..]).fill_checksum(&src, &dst);
+    Ok(())
+}
+
 /// Where the TCP header of an unfragmented TCP/IPv4 or TCP/IPv6 packet
 /// (no IPv6 extension headers) starts, with its pseudo-header sum; `None`
 /// for anything else.
@@ -254,15 +292,10 @@ fn tcp_pseudo_header(packet: &[u8]) -> Option<(usize, u16)> {
             ))
         }
         6 => {
-            let ip = Ipv6Packet::new_checked(packet).ok()?;
-            if ip.next_header() != IpProtocol::Tcp
-                || usize::from(ip.payload_len()) + IPV6_HEADER_LEN != packet.len()
-            {
+            let (IpAddress::Ipv6(src), IpAddress::Ipv6(dst)) = tcpv6_headers(packet).ok()? else {
                 return None;
-            }
-            TcpPacket::new_checked(ip.payload()).ok()?;
+            };
             let len = (packet.len() - IPV6_HEADER_LEN) as u32;
-            let (src, dst) = (ip.src_addr(), ip.dst_addr());
             Some((
                 IPV6_HEADER_LEN,
                 checksum::pseudo_header_v6(&src, &dst, IpProtocol::Tcp, len),
@@ -279,8 +312,10 @@ fn tcp_pseudo_header(packet: &[u8]) -> Option<(usize, u16)> {
 /// the field held: zero from smoltcp, a full checksum from the boundary).
 /// `gso_size` is smoltcp's `PacketMeta::segmentation_offload_size`: the
 /// payload of each segment the kernel is to cut; a TCP/IPv4 segment whose
-/// payload exceeds it also gets `GSO_TCPV4`. Any other packet goes as it
-/// is, under [`VnetHeader::NONE`].
+/// payload exceeds it also gets `GSO_TCPV4`. TCP/IPv6 gets the partial
+/// checksum but no segmentation (smoltcp never asks: see the module
+/// documentation); a segment size on it is an error. Any other packet goes
+/// as it is, under [`VnetHeader::NONE`].
 pub fn prepare_egress(
     packet: &mut [u8],
     gso_size: Option<NonZeroU16>,
@@ -308,7 +343,7 @@ pub fn prepare_egress(
     if let Some(size) = gso_size
         && packet.len() - headers > usize::from(size.get())
     {
-        if csum_start == IPV6_HEADER_LEN && packet[0] >> 4 == 6 {
+        if packet[0] >> 4 == 6 {
             return Err(VnetError::NotTcpV4);
         }
         header.gso_type = GSO_TCPV4;
@@ -515,7 +550,7 @@ mod tests {
             prepare_ingress(&unknown, &mut q),
             Err(VnetError::UnknownFlags(0x10))
         );
-        for t in [GSO_UDP, GSO_TCPV6, GSO_UDP_L4, 2, GSO_ECN] {
+        for t in [GSO_UDP, GSO_UDP_L4, 2, GSO_ECN] {
             let h = VnetHeader {
                 gso_type: t,
                 ..VnetHeader::NONE
@@ -538,6 +573,15 @@ mod tests {
         let mut udp = p.clone();
         udp[9] = 17;
         assert_eq!(prepare_ingress(&tcpv4, &mut udp), Err(VnetError::NotTcpV4));
+        let tcpv6 = VnetHeader {
+            gso_type: GSO_TCPV6,
+            ..VnetHeader::NONE
+        };
+        assert_eq!(
+            prepare_ingress(&tcpv6, &mut q),
+            Err(VnetError::NotTcpV6),
+            "an IPv4 packet under GSO_TCPV6"
+        );
         assert_eq!(
             prepare_ingress(&VnetHeader::NONE, &mut q),
             Ok(Ingress::Plain)
@@ -617,11 +661,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ipv6_tcp_gets_a_partial_checksum_but_no_segmentation() {
-        let src = smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-        let dst = smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-        let payload = 3000;
+    const SRC6: smoltcp::wire::Ipv6Address =
+        smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    const DST6: smoltcp::wire::Ipv6Address =
+        smoltcp::wire::Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+
+    /// A TCP/IPv6 packet with `payload` bytes of payload, checksum complete.
+    fn tcp6_packet(payload: usize) -> Vec<u8> {
         let mut p = vec![0u8; IPV6_HEADER_LEN + 20 + payload];
         {
             let mut ip = Ipv6Packet::new_unchecked(&mut p[..]);
@@ -629,30 +675,87 @@ mod tests {
             ip.set_payload_len((20 + payload) as u16);
             ip.set_next_header(IpProtocol::Tcp);
             ip.set_hop_limit(64);
-            ip.set_src_addr(src);
-            ip.set_dst_addr(dst);
+            ip.set_src_addr(SRC6);
+            ip.set_dst_addr(DST6);
         }
         {
             let mut tcp = TcpPacket::new_unchecked(&mut p[IPV6_HEADER_LEN..]);
             tcp.set_header_len(20);
             tcp.set_src_port(1);
             tcp.set_dst_port(2);
+            tcp.set_ack(true);
         }
         for (i, b) in p[60..].iter_mut().enumerate() {
-            *b = i as u8;
+            *b = (i * 5 + 1) as u8;
         }
+        fill_tcpv6_checksum(&mut p).expect("well-formed");
+        p
+    }
+
+    fn tcp6_checksum_ok(p: &[u8]) -> bool {
+        let tcp = TcpPacket::new_checked(&p[IPV6_HEADER_LEN..]).expect("tcp");
+        tcp.verify_checksum(&IpAddress::Ipv6(SRC6), &IpAddress::Ipv6(DST6))
+    }
+
+    #[test]
+    fn ipv6_tcp_gets_a_partial_checksum_but_no_segmentation() {
+        let mut p = tcp6_packet(3000);
+        p[IPV6_HEADER_LEN + 16..IPV6_HEADER_LEN + 18].copy_from_slice(&[0, 0]);
         let h = prepare_egress(&mut p, None).expect("tcp over ipv6");
         assert_eq!(
-            (h.flags, h.gso_type, h.csum_start),
-            (F_NEEDS_CSUM, GSO_NONE, 40)
+            (h.flags, h.gso_type, h.csum_start, h.csum_offset, h.hdr_len),
+            (F_NEEDS_CSUM, GSO_NONE, 40, 16, 60)
         );
         complete_checksum(&mut p, h.csum_start, h.csum_offset).expect("in range");
-        let tcp = TcpPacket::new_checked(&p[IPV6_HEADER_LEN..]).expect("tcp");
-        assert!(tcp.verify_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst)));
+        assert!(tcp6_checksum_ok(&p));
+        assert_eq!(p, tcp6_packet(3000), "the kernel's result: a full checksum");
         assert_eq!(
             prepare_egress(&mut p, NonZeroU16::new(1000)),
             Err(VnetError::NotTcpV4),
             "no TCP/IPv6 segmentation asked of the kernel"
         );
+    }
+
+    #[test]
+    fn coalesced_ipv6_segment_gets_its_full_checksum() {
+        // The largest payload an IPv6 length field allows, less the TCP
+        // header: more than the largest IPv4 packet.
+        for payload in [1, 1440, 60_000, 65_535 - 20] {
+            let mut p = tcp6_packet(payload);
+            let good = p.clone();
+            p[IPV6_HEADER_LEN + 16] ^= 0x5a;
+            let h = VnetHeader {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV6,
+                hdr_len: 60,
+                gso_size: 1440,
+                csum_start: 40,
+                csum_offset: 16,
+            };
+            assert_eq!(prepare_ingress(&h, &mut p), Ok(Ingress::Coalesced));
+            assert_eq!(p, good, "payload {payload}");
+            assert!(tcp6_checksum_ok(&p));
+        }
+    }
+
+    #[test]
+    fn malformed_ipv6_gso_packets_are_errors() {
+        let h = VnetHeader {
+            gso_type: GSO_TCPV6,
+            ..VnetHeader::NONE
+        };
+        let p = tcp6_packet(2000);
+        let mut cut = p[..p.len() - 1].to_vec();
+        assert_eq!(prepare_ingress(&h, &mut cut), Err(VnetError::NotTcpV6));
+        let mut udp = p.clone();
+        udp[6] = 17;
+        assert_eq!(prepare_ingress(&h, &mut udp), Err(VnetError::NotTcpV6));
+        let mut ext = p.clone();
+        ext[6] = 0; // a hop-by-hop header: TCP behind it is not inspected
+        assert_eq!(prepare_ingress(&h, &mut ext), Err(VnetError::NotTcpV6));
+        for len in [0, 1, 39, 40, 59] {
+            let mut short = p[..len].to_vec();
+            assert_eq!(prepare_ingress(&h, &mut short), Err(VnetError::NotTcpV6));
+        }
     }
 }

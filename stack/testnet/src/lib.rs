@@ -7,10 +7,11 @@
 //! - [`netns`]: named network namespaces deleted on drop, veth pairs,
 //!   addresses, routes, TUN devices opened inside a namespace.
 //! - [`topology`]: veth links, TUN hosts with the kernel as gateway, and the
-//!   client / middlebox / server [`Line`].
+//!   client / middlebox / server [`Line`], over IPv4 or IPv6.
 //! - [`middlebox`]: what a middlebox runs (NATs, a stateful firewall, a
-//!   home router, nftables rulesets) and the state changes tests inject
-//!   (conntrack flush, TCPOPTSTRIP).
+//!   home router, nftables rulesets; for IPv6 NAT66 and a stateful
+//!   firewall) and the state changes tests inject (conntrack flush,
+//!   TCPOPTSTRIP), for either family.
 //! - [`packet`]: one packet builder (IPv4/IPv6 TCP, UDP, ICMPv4 echo, raw
 //!   IP) with correct checksums by default and explicit ways to break them,
 //!   and the header fields bad-input tests need broken.
@@ -25,6 +26,6 @@ pub mod packet;
 pub mod payload;
 pub mod topology;
 
-pub use middlebox::Middlebox;
+pub use middlebox::{Middlebox, Middlebox6};
 pub use netns::{NetNs, NetnsError};
-pub use topology::{Cidr, Line, LinePlan, LinkEnd, TunSpec};
+pub use topology::{Cidr, Cidr6, Line, LinePlan, LinePlan6, LinkEnd, LinkEnd6, TunSpec};

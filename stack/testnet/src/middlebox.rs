@@ -15,13 +15,14 @@ use std::net::Ipv4Addr;
 use ti_nfnetlink::nft::{self, Chain, ChainType, Cmp, Expr, Family, Hook, Table, Verdict};
 
 use crate::netns::{NetNs, NetnsError};
-use crate::topology::OUTSIDE_IF;
+use crate::topology::{INSIDE_IF, OUTSIDE_IF};
 
 /// The commands, and the Debian packages that bring them, that the rules
 /// and state changes here run (besides iproute2's `ip`; the home router
 /// and the conntrack flush need none of them).
-pub const COMMANDS: [(&str, &str); 3] = [
+pub const COMMANDS: [(&str, &str); 4] = [
     ("iptables", "iptables"),
+    ("ip6tables", "iptables"),
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
 ];
@@ -135,6 +136,54 @@ impl Middlebox {
     }
 }
 
+/// What an IPv6 middlebox namespace runs between its inside and its
+/// outside interface ([`crate::topology::INSIDE_IF`], [`OUTSIDE_IF`]): one
+/// nftables table of family `ip6` ([`MIDDLEBOX6_TABLE`]), loaded with
+/// `nft -f -`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Middlebox6 {
+    /// A plain IPv6 router: forwarding, no rules.
+    Router,
+    /// NAT66: masquerading out of the outside interface with random source
+    /// ports (`masquerade random`, as [`Middlebox::RandomPortNat`]) and the
+    /// kernel's loose pickup: once its state is lost, the old connection's
+    /// next packet gets a new mapping, on a new port.
+    Nat66,
+    /// A stateful IPv6 firewall, no NAT, default drop: what belongs to a
+    /// tracked connection passes (`ct state established,related`), and a
+    /// new connection only as a SYN from the inside; the rest is dropped
+    /// and counted ([`firewall6_dropped`]). Once its state is lost, the old
+    /// connection is blackholed both ways.
+    Firewall,
+}
+
+/// The nftables table (family `ip6`) of every [`Middlebox6`] with rules.
+pub const MIDDLEBOX6_TABLE: &str = "ti_mb6";
+
+impl Middlebox6 {
+    /// The nftables ruleset (`None`: no rules).
+    pub fn ruleset(&self) -> Option<String> {
+        let body = match self {
+            Middlebox6::Router => return None,
+            Middlebox6::Nat66 => format!(
+                "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{OUTSIDE_IF}\" masquerade random\n  }}\n"
+            ),
+            Middlebox6::Firewall => format!(
+                "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"{INSIDE_IF}\" tcp flags & (syn | ack) == syn ct state new accept\n    counter drop\n  }}\n"
+            ),
+        };
+        Some(format!("table ip6 {MIDDLEBOX6_TABLE} {{\n{body}}}\n"))
+    }
+
+    /// Installs the rules in `ns` (call before forwarding is turned on).
+    pub fn install(&self, ns: &NetNs) -> Result<(), NetnsError> {
+        match self.ruleset() {
+            Some(ruleset) => nft_load(ns, &ruleset),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The nftables table of [`Middlebox::HomeRouter`] (family `ip`).
 pub const HOME_ROUTER_TABLE: &str = "ti_home";
 
@@ -238,13 +287,7 @@ pub fn random_loss(ns: &NetNs, percent: u8) -> Result<(), NetnsError> {
 /// The packets `random_loss` dropped in `ns` so far.
 pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
     let out = ns.run(&["nft", "list", "table", "inet", "ti_loss"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
+    Ok(dropped_packets(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Empties the conntrack table of `ns` (what `conntrack -F` does, over
@@ -252,6 +295,66 @@ pub fn random_loss_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
 /// connection.
 pub fn conntrack_flush(ns: &NetNs) -> Result<(), NetnsError> {
     netlink_in(ns, ti_nfnetlink::conntrack::flush)
+}
+
+/// The packets the [`Middlebox6::Firewall`] in `ns` dropped so far.
+pub fn firewall6_dropped(ns: &NetNs) -> Result<u64, NetnsError> {
+    let out = ns.run(&["nft", "list", "table", "ip6", MIDDLEBOX6_TABLE])?;
+    Ok(dropped_packets(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The packet count of the first `counter` in nft's listing of a table.
+fn dropped_packets(listing: &str) -> u64 {
+    listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Empties the IPv6 conntrack table of `ns` (`conntrack -F -f ipv6`; the
+/// netlink flush of [`conntrack_flush`] covers IPv4 only).
+pub fn conntrack_flush6(ns: &NetNs) -> Result<(), NetnsError> {
+    ns.run(&["conntrack", "-F", "-f", "ipv6"]).map(drop)
+}
+
+/// The entries of the IPv6 conntrack table of `ns` (`conntrack -L -f
+/// ipv6`), one a line.
+pub fn conntrack_list6(ns: &NetNs) -> Result<String, NetnsError> {
+    ns.run(&["conntrack", "-L", "-f", "ipv6"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs `ip6tables -w ARGS` in `ns`.
+pub fn ip6tables(ns: &NetNs, args: &[&str]) -> Result<(), NetnsError> {
+    let mut argv = vec!["ip6tables", "-w"];
+    argv.extend_from_slice(args);
+    ns.run(&argv).map(drop)
+}
+
+/// [`strip_option`] for IPv6: strips TCP option `kind` from every TCP/IPv6
+/// segment `ns` forwards that came in on `inbound_if` (ip6tables'
+/// TCPOPTSTRIP).
+pub fn strip_option6(ns: &NetNs, inbound_if: &str, kind: u8) -> Result<(), NetnsError> {
+    let kind = kind.to_string();
+    ip6tables(
+        ns,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "FORWARD",
+            "-i",
+            inbound_if,
+            "-p",
+            "tcp",
+            "-j",
+            "TCPOPTSTRIP",
+            "--strip-options",
+            &kind,
+        ],
+    )
 }
 
 /// Runs a netfilter netlink request `f` in `ns` (from a thread that

@@ -16,6 +16,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use ti_stack::device::tun::{OffloadRequest, TunDevice};
 
@@ -76,6 +77,14 @@ pub enum NetnsError {
     /// Every name tried for a new namespace already existed.
     #[error("no free namespace name for prefix {0:?}")]
     NoFreeName(String),
+    /// IPv6 did not come up on an interface in time.
+    #[error("IPv6 not ready on {ifname} in namespace {name}")]
+    NotReady {
+        /// The namespace.
+        name: String,
+        /// The interface.
+        ifname: String,
+    },
     /// A command could not be started.
     #[error("cannot run `{command}`: {source}")]
     Spawn {
@@ -338,6 +347,49 @@ impl NetNs {
         self.ip(&["addr", "add", cidr, "dev", ifname]).map(drop)
     }
 
+    /// Adds the IPv6 address `cidr` (e.g. `fd00:1::1/64`) to interface
+    /// `ifname`, without duplicate address detection (`nodad`): usable at
+    /// once, not after the kernel's DAD delay.
+    pub fn add_addr6(&self, ifname: &str, cidr: &str) -> Result<(), NetnsError> {
+        self.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
+            .map(drop)
+    }
+
+    /// Waits (at most `timeout`) until IPv6 runs on `ifname`: its
+    /// link-local address exists, which the kernel adds only once the link
+    /// is ready (carrier seen by linkwatch, up to a second after `up`), and
+    /// from when it answers neighbour solicitations. Before that the first
+    /// packets to a new neighbour wait a second for a retry.
+    pub fn wait_ipv6_ready(&self, ifname: &str, timeout: Duration) -> Result<(), NetnsError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.ip(&["-6", "-o", "addr", "show", "dev", ifname, "scope", "link"])?;
+            if !out.stdout.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(NetnsError::NotReady {
+                    name: self.name.clone(),
+                    ifname: ifname.to_owned(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Adds an IPv6 route to `dest` (a CIDR or `default`) through the
+    /// gateway `via`.
+    pub fn add_route6(&self, dest: &str, via: &str) -> Result<(), NetnsError> {
+        self.ip(&["-6", "route", "add", dest, "via", via]).map(drop)
+    }
+
+    /// Adds an IPv6 route to `dest` (a CIDR or `default`) directly out of
+    /// `ifname`.
+    pub fn add_dev_route6(&self, dest: &str, ifname: &str) -> Result<(), NetnsError> {
+        self.ip(&["-6", "route", "add", dest, "dev", ifname])
+            .map(drop)
+    }
+
     /// Brings interface `ifname` up.
     pub fn up(&self, ifname: &str) -> Result<(), NetnsError> {
         self.ip(&["link", "set", "dev", ifname, "up"]).map(drop)
@@ -382,6 +434,22 @@ impl NetNs {
     pub fn disable_ipv6(&self) -> Result<(), NetnsError> {
         self.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+    }
+
+    /// Turns IPv6 on in the namespace (for interfaces created afterwards
+    /// too) without router solicitations, autoconfiguration or duplicate
+    /// address detection: global addresses and routes are only the ones a
+    /// test adds, and every address is usable at once.
+    pub fn enable_ipv6(&self) -> Result<(), NetnsError> {
+        for conf in ["all", "default"] {
+            self.sysctl(&format!("net.ipv6.conf.{conf}.disable_ipv6"), "0")?;
+            self.sysctl(&format!("net.ipv6.conf.{conf}.accept_ra"), "0")?;
+            self.sysctl(&format!("net.ipv6.conf.{conf}.autoconf"), "0")?;
+            self.sysctl(&format!("net.ipv6.conf.{conf}.router_solicitations"), "0")?;
+            // Link-local addresses usable at once too (no DAD delay).
+            self.sysctl(&format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on a fresh thread that first joins the namespace (setns(2),

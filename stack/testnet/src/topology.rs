@@ -8,11 +8,12 @@
 
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ti_stack::device::tun::{OffloadRequest, TunDevice};
 
-use crate::middlebox::Middlebox;
+use crate::middlebox::{Middlebox, Middlebox6};
 use crate::netns::{NetNs, NetnsError};
 
 /// An IPv4 address with its prefix length, as `ip addr add` takes it.
@@ -35,6 +36,31 @@ impl Cidr {
 }
 
 impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// An IPv6 address with its prefix length, as `ip -6 addr add` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr6 {
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// The prefix length (0-128).
+    pub prefix_len: u8,
+}
+
+impl Cidr6 {
+    /// `addr/64`, the prefix every IPv6 topology here uses.
+    pub const fn slash64(addr: Ipv6Addr) -> Cidr6 {
+        Cidr6 {
+            addr,
+            prefix_len: 64,
+        }
+    }
+}
+
+impl fmt::Display for Cidr6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
     }
@@ -72,6 +98,50 @@ pub fn link(a: LinkEnd<'_>, b: LinkEnd<'_>) -> Result<(), NetnsError> {
             end.ns.add_addr(end.ifname, &addr.to_string())?;
         }
         end.ns.up(end.ifname)?;
+    }
+    Ok(())
+}
+
+/// One end of an IPv6 veth link: a namespace, the interface name there,
+/// and its IPv6 address (`None`: none but the link-local one).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkEnd6<'a> {
+    /// The namespace the end lives in (IPv6 on: [`NetNs::enable_ipv6`]).
+    pub ns: &'a NetNs,
+    /// The interface name (at most 15 characters).
+    pub ifname: &'a str,
+    /// Its address.
+    pub addr: Option<Cidr6>,
+}
+
+impl<'a> LinkEnd6<'a> {
+    /// An end with an address.
+    pub fn new(ns: &'a NetNs, ifname: &'a str, addr: Cidr6) -> LinkEnd6<'a> {
+        LinkEnd6 {
+            ns,
+            ifname,
+            addr: Some(addr),
+        }
+    }
+}
+
+/// How long [`link6`] waits for IPv6 to come up on a new link.
+const IPV6_READY: Duration = Duration::from_secs(5);
+
+/// [`link`] for IPv6: joins two namespaces with a veth pair, adds the
+/// IPv6 addresses (no duplicate address detection: usable at once), brings
+/// both ends up and waits (bounded) until both answer neighbour
+/// solicitations ([`NetNs::wait_ipv6_ready`]).
+pub fn link6(a: LinkEnd6<'_>, b: LinkEnd6<'_>) -> Result<(), NetnsError> {
+    NetNs::veth_pair(a.ns, a.ifname, b.ns, b.ifname)?;
+    for end in [a, b] {
+        if let Some(addr) = end.addr {
+            end.ns.add_addr6(end.ifname, &addr.to_string())?;
+        }
+        end.ns.up(end.ifname)?;
+    }
+    for end in [a, b] {
+        end.ns.wait_ipv6_ready(end.ifname, IPV6_READY)?;
     }
     Ok(())
 }
@@ -128,6 +198,26 @@ pub fn open_tun_with(
             ])?;
         }
         ns.up(spec.name)
+    };
+    setup().map_err(io::Error::other)?;
+    Ok(tun)
+}
+
+/// [`open_tun_with`] for an IPv6 stack: the TUN `name` in `ns` at MTU
+/// `mtu`, kernel side `gateway` (the stack's IPv6 gateway; no duplicate
+/// address detection), link up. `ns` must have IPv6 on
+/// ([`NetNs::enable_ipv6`]).
+pub fn open_tun6(
+    ns: &NetNs,
+    name: &str,
+    mtu: usize,
+    gateway: Cidr6,
+    offload: OffloadRequest,
+) -> io::Result<TunDevice> {
+    let tun = ns.open_tun_with(name, mtu, offload)?;
+    let setup = || -> Result<(), NetnsError> {
+        ns.add_addr6(name, &gateway.to_string())?;
+        ns.up(name)
     };
     setup().map_err(io::Error::other)?;
     Ok(tun)
@@ -234,6 +324,57 @@ impl Line {
         client.add_route("default", &plan.inside.addr.to_string())?;
         if let Some(gateway) = plan.server_gateway {
             server.add_route("default", &gateway.to_string())?;
+        }
+        rules.install(&middlebox)?;
+        middlebox.enable_forwarding()?;
+        Ok(Line {
+            client,
+            middlebox,
+            server,
+        })
+    }
+}
+
+/// The IPv6 addresses of a [`Line`] built with [`Line::build6`].
+#[derive(Debug, Clone, Copy)]
+pub struct LinePlan6 {
+    /// The client's address on [`CLIENT_IF`]; its default route goes via
+    /// [`LinePlan6::inside`].
+    pub client: Cidr6,
+    /// The middlebox's address on [`INSIDE_IF`].
+    pub inside: Cidr6,
+    /// The middlebox's address on [`OUTSIDE_IF`] (NAT66 masquerades to it).
+    pub outside: Cidr6,
+    /// The server's address on [`SERVER_IF`].
+    pub server: Cidr6,
+    /// The server's default route (`None`: none; the outside address is on
+    /// its link).
+    pub server_gateway: Option<Ipv6Addr>,
+}
+
+impl Line {
+    /// [`Line::build`] for IPv6: the same three namespaces and interfaces,
+    /// IPv6 on (no autoconfiguration, no duplicate address detection), the
+    /// addresses of `plan`, and the middlebox running `rules` before its
+    /// IPv6 forwarding is turned on.
+    pub fn build6(prefix: &str, plan: &LinePlan6, rules: &Middlebox6) -> Result<Line, NetnsError> {
+        let client = NetNs::create(&format!("{prefix}c"))?;
+        let middlebox = NetNs::create(&format!("{prefix}m"))?;
+        let server = NetNs::create(&format!("{prefix}s"))?;
+        for ns in [&client, &middlebox, &server] {
+            ns.enable_ipv6()?;
+        }
+        link6(
+            LinkEnd6::new(&client, CLIENT_IF, plan.client),
+            LinkEnd6::new(&middlebox, INSIDE_IF, plan.inside),
+        )?;
+        link6(
+            LinkEnd6::new(&middlebox, OUTSIDE_IF, plan.outside),
+            LinkEnd6::new(&server, SERVER_IF, plan.server),
+        )?;
+        client.add_route6("default", &plan.inside.addr.to_string())?;
+        if let Some(gateway) = plan.server_gateway {
+            server.add_route6("default", &gateway.to_string())?;
         }
         rules.install(&middlebox)?;
         middlebox.enable_forwarding()?;

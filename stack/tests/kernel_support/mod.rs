@@ -12,7 +12,7 @@
 //! wait is bounded in time.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,12 +24,14 @@ use pcap_file::pcap::PcapReader;
 use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::{OffloadRequest, Offloads, TunDevice, TunStats};
 use ti_stack::segment::Segment;
-use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
+use ti_stack::{Ipv6Addressing, Mode, Runtime, StackConfig, StreamEvent, TiListener, TiStream};
 pub use ti_testnet::Middlebox;
 use ti_testnet::netns::{self, NetNs};
 pub use ti_testnet::payload::{StreamDigest, random_bytes, sha256};
 use ti_testnet::topology::{self, INSIDE_IF, OUTSIDE_IF};
-use ti_testnet::{Cidr, LinkEnd, TunSpec, middlebox};
+
+pub mod ipv6;
+use ti_testnet::{Cidr, Cidr6, LinkEnd, TunSpec, middlebox};
 
 /// The device under every stack here: a TUN, captured.
 pub type Dev = PcapTap<TunDevice>;
@@ -140,7 +142,8 @@ pub struct CaptureFile {
 }
 
 impl CaptureFile {
-    fn new(tag: &str) -> CaptureFile {
+    /// A new file name in the temp directory, tagged `tag`.
+    pub fn new(tag: &str) -> CaptureFile {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("ti-kernel-{}-{n}-{tag}.pcap", std::process::id());
@@ -165,14 +168,15 @@ impl Drop for CaptureFile {
     }
 }
 
-/// One TCP/IPv4 segment of a capture.
+/// One TCP segment (IPv4 or IPv6) of a capture.
 #[derive(Debug, Clone, Copy)]
 pub struct Captured {
     /// The parsed segment.
     pub seg: Segment,
 }
 
-/// Every TCP/IPv4 segment in the pcap at `path` (other packets skipped).
+/// Every TCP segment (IPv4 or IPv6) in the pcap at `path` (other packets
+/// skipped).
 pub fn read_segments(path: &Path) -> Vec<Captured> {
     let file = std::fs::File::open(path).expect("open capture");
     let mut reader = PcapReader::new(file).expect("pcap header");
@@ -189,7 +193,8 @@ pub fn read_segments(path: &Path) -> Vec<Captured> {
 /// Asserts that of the segments `sender` sent in `segs`, only SYNs (and
 /// SYN-ACKs) carry our option: what a connection that ended up legacy may
 /// show (DESIGN §4: nothing after the fallback decision carries it).
-pub fn assert_option_only_on_syns(segs: &[Captured], sender: Ipv4Addr, what: &str) {
+pub fn assert_option_only_on_syns(segs: &[Captured], sender: impl Into<IpAddr>, what: &str) {
+    let sender = sender.into();
     for c in segs.iter().filter(|c| c.seg.src.ip() == sender) {
         let has_option = !matches!(c.seg.option, Ok(None));
         assert!(
@@ -232,24 +237,64 @@ impl Host {
         offload: OffloadRequest,
         tweak: impl FnOnce(&mut StackConfig),
     ) -> Host {
+        Host::build_family(
+            prefix,
+            IpAddr::V4(tun_addr),
+            IpAddr::V4(stack_addr),
+            capture_to_file,
+            offload,
+            tweak,
+        )
+    }
+
+    /// [`Host::build`] for either family: an IPv4 host as above, or an
+    /// IPv6 one (namespace with IPv6 on, TUN kernel side `tun_addr/64`, the
+    /// stack IPv6-only at `stack_addr/64`, gateway the kernel side).
+    pub fn build_family(
+        prefix: &str,
+        tun_addr: IpAddr,
+        stack_addr: IpAddr,
+        capture_to_file: bool,
+        offload: OffloadRequest,
+        tweak: impl FnOnce(&mut StackConfig),
+    ) -> Host {
         // As `tiflow` does at startup: socket buffers are not committed (and
         // cleared) at SYN time.
         ti_stack::memory::map_large_allocations();
         let ns = NetNs::create(prefix).expect("create host namespace");
-        ns.disable_ipv6().expect("disable IPv6");
-        ns.enable_forwarding().expect("enable forwarding");
-        let tun = topology::open_tun_with(&ns, &TunSpec::new("ti0", tun_addr), offload)
-            .expect("open TUN in namespace, kernel side as gateway");
+        let (tun, mut config) = match (tun_addr, stack_addr) {
+            (IpAddr::V4(tun_addr), IpAddr::V4(stack_addr)) => {
+                ns.disable_ipv6().expect("disable IPv6");
+                ns.enable_forwarding().expect("enable forwarding");
+                let tun = topology::open_tun_with(&ns, &TunSpec::new("ti0", tun_addr), offload)
+                    .expect("open TUN in namespace, kernel side as gateway");
+                let mut config = StackConfig::new(stack_addr);
+                config.prefix_len = 24;
+                // Medium::Ip: no neighbour resolution, any kernel-side address works.
+                config.gateway = Some(tun_addr);
+                (tun, config)
+            }
+            (IpAddr::V6(tun_addr), IpAddr::V6(stack_addr)) => {
+                ns.enable_ipv6().expect("enable IPv6");
+                ns.enable_forwarding().expect("enable forwarding");
+                let tun = topology::open_tun6(&ns, "ti0", 1500, Cidr6::slash64(tun_addr), offload)
+                    .expect("open TUN in namespace, kernel side as IPv6 gateway");
+                let mut config = StackConfig::new_v6(stack_addr);
+                config.ipv6 = Some(Ipv6Addressing {
+                    address: stack_addr,
+                    prefix_len: 64,
+                    gateway: Some(tun_addr),
+                });
+                (tun, config)
+            }
+            _ => panic!("the TUN and the stack must be of one family"),
+        };
         let capture = CaptureFile::new(prefix);
         let device = if capture_to_file {
             PcapTap::create(tun, capture.path()).expect("create capture file")
         } else {
             PcapTap::new(tun, io::sink())
         };
-        let mut config = StackConfig::new(stack_addr);
-        config.prefix_len = 24;
-        // Medium::Ip: no neighbour resolution, any kernel-side address works.
-        config.gateway = Some(tun_addr);
         // Bounded: a lost flow fails its reads and writes within this.
         config.resume_timeout = Duration::from_secs(20);
         config.connect_timeout = Duration::from_secs(10);
@@ -802,13 +847,28 @@ impl RunningFlow {
     /// Connects the topology's client to its server on `port` and starts
     /// sending `bytes` each way at `pace`.
     pub fn start(topology: &Topology, port: u16, bytes: usize, pace: Pace) -> RunningFlow {
-        let listener = topology.server.runtime().listen(port).expect("listen");
+        RunningFlow::start_between(
+            topology.client.runtime(),
+            topology.server.runtime(),
+            Topology::server_at(port).into(),
+            bytes,
+            pace,
+        )
+    }
+
+    /// Connects `client` to `server` listening at `to` (the port is
+    /// `to`'s) and starts sending `bytes` each way at `pace`.
+    pub fn start_between(
+        client: &Rt,
+        server: &Rt,
+        to: SocketAddr,
+        bytes: usize,
+        pace: Pace,
+    ) -> RunningFlow {
+        let port = to.port();
+        let listener = server.listen(port).expect("listen");
         let started = Instant::now();
-        let client = topology
-            .client
-            .runtime()
-            .connect(Topology::server_at(port))
-            .expect("connect through the middlebox");
+        let client = client.connect(to).expect("connect through the middlebox");
         let server = listener
             .accept_timeout(Some(Duration::from_secs(10)))
             .expect("accept")
