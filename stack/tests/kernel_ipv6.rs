@@ -188,14 +188,7 @@ fn assert_legacy_on_the_wire_as_initiator(segs: &[Captured], port: u16) {
 /// byte-exact. Returns the TUN's mode and counters.
 fn interop_both_ways(prefix: &str, offload: OffloadRequest) -> (Offloads, TunStats) {
     require_privileges();
-    // A receive buffer larger than the transfer: the stream takes every
-    // byte out of the socket at once, so these tests check interop, not the
-    // LAST-ACK bug `legacy_close_from_last_ack_with_unread_data_ends_cleanly`
-    // shows (with the default buffer about one run in ten failed with a
-    // reset after the last byte; a slow reader is enough).
-    let peer = LinuxPeer6::with_offload(prefix, offload, |config| {
-        config.recv_buffer = 2 * INTEROP_BYTES;
-    });
+    let peer = LinuxPeer6::with_offload(prefix, offload, |_| {});
 
     // Ours -> Linux.
     let port = 5201;
@@ -663,19 +656,15 @@ fn address_change(prefix: &str, port: u16, new_addr: Ipv6Addr, route: bool) {
 
 /// Found by these tests (about one run in ten of the 8 MiB interop here and
 /// of `offload.rs` over IPv4: "read failed after 8388608 bytes: connection
-/// reset", while the capture shows a clean close, no RST): a legacy stream
+/// reset", while the capture showed a clean close, no RST): a legacy stream
 /// whose peer's FIN came while our unread data filled the stream's receive
 /// buffer, so some stayed in the socket, and which then closed from
-/// LAST-ACK, is reported reset once the socket is CLOSED: the pump counts
-/// the peer's FIN only in CLOSE-WAIT, LAST-ACK, CLOSING and TIME-WAIT, and
-/// `service_connection` takes a CLOSED socket without a clean end for a
-/// failure, although its receive buffer still holds the peer's last bytes.
+/// LAST-ACK, was reported reset once the socket was CLOSED (the pump
+/// counted the peer's FIN only in CLOSE-WAIT, LAST-ACK, CLOSING and
+/// TIME-WAIT, and a CLOSED socket without a clean end was a failure).
 /// Made deterministic here: Linux sends more than the receive buffer and
-/// its FIN, we close without reading, then read everything. A fix (in
-/// `stack/src/stack/`, outside this branch's files) makes it pass; until
-/// then it is ignored, run it with `--ignored`.
+/// its FIN, we close without reading, then read everything.
 #[test]
-#[ignore = "stack bug, see the doc comment: a clean close from LAST-ACK with unread data is reported as a reset"]
 fn legacy_close_from_last_ack_with_unread_data_ends_cleanly() {
     use std::io::{Read, Write};
     require_privileges();

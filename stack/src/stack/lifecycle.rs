@@ -529,6 +529,24 @@ impl<D: Device> Stack<D> {
             self.life_input(now, id, Input::Failed(FailureCause::Explicit));
             return;
         }
+        if state == tcp::State::Closed
+            && conn.was_last_ack
+            && reset.is_none()
+            && socket.recv_queue() > 0
+        {
+            // A clean close whose last bytes wait in the socket for room in
+            // the stream's buffer: the pump delivers them, then the end.
+            return;
+        }
+        if state == tcp::State::Closed
+            && conn.was_last_ack
+            && reset.is_none()
+            && socket.recv_queue() > 0
+        {
+            // A clean close whose last bytes wait in the socket for room in
+            // the stream's buffer: the pump delivers them, then the end.
+            return;
+        }
         if state == tcp::State::Closed {
             let input = match reset {
                 Some(ResetKind::Aborted) if ti => Input::PeerAborted,

@@ -190,13 +190,17 @@ impl<D: Device> Stack<D> {
             }
         }
         let state = socket.state();
-        let fin_in = matches!(
-            state,
-            tcp::State::CloseWait
-                | tcp::State::LastAck
-                | tcp::State::Closing
-                | tcp::State::TimeWait
-        );
+        // A socket that went from LAST-ACK to CLOSED (our FIN acknowledged,
+        // no reset) had the peer's FIN too; its last bytes may still wait in
+        // the socket for room in the stream's buffer.
+        let fin_in =
+            matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+            ) || (state == tcp::State::Closed && conn.was_last_ack && conn.reset.is_none());
         if fin_in && socket.recv_queue() == 0 && !s.eof {
             s.eof = true;
             moved.received = true;
