@@ -221,6 +221,34 @@ fn bench_reconnect_quick_writes_csv_summary_and_svg() {
     assert_no_namespaces_left(pid);
 }
 
+/// `tiflow bench connect --quick --ipv6` and `reconnect --quick --ipv6`:
+/// every sample's SYN-to-ACK comes from the capture's handshakes, looked up
+/// by the client stack's IPv6 address, so each connection (to our stacks
+/// and to the Linux peer) ran over IPv6.
+#[test]
+fn bench_connect_and_reconnect_quick_run_over_ipv6() {
+    require_privileges();
+    for (what, rows_expected) in [("connect", 2 * 4 * 10), ("reconnect", 2 * 2 * 10)] {
+        let out = out_dir(&format!("bench-{what}-ipv6"));
+        let (stdout, pid) = run_bench_with(what, &["--ipv6"], &out);
+        assert!(stdout.contains("over IPv6"), "{stdout}");
+        let (header, rows) = csv(&out.join(format!("{what}.csv")));
+        assert_eq!(rows.len(), rows_expected, "{what}");
+        for s in column(&header, &rows, "syn_ack_ms") {
+            assert!(
+                s.parse::<f64>().is_ok_and(|x| x > 0.0),
+                "{what}: a sample without its IPv6 handshake: {s:?}"
+            );
+        }
+        // The client's capture (pcap, raw IP): its first packet is IPv6.
+        let pcap = std::fs::read(out.join(format!("pcap/{what}-rtt10ms-ti-client.pcap")))
+            .expect("the TI client's capture");
+        assert!(pcap.len() > 40, "an empty capture");
+        assert_eq!(pcap[24 + 16] >> 4, 6, "{what}: the capture is not IPv6");
+        assert_no_namespaces_left(pid);
+    }
+}
+
 #[test]
 fn bench_tuning_quick_measures_both_settings_in_one_run() {
     require_privileges();

@@ -25,7 +25,7 @@
 //! shuffled order each round, reconnect alternating which goes first.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +36,9 @@ use ti_stack::device::pcap_tap::PcapTap;
 use ti_stack::device::tun::TunDevice;
 use ti_stack::{Mode, Runtime, StackConfig, StreamEvent, TiStream};
 
-use super::net::{LatencyDevice, Site, Testbed, VETH_B, latency_device, open_tun};
+use super::net::{
+    LatencyDevice, Site, Testbed, VETH_B, family_addr, family_sock, latency_device, open_tun,
+};
 use super::pcap::handshakes;
 use super::{BenchError, Progress};
 
@@ -93,7 +95,7 @@ pub struct Sample {
     /// Our end of the (new) connection.
     pub local: Option<SocketAddr>,
     /// The server.
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
     /// The application's time (connect: to end-of-stream; reconnect: to the
     /// first echoed byte).
     pub app: Duration,
@@ -176,8 +178,8 @@ struct Point {
     rtt: Duration,
     ti_client: Runtime<LatencyDevice>,
     legacy_client: Runtime<LatencyDevice>,
-    ti_client_addr: Ipv4Addr,
-    legacy_client_addr: Ipv4Addr,
+    ti_client_addr: IpAddr,
+    legacy_client_addr: IpAddr,
     ti_pcap: PathBuf,
     legacy_pcap: PathBuf,
     servers: Vec<(Runtime<ServerDevice>, Vec<JoinHandle<()>>)>,
@@ -199,7 +201,7 @@ impl Captured {
             };
             s.syn_ack = s
                 .local
-                .and_then(|l| table.get(&(l.port(), s.remote.into())))
+                .and_then(|l| table.get(&(l.port(), s.remote)))
                 .and_then(|h| h.syn_to_ack());
         }
         Ok(())
@@ -272,19 +274,19 @@ impl Point {
             rtt,
             ti_client,
             legacy_client,
-            ti_client_addr: ti_site.address,
-            legacy_client_addr: legacy_site.address,
+            ti_client_addr: family_addr(ti_site.address),
+            legacy_client_addr: family_addr(legacy_site.address),
             ti_pcap,
             legacy_pcap,
             servers,
         })
     }
 
-    fn target(&self, mode: Peer, port: u16) -> SocketAddrV4 {
+    fn target(&self, mode: Peer, port: u16) -> SocketAddr {
         match mode {
-            Peer::Ti => SocketAddrV4::new(server_site(1).address, port),
-            Peer::Legacy => SocketAddrV4::new(server_site(2).address, port),
-            Peer::LegacyLinux | Peer::TiLinux => SocketAddrV4::new(VETH_B, port),
+            Peer::Ti => family_sock(server_site(1).address, port),
+            Peer::Legacy => family_sock(server_site(2).address, port),
+            Peer::LegacyLinux | Peer::TiLinux => family_sock(VETH_B, port),
         }
     }
 
@@ -436,7 +438,7 @@ impl Point {
 
     fn legacy_connect(
         &self,
-        remote: SocketAddrV4,
+        remote: SocketAddr,
         timeout: Option<Duration>,
     ) -> Result<TiStream<LatencyDevice>, BenchError> {
         let mut s = self
@@ -581,7 +583,7 @@ struct LinuxCloser {
 
 impl LinuxCloser {
     fn start(bed: &Testbed) -> Result<LinuxCloser, BenchError> {
-        let addr = SocketAddrV4::new(VETH_B, CLOSE_PORT);
+        let addr = family_sock(VETH_B, CLOSE_PORT);
         let listener = bed
             .b
             .enter(|| TcpListener::bind(addr))?
@@ -603,10 +605,10 @@ impl LinuxCloser {
     /// connection from inside the namespace.
     fn stop(self, bed: &Testbed) {
         self.stop.store(true, Ordering::Release);
-        let addr = SocketAddrV4::new(VETH_B, CLOSE_PORT);
+        let addr = family_sock(VETH_B, CLOSE_PORT);
         if let Ok(Ok(_)) = bed
             .b
-            .enter(|| TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)))
+            .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         {
             let _ = self.thread.join();
         }

@@ -109,6 +109,11 @@ pub struct BenchArgs {
     /// `tiflow up --low-latency` does [default: off, as for users].
     #[arg(long)]
     pub low_latency: bool,
+    /// connect, reconnect: run every stack, peer and connection over IPv6
+    /// (the testbed's addresses get IPv6 twins: fd48:N::2 for 10.72.N.2)
+    /// [default: IPv4].
+    #[arg(long)]
+    pub ipv6: bool,
     /// Directory for the CSV files, plots, report and captures.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
@@ -387,7 +392,13 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
         return up_scale::run(&settings, &args.out, &command);
     }
+    if args.ipv6 && !matches!(args.what, What::Connect | What::Reconnect) {
+        return Err(BenchError::Check(
+            "--ipv6 is for bench connect and bench reconnect".into(),
+        ));
+    }
     net::set_low_latency(args.low_latency);
+    net::set_ipv6(args.ipv6);
     let out = &args.out;
     let (pcap_dir, bed) = pcap_dir_and_testbed(out)?;
     let started = Instant::now();
@@ -420,7 +431,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     drop(bed);
     let _ = writeln!(
         report,
-        "\n{} samples per point, RTTs {:?} ms, bulk {} MiB x {}, latency tuning {}; took {:.0} s.",
+        "\n{} samples per point, RTTs {:?} ms, bulk {} MiB x {}, latency tuning {}, over {}; took {:.0} s.",
         settings.samples,
         settings
             .rtts
@@ -430,6 +441,7 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         settings.bulk_bytes >> 20,
         settings.reps,
         if args.low_latency { "on" } else { "off" },
+        if args.ipv6 { "IPv6" } else { "IPv4" },
         started.elapsed().as_secs_f64()
     );
     let name = match what {

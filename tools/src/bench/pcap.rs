@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ impl Handshake {
 /// and the peer.
 pub fn handshakes(
     path: &Path,
-    local: Ipv4Addr,
+    local: IpAddr,
 ) -> Result<HashMap<(u16, SocketAddr), Handshake>, BenchError> {
     let what = || format!("read capture {}", path.display());
     let file = File::open(path).map_err(|e| BenchError::io(what(), e))?;
@@ -128,9 +128,12 @@ mod tests {
             writer.write_packet(&p).expect("write");
         }
         drop(writer);
-        let found = handshakes(&path, Ipv4Addr::from(US)).expect("parse");
+        let found = handshakes(&path, IpAddr::V4(std::net::Ipv4Addr::from(US))).expect("parse");
         let _ = std::fs::remove_file(&path);
-        let h = found[&(50_000, SocketAddr::from((Ipv4Addr::from(PEER), 7000)))];
+        let h = found[&(
+            50_000,
+            SocketAddr::from((std::net::Ipv4Addr::from(PEER), 7000)),
+        )];
         assert_eq!(h.syn_to_ack(), Some(Duration::from_millis(11)));
         assert_eq!(h.syn_ack, Some(Duration::from_millis(11)));
     }
