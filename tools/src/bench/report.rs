@@ -291,6 +291,10 @@ pub struct ResultsFiles {
     /// `forward-report.txt`: the forward path through a `tiflow up` pair
     /// (optional).
     pub forward_report: Option<String>,
+    /// `connect-ipv6-report.txt`: `bench connect --ipv6` (optional).
+    pub connect_ipv6_report: Option<String>,
+    /// `reconnect-ipv6-report.txt`: `bench reconnect --ipv6` (optional).
+    pub reconnect_ipv6_report: Option<String>,
 }
 
 impl ResultsFiles {
@@ -310,10 +314,12 @@ impl ResultsFiles {
     ];
 
     /// The optional files, in the order of the fields.
-    pub const OPTIONAL_NAMES: [&'static str; 3] = [
+    pub const OPTIONAL_NAMES: [&'static str; 5] = [
         "up-scale-report.txt",
         "up-scale-before-async.txt",
         "forward-report.txt",
+        "connect-ipv6-report.txt",
+        "reconnect-ipv6-report.txt",
     ];
 
     /// Reads them from `dir` (an optional file that does not exist is
@@ -347,6 +353,8 @@ impl ResultsFiles {
             up_scale_report: optional(Self::OPTIONAL_NAMES[0])?,
             up_scale_before_report: optional(Self::OPTIONAL_NAMES[1])?,
             forward_report: optional(Self::OPTIONAL_NAMES[2])?,
+            connect_ipv6_report: optional(Self::OPTIONAL_NAMES[3])?,
+            reconnect_ipv6_report: optional(Self::OPTIONAL_NAMES[4])?,
         })
     }
 }
@@ -436,7 +444,34 @@ pub fn generate(files: &ResultsFiles) -> Result<Vec<Region>, String> {
             name: "forward",
             text: forward_blocks(files.forward_report.as_deref())?,
         },
+        Region {
+            name: "ipv6",
+            text: ipv6_blocks(
+                files.connect_ipv6_report.as_deref(),
+                files.reconnect_ipv6_report.as_deref(),
+            )?,
+        },
     ])
+}
+
+/// Connect and reconnect over IPv6: each file's table as written, with its
+/// command.
+pub fn ipv6_blocks(connect: Option<&str>, reconnect: Option<&str>) -> Result<String, String> {
+    let mut s = String::new();
+    for (file, text, heading) in [
+        ("connect-ipv6-report.txt", connect, "== connect"),
+        ("reconnect-ipv6-report.txt", reconnect, "== reconnect"),
+    ] {
+        let Some(text) = text else {
+            let _ = writeln!(s, "Not measured (`benches/results/{file}` is absent).\n");
+            continue;
+        };
+        let command = command_of(text).ok_or_else(|| format!("{file} has no command: line"))?;
+        let _ = writeln!(s, "`benches/results/{file}` (`{command}`):\n");
+        s += &code_block(&section(text, heading)?);
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 /// The forward-path benchmark's table and goals, as written in its file.
