@@ -327,7 +327,7 @@ fn ipv6_prints_the_same_on_every_link_type_with_the_flow_option_decoded() {
     let first = expected.lines().next().unwrap_or_default();
     assert_eq!(first, syn_line, "{expected}");
     assert_eq!(expected.lines().count(), 2, "{expected}");
-    let cases: [(u32, fn(&[u8]) -> Vec<u8>); 5] = [
+    let cases: [(u32, Wrap); 5] = [
         (229, <[u8]>::to_vec),
         (1, |p| as_ipv6_frame(ethernet(p), 12)),
         (113, |p| as_ipv6_frame(sll(p), 14)),
