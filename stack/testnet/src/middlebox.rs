@@ -338,23 +338,26 @@ pub fn ip6tables(ns: &NetNs, args: &[&str]) -> Result<(), NetnsError> {
 /// TCPOPTSTRIP).
 pub fn strip_option6(ns: &NetNs, inbound_if: &str, kind: u8) -> Result<(), NetnsError> {
     let kind = kind.to_string();
-    ip6tables(
-        ns,
-        &[
-            "-t",
-            "mangle",
-            "-A",
-            "FORWARD",
-            "-i",
-            inbound_if,
-            "-p",
-            "tcp",
-            "-j",
-            "TCPOPTSTRIP",
-            "--strip-options",
-            &kind,
-        ],
-    )
+    ip6tables(ns, &strip_option_rule(inbound_if, &kind))
+}
+
+/// The `iptables`/`ip6tables` arguments of a TCPOPTSTRIP rule for option
+/// `kind` on segments forwarded from `inbound_if`.
+fn strip_option_rule<'a>(inbound_if: &'a str, kind: &'a str) -> [&'a str; 12] {
+    [
+        "-t",
+        "mangle",
+        "-A",
+        "FORWARD",
+        "-i",
+        inbound_if,
+        "-p",
+        "tcp",
+        "-j",
+        "TCPOPTSTRIP",
+        "--strip-options",
+        kind,
+    ]
 }
 
 /// Runs a netfilter netlink request `f` in `ns` (from a thread that
@@ -380,21 +383,5 @@ pub fn conntrack_list(ns: &NetNs) -> Result<String, NetnsError> {
 /// NOPs, the checksum is fixed).
 pub fn strip_option(ns: &NetNs, inbound_if: &str, kind: u8) -> Result<(), NetnsError> {
     let kind = kind.to_string();
-    iptables(
-        ns,
-        &[
-            "-t",
-            "mangle",
-            "-A",
-            "FORWARD",
-            "-i",
-            inbound_if,
-            "-p",
-            "tcp",
-            "-j",
-            "TCPOPTSTRIP",
-            "--strip-options",
-            &kind,
-        ],
-    )
+    iptables(ns, &strip_option_rule(inbound_if, &kind))
 }
