@@ -282,12 +282,14 @@ impl<T: phy::TxToken> phy::TxToken for BoundaryTx<'_, T> {
         self.scratch.resize(len, 0);
         let result = f(self.scratch);
         let segment = Segment::parse(self.scratch, self.kind);
-        if let Some(seg) = segment.filter(|seg| seg.syn)
-            && self.watched.contains(&seg.tuple_at_sender())
+        let tuple = segment.map(|seg| seg.tuple_at_sender());
+        if let (Some(seg), Some(tuple)) = (segment, tuple)
+            && seg.syn
+            && self.watched.contains(&tuple)
         {
-            self.isns.insert(seg.tuple_at_sender(), seg.seq);
+            self.isns.insert(tuple, seg.seq);
         }
-        let rule = segment.and_then(|seg| self.rules.get_key_value(&seg.tuple_at_sender()));
+        let rule = tuple.and_then(|tuple| self.rules.get_key_value(&tuple));
         let out: &[u8] = match rule {
             Some((tuple, option)) => {
                 if let Some(seg) = segment.filter(|seg| seg.syn) {

@@ -1,12 +1,82 @@
-//! Addresses with a prefix length of either family: [`Ipv6Cidr`]
-//! (`fd00:2::1/64`) and [`IpCidr`], which is one or the other (what
-//! `tiflow up --address` takes). The IPv4 one is [`Ipv4Cidr`].
+//! Addresses with a prefix length of either family: [`Ipv4Cidr`]
+//! (`10.0.2.1/24`), [`Ipv6Cidr`] (`fd00:2::1/64`) and [`IpCidr`], which is
+//! one or the other (what `tiflow up --address` takes).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-pub use crate::host::Ipv4Cidr;
+/// An IPv4 address with a prefix length, as `10.0.2.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The network mask.
+    pub fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+
+    /// The network address.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// Whether `addr` is in this network.
+    pub fn contains(self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+
+    /// The highest host address (one below broadcast), for prefixes up to /30.
+    pub fn last_host(self) -> Option<Ipv4Addr> {
+        (self.prefix <= 30).then(|| Ipv4Addr::from((u32::from(self.addr) | !self.mask()) - 1))
+    }
+
+    /// The lowest host address (one above the network), for prefixes up to /30.
+    pub fn first_host(self) -> Option<Ipv4Addr> {
+        (self.prefix <= 30).then(|| Ipv4Addr::from((u32::from(self.addr) & self.mask()) + 1))
+    }
+
+    /// Whether `addr` is a usable host address of this network (neither the
+    /// network nor the broadcast address).
+    pub fn is_host(self, addr: Ipv4Addr) -> bool {
+        let host = u32::from(addr) & !self.mask();
+        self.contains(addr) && host != 0 && host != !self.mask()
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX (like 10.0.2.1/24)"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{prefix:?} is not a prefix length (0-32)"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
 
 /// An IPv6 address with a prefix length, as `fd00:2::1/64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +197,24 @@ impl FromStr for IpCidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_parses_and_computes_hosts() {
+        let c: Ipv4Cidr = "10.0.2.1/24".parse().expect("parse");
+        assert_eq!(c.network(), Ipv4Addr::new(10, 0, 2, 0));
+        assert_eq!(c.last_host(), Some(Ipv4Addr::new(10, 0, 2, 254)));
+        assert_eq!(c.first_host(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert!(c.is_host(Ipv4Addr::new(10, 0, 2, 254)));
+        assert!(!c.is_host(Ipv4Addr::new(10, 0, 2, 255)));
+        assert!(!c.is_host(Ipv4Addr::new(10, 0, 3, 1)));
+        let p30: Ipv4Cidr = "192.168.9.5/30".parse().expect("parse");
+        assert_eq!(p30.last_host(), Some(Ipv4Addr::new(192, 168, 9, 6)));
+        let p31: Ipv4Cidr = "192.168.9.5/31".parse().expect("parse");
+        assert_eq!(p31.last_host(), None);
+        for bad in ["10.0.2.1", "10.0.2/24", "10.0.2.1/33", "x/24", "10.0.2.1/"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn ipv6_cidr_parses_and_computes_the_network() {

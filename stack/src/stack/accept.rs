@@ -156,8 +156,7 @@ impl<D: Device> Stack<D> {
             .by_tuple
             .get(&tuple)
             .and_then(|h| self.conns.get(h))
-            .and_then(|c| c.iss)
-            .or_else(|| self.device.sent_isn(&tuple));
+            .map_or_else(|| self.device.sent_isn(&tuple), |c| c.our_isn(&self.device));
         let (true, Some(isn)) = (answered, our_isn) else {
             return;
         };

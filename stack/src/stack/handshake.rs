@@ -94,7 +94,7 @@ impl<D: Device> Stack<D> {
         };
         let tuple = conn.tuple;
         let stream = conn.stream;
-        let our_isn = conn.iss.or_else(|| self.device.sent_isn(&tuple));
+        let our_isn = conn.our_isn(&self.device);
         // Nothing changes TI state unless TCP would accept the segment
         // (DESIGN §4 "Acceptance before decision").
         let answers_syn =
@@ -291,7 +291,7 @@ impl<D: Device> Stack<D> {
         }
         // Only the ACK of our SYN-ACK completes the handshake: any other
         // (blind, stale) must not mark it as answered (DESIGN §4).
-        let our_isn = conn.iss.or_else(|| self.device.sent_isn(&conn.tuple));
+        let our_isn = conn.our_isn(&self.device);
         if !our_isn
             .is_some_and(|isn| acceptance::completes_our_syn_ack(isn, seg.ack, seg.ack_number))
         {

@@ -207,6 +207,13 @@ impl Conn {
             rtt: tifid::rtt::RttEstimator::default(),
         }
     }
+
+    /// Our initial sequence number: known for TI connections, else the one
+    /// the boundary recorded from our SYN or SYN-ACK (TI, or a watched
+    /// legacy handshake).
+    fn our_isn<D: Device>(&self, device: &Boundary<D>) -> Option<u32> {
+        self.iss.or_else(|| device.sent_isn(&self.tuple))
+    }
 }
 
 /// What an acceptable RST on a TI connection said.

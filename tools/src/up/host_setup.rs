@@ -76,7 +76,7 @@ fn overlapping(net: IpCidr) -> Vec<(String, IpCidr)> {
 fn subnets_overlap(a: IpCidr, b: IpCidr) -> bool {
     match (a, b) {
         (IpCidr::V4(a), IpCidr::V4(b)) => {
-            let shorter = host::Ipv4Cidr {
+            let shorter = crate::cidr::Ipv4Cidr {
                 addr: a.addr,
                 prefix: a.prefix.min(b.prefix),
             };
