@@ -233,6 +233,22 @@ impl<D: Device + Wait + Send + 'static> Runtime<D> {
         })
     }
 
+    /// Listens on every port no [`Runtime::listen`] listener holds, or
+    /// only on those in `ports` (inclusive ranges) when it is not empty
+    /// ([`Stack::listen_any`]); its listener's [`TiListener::port`] is 0,
+    /// and an accepted stream's [`TiStream::local_addr`] tells the port.
+    pub fn listen_any(
+        &self,
+        ports: Vec<std::ops::RangeInclusive<u16>>,
+    ) -> Result<TiListener<D>, StreamError> {
+        let id = self.shared.act(|stack, _| stack.listen_any(ports))?;
+        Ok(TiListener {
+            shared: self.shared.clone(),
+            id,
+            port: 0,
+        })
+    }
+
     /// A snapshot of every stream, for status displays.
     pub fn stream_infos(&self) -> Vec<StreamInfo> {
         self.shared.lock().stream_infos()
@@ -548,7 +564,7 @@ pub struct TiListener<D: Device + Wait> {
 }
 
 impl<D: Device + Wait> TiListener<D> {
-    /// The port listened on.
+    /// The port listened on (0 for the any-port listener).
     pub fn port(&self) -> u16 {
         self.port
     }

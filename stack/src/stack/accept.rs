@@ -42,8 +42,8 @@ impl<D: Device> Stack<D> {
         let port = tuple.local.port();
         let resume = matches!(seg.option, Ok(Some(option)) if option.tifid.is_complete());
         let queued = self
-            .listeners
-            .get(&port)
+            .listener_for(port)
+            .and_then(|key| self.listeners.get(&key))
             .map_or(0, |l| l.accept_queue.len());
         if !resume && queued >= self.config.accept_backlog {
             self.admission.syns_dropped_backlog += 1;
@@ -145,8 +145,8 @@ impl<D: Device> Stack<D> {
     /// flood among them) are dropped silently, as Linux drops them.
     fn reset_answered_handshake(&mut self, now: Instant, tuple: FourTuple) {
         let answered = self
-            .deferred
-            .get(&tuple.local.port())
+            .listener_for(tuple.local.port())
+            .and_then(|key| self.deferred.get(&key))
             .is_some_and(|waiting| {
                 waiting
                     .iter()
@@ -236,7 +236,10 @@ impl<D: Device> Stack<D> {
         if let Some(conn) = self.conns.get_mut(&handle) {
             conn.half_open = false;
         }
-        let queued = self.listeners.get(&port).map(|l| l.accept_queue.len());
+        let listener = self.listener_for(port);
+        let queued = listener
+            .and_then(|key| self.listeners.get(&key))
+            .map(|l| l.accept_queue.len());
         if queued.is_none_or(|n| n >= self.config.accept_backlog) {
             if queued.is_some() {
                 self.admission.completed_dropped_backlog += 1;
@@ -267,7 +270,7 @@ impl<D: Device> Stack<D> {
         if let Some(conn) = self.conns.get_mut(&handle) {
             conn.stream = Some(id);
         }
-        if let Some(l) = self.listeners.get_mut(&port) {
+        if let Some(l) = listener.and_then(|key| self.listeners.get_mut(&key)) {
             l.accept_queue.push_back(id);
             self.accept_ready = true;
         }

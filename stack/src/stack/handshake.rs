@@ -46,7 +46,7 @@ impl<D: Device> Stack<D> {
         }
         let is_new_syn = seg.syn && !seg.ack && !seg.rst;
         let ours = self.config.is_ours(tuple.local.ip());
-        if is_new_syn && ours && self.listeners.contains_key(&tuple.local.port()) {
+        if is_new_syn && ours && self.listener_for(tuple.local.port()).is_some() {
             if let Some(&cell) = self.pending_cells.get(&tuple) {
                 self.deliver_for(Some(cell), packet);
                 return;
@@ -231,7 +231,11 @@ impl<D: Device> Stack<D> {
         let tuple = conn.tuple;
         self.half_open.remove(&tuple);
         self.half_open.insert(tuple, now, half_open::Attempt::Retry);
-        let waiting = self.deferred.entry(tuple.local.port()).or_default();
+        let Some(listener) = self.listener_for(tuple.local.port()) else {
+            self.device.recycle(packet);
+            return;
+        };
+        let waiting = self.deferred.entry(listener).or_default();
         if let Some(slot) = waiting
             .iter_mut()
             .find(|(h, t, _)| (*h, *t) == (handle, tuple))
@@ -297,17 +301,20 @@ impl<D: Device> Stack<D> {
         {
             return false;
         }
-        let port = conn.tuple.local.port();
+        // Per listener (the any-port one counts every port it takes).
+        let Some(listener) = self.listener_for(conn.tuple.local.port()) else {
+            return false;
+        };
         let queued = self
             .listeners
-            .get(&port)
+            .get(&listener)
             .map_or(0, |l| l.accept_queue.len());
-        let completing = self.completing_legacy.get(&port).copied().unwrap_or(0);
+        let completing = self.completing_legacy.get(&listener).copied().unwrap_or(0);
         if queued + completing >= self.config.accept_backlog {
             return true;
         }
         if legacy {
-            *self.completing_legacy.entry(port).or_default() += 1;
+            *self.completing_legacy.entry(listener).or_default() += 1;
         }
         false
     }

@@ -81,7 +81,7 @@ impl<D: Device> Stack<D> {
         }
         let tuple = seg.tuple_at_receiver();
         let new = self.config.is_ours(tuple.local.ip())
-            && self.listeners.contains_key(&tuple.local.port())
+            && self.listener_for(tuple.local.port()).is_some()
             && !self.by_tuple.contains_key(&tuple)
             && !self.pending.contains_key(&tuple);
         new.then_some(tuple)

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -64,6 +65,10 @@ pub struct StreamId(u64);
 /// Identifies a listener inside a [`Stack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u16);
+
+/// The key of the any-port listener ([`Stack::listen_any`]) among the
+/// listeners (no port listener can have it: port 0 is never listened on).
+const ANY_PORT: u16 = 0;
 
 /// What a stream's mode is, as far as the stack knows now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,10 +363,12 @@ pub struct Stack<D: Device> {
     pending: HashMap<FourTuple, Option<Responder>>,
     /// The fresh listener of each SYN admitted in this poll.
     pending_cells: HashMap<FourTuple, ConnId>,
-    /// Per port, legacy handshakes whose ACK was let through in this poll
-    /// (they join the accept queue when smoltcp took it, later in the poll).
+    /// Per listener (its key in `listeners`), legacy handshakes whose ACK
+    /// was let through in this poll (they join the accept queue when
+    /// smoltcp took it, later in the poll).
     completing_legacy: HashMap<u16, usize>,
-    /// Per listening port, the latest segment of each handshake deferred
+    /// Per listener (its key in `listeners`), the latest segment of each
+    /// handshake deferred
     /// because its accept queue was full, oldest first (at most one per
     /// half-open connection).
     deferred: HashMap<u16, VecDeque<(ConnId, FourTuple, Vec<u8>)>>,
@@ -370,7 +377,11 @@ pub struct Stack<D: Device> {
     fresh_listeners: Vec<(ConnId, u16)>,
     streams: HashMap<StreamId, StreamState>,
     by_tifid: HashMap<Tifid, StreamId>,
+    /// Per port listened on, and [`ANY_PORT`] for the any-port listener.
     listeners: HashMap<u16, ListenerState>,
+    /// The ports the any-port listener takes, if there is one (empty:
+    /// every port no port listener holds).
+    any_ports: Option<Vec<RangeInclusive<u16>>>,
     ports: ports::Ports,
     /// Connections reset by us whose RST (and option rule) is still needed.
     resetting: VecDeque<Resetting>,
@@ -494,6 +505,7 @@ impl<D: Device> Stack<D> {
             streams: HashMap::new(),
             by_tifid: HashMap::new(),
             listeners: HashMap::new(),
+            any_ports: None,
             ports,
             resetting: VecDeque::new(),
             half_open: HalfOpen::default(),
@@ -621,10 +633,45 @@ impl<D: Device> Stack<D> {
         Ok(ListenerId(port))
     }
 
+    /// Listens on every port no [`Stack::listen`] listener holds, or, when
+    /// `ports` is not empty, on those of them in one of its ranges: one
+    /// accept queue for them all (a stream's [`Stack::stream_info`] tells
+    /// which port it came to). For a host that serves whatever port a
+    /// peer asks for (`tiflow up --serve-all`). The stack's own ports
+    /// (those of connections it opened) stay its own: a segment of one of
+    /// its connections never reaches a listener. At most one at a time.
+    pub fn listen_any(
+        &mut self,
+        ports: Vec<RangeInclusive<u16>>,
+    ) -> Result<ListenerId, StreamError> {
+        if self.any_ports.is_some() {
+            return Err(StreamError::AddrInUse);
+        }
+        self.any_ports = Some(ports);
+        self.listeners.insert(ANY_PORT, ListenerState::default());
+        Ok(ListenerId(ANY_PORT))
+    }
+
+    /// The listener that takes a new connection to `port`, as its key in
+    /// `listeners`: the port's own listener, else the any-port one if it
+    /// takes that port.
+    fn listener_for(&self, port: u16) -> Option<u16> {
+        if port != ANY_PORT && self.listeners.contains_key(&port) {
+            return Some(port);
+        }
+        let any = self.any_ports.as_ref()?;
+        let taken = any.is_empty() || any.iter().any(|r| r.contains(&port));
+        (port != ANY_PORT && taken).then_some(ANY_PORT)
+    }
+
     /// Stops listening; queued connections not yet accepted are closed.
     pub fn unlisten(&mut self, now: Instant, listener: ListenerId) {
         if let Some(state) = self.listeners.remove(&listener.0) {
-            self.ports.unlisten(listener.0);
+            if listener.0 == ANY_PORT {
+                self.any_ports = None;
+            } else {
+                self.ports.unlisten(listener.0);
+            }
             for id in state.accept_queue {
                 self.close(now, id);
             }
