@@ -11,6 +11,7 @@
 //! - [`demo`]: `tiflow demo`: plain TCP and a TI-flow through a NAT that loses
 //!   its state, in namespaces of its own.
 //! - [`cidr`]: addresses with a prefix length, of either family.
+//! - [`ports`]: TCP port ranges and lists of them (`22,8000-8100`).
 //! - [`host`]: privileges, external commands and sysctls of the host, undone at exit.
 //! - [`netfilter`]: the nftables table (and, on hosts that need them,
 //!   tagged iptables rules) of one `tiflow up`.
@@ -28,6 +29,7 @@ pub mod down;
 pub mod dump;
 pub mod host;
 pub mod netfilter;
+pub mod ports;
 pub mod state;
 pub mod up;
 

@@ -11,6 +11,10 @@
 //! is the same table as an `nft -f` script, for people (and for the test
 //! that compares the two).
 //!
+//! `--masquerade` rules are in chain `postrouting`; `--expose` and then
+//! `--expose-all` rules in `prerouting`; `--capture` rules (the host's own
+//! connections) in `output`.
+//!
 //! One exception, because nftables cannot express it in a table of our
 //! own: on a host whose iptables (or ip6tables) `FORWARD` chain drops by
 //! policy (Docker sets it), an `accept` in our table does not override
@@ -19,12 +23,13 @@
 //! each tagged with the comment `tiflow:NAME` so that they are found and
 //! removed by that tag.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ti_nfnetlink::nft::{self, Chain, ChainType, Cmp, Family, Hook, Table, Verdict};
 
 use crate::cidr::IpCidr;
 use crate::host::{self, CommandError};
+use crate::ports::PortRange;
 
 /// The family of `tiflow up`'s table: both IPv4 and IPv6.
 pub const FAMILY: Family = Family::Inet;
@@ -52,6 +57,105 @@ pub struct NatRules {
     /// the TUN, over the family of the address) is sent to the stack's
     /// address and port.
     pub exposes: Vec<(u16, SocketAddr)>,
+    /// `--capture`: TCP this host's programs open to these networks goes
+    /// to `tiflow up`'s capture listener on this port (127.0.0.1 or ::1 by
+    /// family).
+    pub captures: Vec<(IpCidr, u16)>,
+    /// `--expose-all`: TCP to this host's own addresses, on any port or the
+    /// allowed ones, goes to the stack's address of its family, same port.
+    pub expose_all: Option<ExposeAll>,
+}
+
+/// What `--expose-all` sends to the stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposeAll {
+    /// The stack's addresses (one per family).
+    pub to: Vec<IpAddr>,
+    /// Only these destination ports (empty: every port).
+    pub ports: Vec<PortRange>,
+}
+
+/// A base chain of the table and its rules, in nft syntax for
+/// [`NatRules::script`] and as expressions for [`NatRules::table`].
+struct ChainRules {
+    name: &'static str,
+    hook: Hook,
+    priority: i32,
+    /// The rules as nft lines.
+    lines: Vec<String>,
+    /// The same rules as expressions.
+    exprs: Vec<Vec<nft::Expr>>,
+}
+
+impl ChainRules {
+    fn new(name: &'static str, hook: Hook, priority: i32) -> ChainRules {
+        ChainRules {
+            name,
+            hook,
+            priority,
+            lines: Vec::new(),
+            exprs: Vec::new(),
+        }
+    }
+
+    /// Adds a rule: its nft line and its expressions.
+    fn push(&mut self, line: String, exprs: Vec<Vec<nft::Expr>>) {
+        self.lines.push(line);
+        self.exprs.push(exprs.concat());
+    }
+
+    /// The chain's `type ... hook ... priority ...;` line. Priorities are
+    /// written as numbers, which nft takes on every hook.
+    fn header(&self) -> String {
+        let hook = match self.hook {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        };
+        format!(
+            "type nat hook {hook} priority {}; policy accept;",
+            self.priority
+        )
+    }
+
+    fn chain(self) -> Chain {
+        Chain {
+            name: self.name.into(),
+            kind: ChainType::Nat,
+            hook: self.hook,
+            priority: self.priority,
+            policy: Verdict::Accept,
+            rules: self.exprs,
+        }
+    }
+}
+
+/// `ip saddr NET/PREFIX` (`ip6 saddr` for IPv6; `daddr` if `daddr`), in
+/// nft syntax and as expressions, and whether it is IPv6.
+fn addr_in(net: &IpCidr, daddr: bool) -> (bool, String, Vec<nft::Expr>) {
+    let field = if daddr { "daddr" } else { "saddr" };
+    match net {
+        IpCidr::V4(n) => (
+            false,
+            format!("ip {field} {}/{}", n.network(), n.prefix),
+            if daddr {
+                nft::ip_daddr_in(n.network(), n.prefix)
+            } else {
+                nft::ip_saddr_in(n.network(), n.prefix)
+            },
+        ),
+        IpCidr::V6(n) => (
+            true,
+            format!("ip6 {field} {}/{}", n.network(), n.prefix),
+            if daddr {
+                nft::ip6_daddr_in(n.network(), n.prefix)
+            } else {
+                nft::ip6_saddr_in(n.network(), n.prefix)
+            },
+        ),
+    }
 }
 
 /// `meta nfproto ipv4` or `ipv6`, in nft syntax.
@@ -66,7 +170,101 @@ fn nfproto(ipv6: bool) -> &'static str {
 impl NatRules {
     /// Whether there is any rule to add.
     pub fn is_empty(&self) -> bool {
-        self.masquerade.is_empty() && self.exposes.is_empty()
+        self.chains().is_empty()
+    }
+
+    /// The chains that have rules, each with its rules in both forms (so
+    /// the script and the table cannot say different things by accident).
+    fn chains(&self) -> Vec<ChainRules> {
+        let tun = &self.tun;
+        let mut postrouting = ChainRules::new("postrouting", Hook::Postrouting, nft::SRCNAT);
+        for net in &self.masquerade {
+            // meta nfproto ipvN ipN saddr NET/PREFIX oifname != "TUN" masquerade
+            let (ipv6, saddr, saddr_exprs) = addr_in(net, false);
+            postrouting.push(
+                format!("{} {saddr} oifname != \"{tun}\" masquerade", nfproto(ipv6)),
+                vec![
+                    nft::meta_nfproto(ipv6),
+                    saddr_exprs,
+                    nft::oifname(Cmp::Neq, tun),
+                    vec![nft::masquerade(false)],
+                ],
+            );
+        }
+        let mut prerouting = ChainRules::new("prerouting", Hook::Prerouting, nft::DSTNAT);
+        for (host_port, to) in &self.exposes {
+            // meta nfproto ipvN iifname != "TUN" tcp dport HOSTPORT dnat ipN to ADDR:PORT
+            let ip = if to.is_ipv6() { "ip6" } else { "ip" };
+            prerouting.push(
+                format!(
+                    "{} iifname != \"{tun}\" tcp dport {host_port} dnat {ip} to {to}",
+                    nfproto(to.is_ipv6()),
+                ),
+                vec![
+                    nft::meta_nfproto(to.is_ipv6()),
+                    nft::iifname(Cmp::Neq, tun),
+                    nft::tcp_dport(*host_port),
+                    nft::dnat_to(*to),
+                ],
+            );
+        }
+        if let Some(all) = &self.expose_all {
+            for to in &all.to {
+                let ipv6 = to.is_ipv6();
+                let ip = if ipv6 { "ip6" } else { "ip" };
+                let start = format!("{} iifname != \"{tun}\"", nfproto(ipv6));
+                let dnat = format!("dnat {ip} to {to}");
+                if all.ports.is_empty() {
+                    // meta nfproto ipvN iifname != "TUN" meta l4proto tcp
+                    //   fib daddr type local dnat ipN to ADDR
+                    prerouting.push(
+                        format!("{start} meta l4proto tcp fib daddr type local {dnat}"),
+                        vec![
+                            nft::meta_nfproto(ipv6),
+                            nft::iifname(Cmp::Neq, tun),
+                            nft::l4proto_tcp(),
+                            nft::fib_daddr_type_local(),
+                            nft::dnat_to_addr(*to),
+                        ],
+                    );
+                }
+                for ports in &all.ports {
+                    // meta nfproto ipvN iifname != "TUN" fib daddr type local
+                    //   tcp dport FIRST[-LAST] dnat ipN to ADDR
+                    prerouting.push(
+                        format!("{start} fib daddr type local tcp dport {ports} {dnat}"),
+                        vec![
+                            nft::meta_nfproto(ipv6),
+                            nft::iifname(Cmp::Neq, tun),
+                            nft::fib_daddr_type_local(),
+                            nft::tcp_dport_range(ports.first, ports.last),
+                            nft::dnat_to_addr(*to),
+                        ],
+                    );
+                }
+            }
+        }
+        let mut output = ChainRules::new("output", Hook::Output, nft::DSTNAT);
+        for (net, port) in &self.captures {
+            // meta nfproto ipvN ipN daddr NET/PREFIX meta l4proto tcp redirect to :PORT
+            let (ipv6, daddr, daddr_exprs) = addr_in(net, true);
+            output.push(
+                format!(
+                    "{} {daddr} meta l4proto tcp redirect to :{port}",
+                    nfproto(ipv6)
+                ),
+                vec![
+                    nft::meta_nfproto(ipv6),
+                    daddr_exprs,
+                    nft::l4proto_tcp(),
+                    nft::redirect_to(*port),
+                ],
+            );
+        }
+        [postrouting, prerouting, output]
+            .into_iter()
+            .filter(|c| !c.lines.is_empty())
+            .collect()
     }
 
     /// The table, as an `nft -f` script that replaces any table of the
@@ -74,33 +272,14 @@ impl NatRules {
     /// valid when there was none).
     pub fn script(&self) -> String {
         let table = table_name(&self.tun);
-        let tun = &self.tun;
         let family = FAMILY.name();
         let mut s = format!(
             "add table {family} {table}\ndelete table {family} {table}\ntable {family} {table} {{\n"
         );
-        if !self.masquerade.is_empty() {
-            s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
-            for net in &self.masquerade {
-                let (ipv6, saddr) = match net {
-                    IpCidr::V4(n) => (false, format!("ip saddr {}/{}", n.network(), n.prefix)),
-                    IpCidr::V6(n) => (true, format!("ip6 saddr {}/{}", n.network(), n.prefix)),
-                };
-                s += &format!(
-                    "    {} {saddr} oifname != \"{tun}\" masquerade\n",
-                    nfproto(ipv6)
-                );
-            }
-            s += "  }\n";
-        }
-        if !self.exposes.is_empty() {
-            s += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n";
-            for (host_port, to) in &self.exposes {
-                let ip = if to.is_ipv6() { "ip6" } else { "ip" };
-                s += &format!(
-                    "    {} iifname != \"{tun}\" tcp dport {host_port} dnat {ip} to {to}\n",
-                    nfproto(to.is_ipv6()),
-                );
+        for chain in self.chains() {
+            s += &format!("  chain {} {{\n    {}\n", chain.name, chain.header());
+            for line in &chain.lines {
+                s += &format!("    {line}\n");
             }
             s += "  }\n";
         }
@@ -111,65 +290,10 @@ impl NatRules {
     /// The table, as [`load`] sends it to the kernel: the same chains and
     /// rules as [`NatRules::script`].
     pub fn table(&self) -> Table {
-        let tun = &self.tun;
-        let mut chains = Vec::new();
-        if !self.masquerade.is_empty() {
-            // meta nfproto ipv4 ip saddr NET/PREFIX oifname != "TUN" masquerade
-            // meta nfproto ipv6 ip6 saddr NET/PREFIX oifname != "TUN" masquerade
-            let rules = self
-                .masquerade
-                .iter()
-                .map(|net| {
-                    let (ipv6, saddr) = match net {
-                        IpCidr::V4(n) => (false, nft::ip_saddr_in(n.network(), n.prefix)),
-                        IpCidr::V6(n) => (true, nft::ip6_saddr_in(n.network(), n.prefix)),
-                    };
-                    [
-                        nft::meta_nfproto(ipv6),
-                        saddr,
-                        nft::oifname(Cmp::Neq, tun),
-                        vec![nft::masquerade(false)],
-                    ]
-                    .concat()
-                })
-                .collect();
-            chains.push(Chain {
-                name: "postrouting".into(),
-                kind: ChainType::Nat,
-                hook: Hook::Postrouting,
-                priority: nft::SRCNAT,
-                policy: Verdict::Accept,
-                rules,
-            });
-        }
-        if !self.exposes.is_empty() {
-            // meta nfproto ipvN iifname != "TUN" tcp dport HOSTPORT dnat ipN to ADDR:PORT
-            let rules = self
-                .exposes
-                .iter()
-                .map(|(host_port, to)| {
-                    [
-                        nft::meta_nfproto(to.is_ipv6()),
-                        nft::iifname(Cmp::Neq, tun),
-                        nft::tcp_dport(*host_port),
-                        nft::dnat_to(*to),
-                    ]
-                    .concat()
-                })
-                .collect();
-            chains.push(Chain {
-                name: "prerouting".into(),
-                kind: ChainType::Nat,
-                hook: Hook::Prerouting,
-                priority: nft::DSTNAT,
-                policy: Verdict::Accept,
-                rules,
-            });
-        }
         Table {
             family: FAMILY,
-            name: table_name(tun),
-            chains,
+            name: table_name(&self.tun),
+            chains: self.chains().into_iter().map(ChainRules::chain).collect(),
         }
     }
 }
@@ -299,6 +423,8 @@ mod tests {
                 (2222, "10.0.2.1:22".parse().expect("addr")),
                 (2222, "[fd00:2::1]:22".parse().expect("addr")),
             ],
+            captures: vec![],
+            expose_all: None,
         };
         let script = rules.script();
         assert!(script.starts_with(
@@ -329,8 +455,132 @@ mod tests {
             tun: "t".into(),
             masquerade: vec![],
             exposes: vec![],
+            captures: vec![],
+            expose_all: None,
         };
         assert!(rules.is_empty());
         assert!(!rules.script().contains("chain"));
+        assert!(rules.table().chains.is_empty());
+        // --expose-all with no stack address has no rule either.
+        let rules = NatRules {
+            expose_all: Some(ExposeAll {
+                to: vec![],
+                ports: vec![],
+            }),
+            ..rules
+        };
+        assert!(rules.is_empty());
+        assert!(!rules.script().contains("chain"));
+    }
+
+    #[test]
+    fn captures_redirect_the_hosts_own_connections() {
+        let rules = NatRules {
+            tun: "t0".into(),
+            masquerade: vec![],
+            exposes: vec![],
+            captures: vec![
+                ("192.0.2.9/24".parse().expect("cidr"), 15001),
+                ("2001:db8::1/64".parse().expect("cidr"), 15001),
+            ],
+            expose_all: None,
+        };
+        assert!(!rules.is_empty());
+        let script = rules.script();
+        assert!(script.contains(
+            "  chain output {\n    type nat hook output priority -100; policy accept;\n"
+        ));
+        assert!(script.contains(
+            "    meta nfproto ipv4 ip daddr 192.0.2.0/24 meta l4proto tcp redirect to :15001\n"
+        ));
+        assert!(script.contains(
+            "    meta nfproto ipv6 ip6 daddr 2001:db8::/64 meta l4proto tcp redirect to :15001\n"
+        ));
+        assert!(!script.contains("prerouting") && !script.contains("postrouting"));
+        let table = rules.table();
+        assert_eq!(table.chains.len(), 1);
+        let output = &table.chains[0];
+        assert_eq!(
+            (output.name.as_str(), output.hook, output.priority),
+            ("output", Hook::Output, nft::DSTNAT)
+        );
+        assert_eq!(
+            output.rules[0],
+            [
+                nft::meta_nfproto(false),
+                nft::ip_daddr_in("192.0.2.0".parse().expect("addr"), 24),
+                nft::l4proto_tcp(),
+                nft::redirect_to(15001),
+            ]
+            .concat()
+        );
+        assert_eq!(output.rules.len(), 2);
+    }
+
+    #[test]
+    fn expose_all_follows_the_exposes_in_prerouting() {
+        let to = vec![
+            "10.0.2.1".parse().expect("addr"),
+            "fd00:2::1".parse().expect("addr"),
+        ];
+        let every_port = NatRules {
+            tun: "t0".into(),
+            masquerade: vec![],
+            exposes: vec![],
+            captures: vec![],
+            expose_all: Some(ExposeAll {
+                to: to.clone(),
+                ports: vec![],
+            }),
+        };
+        let script = every_port.script();
+        assert!(
+            script.contains("  chain prerouting {\n    type nat hook prerouting priority -100;")
+        );
+        assert!(script.contains(
+            "    meta nfproto ipv4 iifname != \"t0\" meta l4proto tcp fib daddr type local dnat ip to 10.0.2.1\n"
+        ));
+        assert!(script.contains(
+            "    meta nfproto ipv6 iifname != \"t0\" meta l4proto tcp fib daddr type local dnat ip6 to fd00:2::1\n"
+        ));
+        assert_eq!(every_port.table().chains[0].rules.len(), 2);
+
+        let some_ports = NatRules {
+            exposes: vec![(2222, "10.0.2.1:22".parse().expect("addr"))],
+            expose_all: Some(ExposeAll {
+                to,
+                ports: crate::ports::parse_port_list("22,8000-8100").expect("ports"),
+            }),
+            ..every_port
+        };
+        let script = some_ports.script();
+        let lines: Vec<&str> = script.lines().map(str::trim).collect();
+        let first = lines
+            .iter()
+            .position(|l| l.contains("tcp dport 2222"))
+            .expect("the --expose rule");
+        assert_eq!(
+            &lines[first + 1..first + 5],
+            &[
+                "meta nfproto ipv4 iifname != \"t0\" fib daddr type local tcp dport 22 dnat ip to 10.0.2.1",
+                "meta nfproto ipv4 iifname != \"t0\" fib daddr type local tcp dport 8000-8100 dnat ip to 10.0.2.1",
+                "meta nfproto ipv6 iifname != \"t0\" fib daddr type local tcp dport 22 dnat ip6 to fd00:2::1",
+                "meta nfproto ipv6 iifname != \"t0\" fib daddr type local tcp dport 8000-8100 dnat ip6 to fd00:2::1",
+            ]
+        );
+        let table = some_ports.table();
+        let prerouting = &table.chains[0];
+        assert_eq!(prerouting.rules.len(), 5);
+        assert_eq!(
+            prerouting.rules[2],
+            [
+                nft::meta_nfproto(false),
+                nft::iifname(Cmp::Neq, "t0"),
+                nft::fib_daddr_type_local(),
+                nft::tcp_dport_range(8000, 8100),
+                nft::dnat_to_addr(IpAddr::from([10, 0, 2, 1])),
+            ]
+            .concat()
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The numbers of the kernel's netlink and netfilter UAPI headers that
 //! this crate uses (values checked against `linux/netlink.h`,
 //! `linux/netfilter.h`, `linux/netfilter/nfnetlink.h`, `nf_tables.h`,
-//! `nf_nat.h` and `nfnetlink_conntrack.h`).
+//! `nf_nat.h`, `nfnetlink_conntrack.h` and `linux/rtnetlink.h`).
 #![allow(dead_code)]
 
 // linux/netlink.h
@@ -90,6 +90,8 @@ pub const NFTA_CMP_OP: u16 = 2;
 pub const NFTA_CMP_DATA: u16 = 3;
 pub const NFT_CMP_EQ: u32 = 0;
 pub const NFT_CMP_NEQ: u32 = 1;
+pub const NFT_CMP_LTE: u32 = 3;
+pub const NFT_CMP_GTE: u32 = 5;
 
 // meta
 pub const NFTA_META_DREG: u16 = 1;
@@ -117,6 +119,20 @@ pub const NFTA_NAT_FLAGS: u16 = 7;
 pub const NFT_NAT_SNAT: u32 = 0;
 pub const NFT_NAT_DNAT: u32 = 1;
 pub const NFTA_MASQ_FLAGS: u16 = 1;
+
+// redir
+pub const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+pub const NFTA_REDIR_FLAGS: u16 = 3;
+
+// fib
+pub const NFTA_FIB_DREG: u16 = 1;
+pub const NFTA_FIB_RESULT: u16 = 2;
+pub const NFTA_FIB_FLAGS: u16 = 3;
+pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+
+// linux/rtnetlink.h: a route's type (`fib ... type local`)
+pub const RTN_LOCAL: u32 = 2;
 
 // linux/netfilter/nf_nat.h
 pub const NF_NAT_RANGE_MAP_IPS: u32 = 1;

@@ -5,9 +5,9 @@
 //! expressions of a rule are the kernel's (what `nft --debug=netlink`
 //! prints), built by the helpers below ([`ip_saddr_in`], [`oifname`],
 //! [`tcp_dport`], [`dnat_to`], ...), so a rule reads like its nft line.
-//! Addresses of both families: [`ip_saddr_in`] and [`ip6_saddr_in`],
-//! [`dnat_to`] of either; an `inet` table's rule tests [`meta_nfproto`]
-//! before it reads or writes an address:
+//! Addresses of both families: [`ip_saddr_in`] and [`ip6_saddr_in`] (and
+//! the `daddr` ones), [`dnat_to`] of either; an `inet` table's rule tests
+//! [`meta_nfproto`] before it reads or writes an address:
 //!
 //! ```
 //! use ti_nfnetlink::nft::*;
@@ -125,6 +125,11 @@ pub enum Cmp {
     Eq,
     /// `!=`.
     Neq,
+    /// `>=` (the register's bytes against `data`'s, as big-endian
+    /// numbers: for values in network order).
+    Gte,
+    /// `<=` (as [`Cmp::Gte`]).
+    Lte,
 }
 
 /// Which header a payload expression reads.
@@ -213,6 +218,13 @@ pub enum Expr {
         /// Destination register.
         dreg: u32,
     },
+    /// `fib daddr type`: loads the type of the route to the packet's
+    /// destination address (`RTN_*`, a 32-bit number in host order) into
+    /// `dreg`.
+    FibDaddrType {
+        /// Destination register.
+        dreg: u32,
+    },
     /// Loads a constant into `dreg`.
     Immediate {
         /// Destination register.
@@ -239,37 +251,69 @@ pub enum Expr {
         /// Register with the port, if any.
         proto_reg: Option<u32>,
     },
+    /// Redirect: destination NAT to the host's own address (of the
+    /// incoming interface, or loopback for the host's own packets) and the
+    /// port in `proto_reg`.
+    Redir {
+        /// Register with the port.
+        proto_reg: u32,
+    },
 }
 
-/// `ip saddr NET/PREFIX`: payload, bitwise with the prefix's mask, cmp.
-pub fn ip_saddr_in(net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
+/// The IPv4 address at `offset` of the network header is in
+/// `NET/PREFIX`: payload, bitwise with the prefix's mask, cmp.
+fn ipv4_field_in(offset: u32, net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix.min(32)))
         .unwrap_or(0);
     let net = u32::from(net) & mask;
-    let saddr = Expr::Payload {
+    let addr = Expr::Payload {
         base: PayloadBase::Network,
-        offset: 12,
+        offset,
         len: 4,
         dreg: REG_1,
     };
-    masked_cmp(saddr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
+    masked_cmp(addr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
+}
+
+/// The IPv6 address at `offset` of the network header is in
+/// `NET/PREFIX`: payload (16 bytes), bitwise with the prefix's mask, cmp.
+fn ipv6_field_in(offset: u32, net: Ipv6Addr, prefix: u8) -> Vec<Expr> {
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0);
+    let net = u128::from(net) & mask;
+    let addr = Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len: 16,
+        dreg: REG_1,
+    };
+    masked_cmp(addr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
+}
+
+/// `ip saddr NET/PREFIX`: payload (the IPv4 source address, offset 12),
+/// bitwise with the prefix's mask, cmp.
+pub fn ip_saddr_in(net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
+    ipv4_field_in(12, net, prefix)
+}
+
+/// `ip daddr NET/PREFIX`: payload (the IPv4 destination address, offset
+/// 16), bitwise with the prefix's mask, cmp.
+pub fn ip_daddr_in(net: Ipv4Addr, prefix: u8) -> Vec<Expr> {
+    ipv4_field_in(16, net, prefix)
 }
 
 /// `ip6 saddr NET/PREFIX`: payload (the IPv6 source address, offset 8,
 /// 16 bytes), bitwise with the prefix's mask, cmp.
 pub fn ip6_saddr_in(net: Ipv6Addr, prefix: u8) -> Vec<Expr> {
-    let mask = u128::MAX
-        .checked_shl(128 - u32::from(prefix.min(128)))
-        .unwrap_or(0);
-    let net = u128::from(net) & mask;
-    let saddr = Expr::Payload {
-        base: PayloadBase::Network,
-        offset: 8,
-        len: 16,
-        dreg: REG_1,
-    };
-    masked_cmp(saddr, &mask.to_be_bytes(), Cmp::Eq, &net.to_be_bytes())
+    ipv6_field_in(8, net, prefix)
+}
+
+/// `ip6 daddr NET/PREFIX`: payload (the IPv6 destination address, offset
+/// 24, 16 bytes), bitwise with the prefix's mask, cmp.
+pub fn ip6_daddr_in(net: Ipv6Addr, prefix: u8) -> Vec<Expr> {
+    ipv6_field_in(24, net, prefix)
 }
 
 /// `meta nfproto ipv4` or `meta nfproto ipv6`: in an `inet` table, the
@@ -337,9 +381,8 @@ pub fn oifname(op: Cmp, name: &str) -> Vec<Expr> {
     ifname_match(MetaKey::OifName, op, name)
 }
 
-/// `tcp dport PORT`: the layer-4 protocol is TCP (6) and the
-/// destination port (transport header, offset 2) is `port`.
-pub fn tcp_dport(port: u16) -> Vec<Expr> {
+/// `meta l4proto tcp`: the layer-4 protocol is TCP (6).
+pub fn l4proto_tcp() -> Vec<Expr> {
     vec![
         Expr::Meta {
             key: MetaKey::L4Proto,
@@ -350,16 +393,70 @@ pub fn tcp_dport(port: u16) -> Vec<Expr> {
             op: Cmp::Eq,
             data: vec![6],
         },
-        Expr::Payload {
+    ]
+}
+
+/// The TCP destination port (transport header, offset 2, 2 bytes) loaded
+/// into register 1, after [`l4proto_tcp`].
+fn tcp_dport_load() -> Vec<Expr> {
+    [
+        l4proto_tcp(),
+        vec![Expr::Payload {
             base: PayloadBase::Transport,
             offset: 2,
             len: 2,
             dreg: REG_1,
+        }],
+    ]
+    .concat()
+}
+
+/// `tcp dport PORT`: the layer-4 protocol is TCP (6) and the
+/// destination port (transport header, offset 2) is `port`.
+pub fn tcp_dport(port: u16) -> Vec<Expr> {
+    let mut exprs = tcp_dport_load();
+    exprs.push(Expr::Cmp {
+        sreg: REG_1,
+        op: Cmp::Eq,
+        data: port.to_be_bytes().to_vec(),
+    });
+    exprs
+}
+
+/// `tcp dport FIRST-LAST`: as [`tcp_dport`] when `first == last`, else
+/// the port compared `>= first` and `<= last` (two `cmp`s, as nft sends
+/// a range it matches, rather than the kernel's `range` expression). A
+/// reversed range (`first > last`) matches nothing.
+pub fn tcp_dport_range(first: u16, last: u16) -> Vec<Expr> {
+    if first == last {
+        return tcp_dport(first);
+    }
+    let mut exprs = tcp_dport_load();
+    exprs.extend([
+        Expr::Cmp {
+            sreg: REG_1,
+            op: Cmp::Gte,
+            data: first.to_be_bytes().to_vec(),
         },
         Expr::Cmp {
             sreg: REG_1,
+            op: Cmp::Lte,
+            data: last.to_be_bytes().to_vec(),
+        },
+    ]);
+    exprs
+}
+
+/// `fib daddr type local`: the packet is addressed to one of this host's
+/// own addresses (the route to its destination is of type `RTN_LOCAL`,
+/// compared as nft does, a 32-bit number in host order).
+pub fn fib_daddr_type_local() -> Vec<Expr> {
+    vec![
+        Expr::FibDaddrType { dreg: REG_1 },
+        Expr::Cmp {
+            sreg: REG_1,
             op: Cmp::Eq,
-            data: port.to_be_bytes().to_vec(),
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
         },
     ]
 }
@@ -407,17 +504,41 @@ pub fn dnat_to(to: impl Into<SocketAddr>) -> Vec<Expr> {
     ]
 }
 
-/// `snat to ADDR`.
-pub fn snat_to(to: impl Into<IpAddr>) -> Vec<Expr> {
-    let (data, ipv6) = addr_bytes(to.into());
+/// `snat to ADDR` or `dnat to ADDR` (no port: the packet's is kept).
+fn nat_to_addr(dnat: bool, to: IpAddr) -> Vec<Expr> {
+    let (data, ipv6) = addr_bytes(to);
     vec![
         Expr::Immediate { dreg: REG_1, data },
         Expr::Nat {
-            dnat: false,
+            dnat,
             ipv6,
             addr_reg: REG_1,
             proto_reg: None,
         },
+    ]
+}
+
+/// `snat to ADDR`.
+pub fn snat_to(to: impl Into<IpAddr>) -> Vec<Expr> {
+    nat_to_addr(false, to.into())
+}
+
+/// `dnat to ADDR` without a port, so the destination port is kept (`dnat
+/// ip to` or `dnat ip6 to` in an `inet` table, by the address's family).
+pub fn dnat_to_addr(to: impl Into<IpAddr>) -> Vec<Expr> {
+    nat_to_addr(true, to.into())
+}
+
+/// `redirect to :PORT`: the port loaded into register 1 (network order),
+/// then the redirection to it (to the host's own address: loopback for
+/// the host's own packets).
+pub fn redirect_to(port: u16) -> Vec<Expr> {
+    vec![
+        Expr::Immediate {
+            dreg: REG_1,
+            data: port.to_be_bytes().to_vec(),
+        },
+        Expr::Redir { proto_reg: REG_1 },
     ]
 }
 
@@ -460,9 +581,11 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
         Expr::Cmp { .. } => "cmp",
         Expr::Meta { .. } => "meta",
         Expr::CtState { .. } => "ct",
+        Expr::FibDaddrType { .. } => "fib",
         Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
         Expr::Masq { .. } => "masq",
         Expr::Nat { .. } => "nat",
+        Expr::Redir { .. } => "redir",
     };
     m.begin(NFTA_LIST_ELEM).put_str(NFTA_EXPR_NAME, name);
     m.begin(NFTA_EXPR_DATA);
@@ -499,6 +622,8 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
             let op = match op {
                 Cmp::Eq => NFT_CMP_EQ,
                 Cmp::Neq => NFT_CMP_NEQ,
+                Cmp::Gte => NFT_CMP_GTE,
+                Cmp::Lte => NFT_CMP_LTE,
             };
             m.put_be32(NFTA_CMP_SREG, *sreg).put_be32(NFTA_CMP_OP, op);
             put_data(m, NFTA_CMP_DATA, data);
@@ -516,6 +641,12 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
         Expr::CtState { dreg } => {
             m.put_be32(NFTA_CT_KEY, NFT_CT_STATE)
                 .put_be32(NFTA_CT_DREG, *dreg);
+        }
+        Expr::FibDaddrType { dreg } => {
+            // In nft's order: flags, result, register.
+            m.put_be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR)
+                .put_be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
+                .put_be32(NFTA_FIB_DREG, *dreg);
         }
         Expr::Immediate { dreg, data } => {
             m.put_be32(NFTA_IMMEDIATE_DREG, *dreg);
@@ -551,6 +682,10 @@ fn put_expr(m: &mut Msg, expr: &Expr) {
                 m.put_be32(NFTA_NAT_REG_PROTO_MIN, *reg)
                     .put_be32(NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
             }
+        }
+        Expr::Redir { proto_reg } => {
+            m.put_be32(NFTA_REDIR_REG_PROTO_MIN, *proto_reg)
+                .put_be32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
         }
     }
     m.end().end();
@@ -842,6 +977,232 @@ mod tests {
             Expr::Immediate {
                 dreg: REG_2,
                 data: vec![0, 22]
+            }
+        );
+    }
+
+    /// One netlink attribute (native-endian header, 4-byte padding),
+    /// written independently of [`Msg`] to check its encoding.
+    fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + payload.len()).expect("short");
+        let mut b = [len.to_ne_bytes(), ty.to_ne_bytes()].concat();
+        b.extend_from_slice(payload);
+        b.resize(b.len().div_ceil(4) * 4, 0);
+        b
+    }
+
+    /// A nested attribute.
+    fn nest(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+        nla(ty | 0x8000, &parts.concat())
+    }
+
+    /// An expression as `put_expr` encodes it (the list element).
+    fn encoded(expr: &Expr) -> Vec<u8> {
+        let mut m = Msg::new(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE, 0, 0, 0, 0);
+        put_expr(&mut m, expr);
+        // After nlmsghdr (16 bytes) and nfgenmsg (4).
+        m.finish()[20..].to_vec()
+    }
+
+    /// What nft sends for an expression (`nft --debug=mnl`): its name and
+    /// its attributes.
+    fn as_nft_sends(name: &str, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut name = name.as_bytes().to_vec();
+        name.push(0);
+        nest(1, &[nla(1, &name), nest(2, attrs)])
+    }
+
+    #[test]
+    fn destination_prefixes_read_the_destination_address() {
+        let v4 = ip_daddr_in(Ipv4Addr::new(192, 0, 2, 77), 24);
+        assert_eq!(
+            v4,
+            vec![
+                Expr::Payload {
+                    base: PayloadBase::Network,
+                    offset: 16,
+                    len: 4,
+                    dreg: REG_1
+                },
+                Expr::Bitwise {
+                    sreg: REG_1,
+                    dreg: REG_1,
+                    mask: vec![255, 255, 255, 0],
+                    xor: vec![0; 4]
+                },
+                Expr::Cmp {
+                    sreg: REG_1,
+                    op: Cmp::Eq,
+                    data: vec![192, 0, 2, 0]
+                },
+            ]
+        );
+        // The same as the source's but for the offset.
+        let mut saddr = ip_saddr_in(Ipv4Addr::new(192, 0, 2, 77), 24);
+        saddr[0] = v4[0].clone();
+        assert_eq!(saddr, v4);
+
+        let v6 = ip6_daddr_in("2001:db8::5".parse().expect("addr"), 64);
+        assert_eq!(
+            v6[0],
+            Expr::Payload {
+                base: PayloadBase::Network,
+                offset: 24,
+                len: 16,
+                dreg: REG_1
+            }
+        );
+        let mut mask = vec![0xff; 8];
+        mask.resize(16, 0);
+        assert!(matches!(&v6[1], Expr::Bitwise { mask: m, .. } if *m == mask));
+        let mut net = vec![0x20, 0x01, 0x0d, 0xb8];
+        net.resize(16, 0);
+        assert!(matches!(&v6[2], Expr::Cmp { data, op: Cmp::Eq, .. } if *data == net));
+    }
+
+    #[test]
+    fn a_port_range_is_two_comparisons_and_a_single_port_one() {
+        assert_eq!(tcp_dport_range(22, 22), tcp_dport(22));
+        assert_eq!(&tcp_dport(22)[..2], &l4proto_tcp()[..]);
+        assert_eq!(
+            l4proto_tcp()[1],
+            Expr::Cmp {
+                sreg: REG_1,
+                op: Cmp::Eq,
+                data: vec![6]
+            }
+        );
+        let range = tcp_dport_range(8000, 8100);
+        assert_eq!(range.len(), 5);
+        assert_eq!(&range[..3], &tcp_dport(8000)[..3]);
+        assert_eq!(
+            &range[3..],
+            &[
+                Expr::Cmp {
+                    sreg: REG_1,
+                    op: Cmp::Gte,
+                    data: vec![0x1f, 0x40]
+                },
+                Expr::Cmp {
+                    sreg: REG_1,
+                    op: Cmp::Lte,
+                    data: vec![0x1f, 0xa4]
+                },
+            ]
+        );
+        // `cmp gte reg 1 0x0000401f`, `cmp lte reg 1 0x0000a41f`.
+        let sreg = nla(1, &1u32.to_be_bytes());
+        let gte = as_nft_sends(
+            "cmp",
+            &[
+                sreg.clone(),
+                nla(2, &5u32.to_be_bytes()),
+                nest(3, &[nla(1, &[0x1f, 0x40])]),
+            ],
+        );
+        assert_eq!(encoded(&range[3]), gte);
+        let lte = as_nft_sends(
+            "cmp",
+            &[
+                sreg,
+                nla(2, &3u32.to_be_bytes()),
+                nest(3, &[nla(1, &[0x1f, 0xa4])]),
+            ],
+        );
+        assert_eq!(encoded(&range[4]), lte);
+    }
+
+    #[test]
+    fn fib_daddr_type_local_is_encoded_as_nft_sends_it() {
+        let exprs = fib_daddr_type_local();
+        assert_eq!(exprs[0], Expr::FibDaddrType { dreg: REG_1 });
+        assert_eq!(
+            exprs[1],
+            Expr::Cmp {
+                sreg: REG_1,
+                op: Cmp::Eq,
+                data: 2u32.to_ne_bytes().to_vec()
+            }
+        );
+        // `fib daddr type => reg 1`: flags DADDR, result ADDRTYPE, dreg.
+        let fib = as_nft_sends(
+            "fib",
+            &[
+                nla(3, &2u32.to_be_bytes()),
+                nla(2, &3u32.to_be_bytes()),
+                nla(1, &1u32.to_be_bytes()),
+            ],
+        );
+        assert_eq!(encoded(&exprs[0]), fib);
+    }
+
+    #[test]
+    fn a_redirect_loads_its_port_and_names_it() {
+        let exprs = redirect_to(1234);
+        assert_eq!(
+            exprs,
+            vec![
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: vec![0x04, 0xd2]
+                },
+                Expr::Redir { proto_reg: REG_1 },
+            ]
+        );
+        // `redir proto_min reg 1 flags 0x2`.
+        let redir = as_nft_sends(
+            "redir",
+            &[nla(1, &1u32.to_be_bytes()), nla(3, &2u32.to_be_bytes())],
+        );
+        assert_eq!(encoded(&exprs[1]), redir);
+    }
+
+    #[test]
+    fn dnat_to_an_address_keeps_the_port() {
+        let v4 = dnat_to_addr(Ipv4Addr::new(10, 0, 2, 1));
+        assert_eq!(
+            v4,
+            vec![
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: vec![10, 0, 2, 1]
+                },
+                Expr::Nat {
+                    dnat: true,
+                    ipv6: false,
+                    addr_reg: REG_1,
+                    proto_reg: None
+                },
+            ]
+        );
+        // `nat dnat ip addr_min reg 1`: no port register, no flags.
+        let nat = as_nft_sends(
+            "nat",
+            &[
+                nla(1, &1u32.to_be_bytes()),
+                nla(2, &2u32.to_be_bytes()),
+                nla(3, &1u32.to_be_bytes()),
+            ],
+        );
+        assert_eq!(encoded(&v4[1]), nat);
+        let v6 = dnat_to_addr("fd00:2::1".parse::<IpAddr>().expect("addr"));
+        assert!(matches!(&v6[0], Expr::Immediate { data, .. } if data.len() == 16));
+        assert!(matches!(
+            v6[1],
+            Expr::Nat {
+                dnat: true,
+                ipv6: true,
+                proto_reg: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            snat_to(Ipv4Addr::new(10, 0, 2, 1))[1],
+            Expr::Nat {
+                dnat: false,
+                ipv6: false,
+                addr_reg: REG_1,
+                proto_reg: None
             }
         );
     }

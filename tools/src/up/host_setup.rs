@@ -269,6 +269,8 @@ fn add_nat_rules(args: &UpArgs, state: &mut UpState, undo: &mut Undo) -> Result<
                     .map(move |a| (e.host_port, SocketAddr::new(a.addr(), e.port)))
             })
             .collect(),
+        captures: Vec::new(),
+        expose_all: None,
     };
     if rules.is_empty() {
         return Ok(());
