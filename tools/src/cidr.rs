@@ -170,6 +170,44 @@ impl IpCidr {
             IpCidr::V6(c) => c.prefix,
         }
     }
+
+    /// The network: the address with its host bits cleared.
+    pub fn network(self) -> IpCidr {
+        match self {
+            IpCidr::V4(c) => IpCidr::V4(Ipv4Cidr {
+                addr: c.network(),
+                prefix: c.prefix,
+            }),
+            IpCidr::V6(c) => IpCidr::V6(Ipv6Cidr {
+                addr: c.network(),
+                prefix: c.prefix,
+            }),
+        }
+    }
+
+    /// Whether `addr` is in the subnet (never across families).
+    pub fn contains(self, addr: IpAddr) -> bool {
+        match (self, addr) {
+            (IpCidr::V4(c), IpAddr::V4(a)) => c.contains(a),
+            (IpCidr::V6(c), IpAddr::V6(a)) => c.contains(a),
+            _ => false,
+        }
+    }
+
+    /// Whether two subnets share an address (never across families).
+    pub fn overlaps(self, other: IpCidr) -> bool {
+        let shorter = if self.prefix() <= other.prefix() {
+            self
+        } else {
+            other
+        };
+        let longer = if self.prefix() <= other.prefix() {
+            other
+        } else {
+            self
+        };
+        shorter.contains(longer.addr())
+    }
 }
 
 impl fmt::Display for IpCidr {
@@ -244,5 +282,21 @@ mod tests {
             "fd00:2::1/64".parse::<IpCidr>().expect("v6").to_string(),
             "fd00:2::1/64"
         );
+    }
+
+    #[test]
+    fn overlap_is_a_shared_address() {
+        let subnets_overlap = |a: IpCidr, b: IpCidr| a.overlaps(b);
+        let cidr = |s: &str| -> IpCidr { s.parse().expect("cidr") };
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.2.200/24")));
+        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.0.1/16")));
+        assert!(subnets_overlap(cidr("10.0.0.1/16"), cidr("10.0.2.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.3.1/24")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/25"), cidr("10.0.2.129/25")));
+        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:2::ff/64")));
+        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00::1/16")));
+        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:3::1/64")));
+        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fe80::1/64")));
+        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("::/0")));
     }
 }

@@ -472,3 +472,77 @@ fn a_dual_stack_pair_carries_both_families_at_once() {
     drop(client);
     drop(server);
 }
+
+/// Transparent mode over IPv6 (issue 18): the client captures the
+/// server's IPv6 network only (`--capture 2001:db8:2::/64`), the server
+/// serves and exposes every port; a program connects to the server's real
+/// address and port, the NAT66 loses its state mid-transfer, byte-exact
+/// with one resume. SIGTERM leaves no table.
+#[test]
+fn a_captured_ipv6_connection_survives_nat66_state_loss() {
+    require_root(&TOOLS);
+    let scratch = Scratch::new("ipv6-capture");
+    let net = Net6::build("tf6k", false);
+    let echo = echo_server(listen_in(&net.server, "[::]:7000"));
+    let mut server = Up::start(
+        &net.server,
+        &scratch,
+        "server",
+        &[
+            "--address",
+            "fd00:2::1/64",
+            "--serve-all",
+            "--expose-all",
+            "--stall-timeout",
+            "1s",
+        ],
+    );
+    let mut client = Up::start(
+        &net.client,
+        &scratch,
+        "client",
+        &[
+            "--address",
+            "fd00:1::1/64",
+            "--masquerade",
+            "--capture",
+            "2001:db8:2::/64",
+            "--stall-timeout",
+            "1s",
+        ],
+    );
+    assert!(
+        client
+            .log_text()
+            .contains("capture TCP to 2001:db8:2::/64 (redirected to [::1]:"),
+        "{}",
+        client.log_text()
+    );
+    let conn = connect_in(&net.client, &format!("[{SERVER_ADDR}]:7000"));
+    let via = format!("capture [{SERVER_ADDR}]:7000 <- [{CLIENT_ADDR}]:");
+    let (echoed, len, sha, want) = echo_transfer(conn, echo, 8 << 20, 63, || {
+        let before = wait_json(&client, "a TI-flow", |r| {
+            r.flows.iter().any(|f| f.mode == "resilient")
+        });
+        assert!(before.flows[0].via.starts_with(&via), "{before:#?}");
+        assert_eq!(before.flows[0].peer, format!("[{SERVER_ADDR}]:7000"));
+        net.flush_router();
+        let after = wait_json(&client, "a resume after the NAT66 lost its state", |r| {
+            r.flows.iter().any(|f| f.resumes >= 1)
+        });
+        assert_eq!(after.flows[0].resumes, 1, "{after:#?}");
+        let served = wait_json(&server, "the server's side resumed", |r| {
+            r.flows.iter().any(|f| f.resumes >= 1)
+        });
+        assert_eq!(served.flows[0].via, "serve-all 7000 -> [::1]:7000");
+    });
+    assert_eq!(echoed, 8 << 20, "the server program got every byte");
+    assert_eq!(len, 8 << 20, "the client program got every byte back");
+    assert_eq!(sha, want, "byte-exact both ways");
+    sigterm(&mut client);
+    sigterm(&mut server);
+    for ns in [&net.client, &net.server] {
+        let tables = text(&ns.run(&["nft", "list", "tables"]).expect("nft").stdout);
+        assert!(!tables.contains("tiflow_"), "no table left: {tables}");
+    }
+}

@@ -75,6 +75,33 @@ fn bad_arguments_are_usage_errors_with_clear_messages() {
             &["up", "--serve", "22=22", "--serve", "22=23"],
             "given twice",
         ),
+        (&["up", "--capture", "10.0.2.0"], "like 192.0.2.0/24"),
+        (
+            &["up", "--capture", "127.0.0.0/8"],
+            "holds loopback addresses",
+        ),
+        (
+            &["up", "--capture", "0.0.0.0/0"],
+            "holds loopback addresses",
+        ),
+        (
+            &["up", "--capture", "10.0.0.0/16"],
+            "overlaps the stack's own subnet 10.0.2.1/24",
+        ),
+        (
+            &["up", "--capture", "2001:db8::/64"],
+            "needs an IPv6 address on the stack",
+        ),
+        (&["up", "--expose-all"], "add --serve-all"),
+        (&["up", "--allow-ports", "22"], "add --serve-all"),
+        (
+            &["up", "--serve-all", "--allow-ports", "22,0"],
+            "--allow-ports",
+        ),
+        (
+            &["up", "--serve-all", "--allow-ports", "8100-8000"],
+            "--allow-ports",
+        ),
         (&["fail"], "required"),
         (&["fail", "xyz"], "is not a TIFID"),
         (&["fail", "0a4530be79bf", "--all"], "cannot be used with"),

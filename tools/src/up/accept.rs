@@ -1,7 +1,10 @@
 //! Where carried connections come from: kernel connections accepted on a
-//! `--forward` port (each carried to its remote as a TI-flow) and TI-flows
-//! accepted on a `--serve` port (each carried to its local target with
-//! kernel TCP). Each connection becomes one relay task.
+//! `--forward` port (each carried to its remote as a TI-flow) or on the
+//! capture listener that `--capture`'s redirect sends them to (each
+//! carried to the destination its program asked for), and TI-flows
+//! accepted on a `--serve` port or by `--serve-all` on any port (each
+//! carried to its local target with kernel TCP). Each connection becomes
+//! one relay task.
 //!
 //! Owns the behaviour when the process runs out of file descriptors: a
 //! local connection that cannot be served is refused (accepted with a
@@ -11,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::registry::Conns;
 use super::relay::{relay, reset_on_close};
 use super::{Forward, Serve, Stop};
+use crate::cidr::IpCidr;
 use crate::host::is_out_of_descriptors;
 
 /// How long a `--serve` connection to its local target may take.
@@ -59,20 +63,68 @@ impl<D: Device + Wait + Send + 'static> Clone for Carry<D> {
     }
 }
 
-/// Accepts local connections on a `--forward` port until `tiflow up`
-/// stops; each is carried to the remote in its own task.
-pub(super) async fn accept_forwards<D: Device + Wait + Send + 'static>(
-    forward: Forward,
+/// Where the local connections of one kernel listener go.
+#[derive(Debug, Clone)]
+pub(super) enum Outbound {
+    /// `--forward`: all to its remote.
+    Forward(Forward),
+    /// `--capture`: each to the destination its program asked for (the
+    /// kernel redirected it here), which must be in one of these networks.
+    Capture(Arc<[IpCidr]>),
+}
+
+impl Outbound {
+    /// Where a connection accepted on `listen` from `client` goes, and its
+    /// description for `tiflow status`; an error says why it cannot go.
+    fn route(
+        &self,
+        listen: SocketAddr,
+        kernel: &TcpStream,
+        client: SocketAddr,
+    ) -> Result<(SocketAddr, String), String> {
+        match self {
+            Outbound::Forward(f) => Ok((f.remote, format!("forward {listen} <- {client}"))),
+            Outbound::Capture(networks) => {
+                let to = original_destination(kernel)
+                    .map_err(|e| format!("no original destination ({e}): not redirected"))?;
+                if to == listen || !networks.iter().any(|n| n.contains(to.ip())) {
+                    return Err(format!(
+                        "its destination {to} is not in a captured network: a connection made straight to the capture port"
+                    ));
+                }
+                Ok((to, format!("capture {to} <- {client}")))
+            }
+        }
+    }
+}
+
+/// The destination a program connected to before netfilter redirected
+/// the connection to us (`SO_ORIGINAL_DST`; the listener's own address
+/// for a connection that was not redirected).
+fn original_destination(kernel: &TcpStream) -> io::Result<SocketAddr> {
+    use rustix::net::sockopt;
+    Ok(match kernel.local_addr()? {
+        SocketAddr::V4(_) => SocketAddr::V4(sockopt::ip_original_dst(kernel)?),
+        SocketAddr::V6(_) => SocketAddr::V6(sockopt::ipv6_original_dst(kernel)?),
+    })
+}
+
+/// Accepts local connections on a `--forward` port or a capture listener
+/// until `tiflow up` stops; each is carried to its remote in its own task.
+pub(super) async fn accept_outbound<D: Device + Wait + Send + 'static>(
+    outbound: Outbound,
     listener: StdTcpListener,
     carry: Carry<D>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(listen = %forward.listen, error = %e, "cannot watch the --forward listener");
+    let listen = listener.local_addr();
+    let listener = match (TcpListener::from_std(listener), listen) {
+        (Ok(l), Ok(listen)) => (l, listen),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(?outbound, error = %e, "cannot watch a local listener");
             return;
         }
     };
+    let (listener, listen) = listener;
     let mut stop = carry.stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -82,8 +134,16 @@ pub(super) async fn accept_forwards<D: Device + Wait + Send + 'static>(
         match accepted {
             Ok((kernel, client)) => {
                 carry.descriptors.accepting_again();
-                let carry = carry.clone();
-                tokio::spawn(forward_one(forward, kernel, client, carry));
+                match outbound.route(listen, &kernel, client) {
+                    Ok((remote, via)) => {
+                        let carry = carry.clone();
+                        tokio::spawn(carry_out(remote, via, kernel, client, carry));
+                    }
+                    Err(why) => {
+                        warn!(%client, %listen, "connection refused: {why}");
+                        reset_on_close(&kernel);
+                    }
+                }
             }
             Err(e) if is_out_of_descriptors(&e) => {
                 let refused = carry
@@ -94,26 +154,28 @@ pub(super) async fn accept_forwards<D: Device + Wait + Send + 'static>(
                 }
             }
             Err(e) => {
-                warn!(error = %e, listen = %forward.listen, "accept failed");
+                warn!(error = %e, %listen, "accept failed");
                 tokio::time::sleep(RETRY).await;
             }
         }
     }
 }
 
-async fn forward_one<D: Device + Wait + Send + 'static>(
-    forward: Forward,
+/// Carries one local connection to `remote` as a TI-flow (or plain TCP);
+/// `via` is how `tiflow status` shows where it came from.
+async fn carry_out<D: Device + Wait + Send + 'static>(
+    remote: SocketAddr,
+    via: String,
     kernel: TcpStream,
     client: SocketAddr,
     carry: Carry<D>,
 ) {
-    let via = format!("forward {} <- {client}", forward.listen);
     let n = carry.conns.add(via);
-    info!(%client, remote = %forward.remote, "forwarding a connection");
+    info!(%client, %remote, "forwarding a connection");
     let limit = carry.connect_limit;
     // The stream is registered from its first SYN: `tiflow status` shows
     // it (`connecting`, with its age) while the handshake takes.
-    let connected = match carry.runtime.connect_start(forward.remote) {
+    let connected = match carry.runtime.connect_start(remote) {
         Ok(ti) => {
             carry.conns.set_stream(n, Some(ti.id()));
             tokio::time::timeout(limit, ti.connected())
@@ -126,24 +188,54 @@ async fn forward_one<D: Device + Wait + Send + 'static>(
     let ti = match connected {
         Ok(ti) => ti,
         Err(e) => {
-            warn!(%client, remote = %forward.remote, error = %e, "cannot reach the remote: resetting local connection");
+            warn!(%client, %remote, error = %e, "cannot reach the remote: resetting local connection");
             reset_on_close(&kernel);
             carry.conns.remove(n);
             return;
         }
     };
     match ti.mode() {
-        Mode::Resilient { tifid } => info!(%tifid, remote = %forward.remote, "TI-flow open"),
-        Mode::Legacy => info!(remote = %forward.remote, "peer without TI: plain TCP"),
+        Mode::Resilient { tifid } => info!(%tifid, %remote, "TI-flow open"),
+        Mode::Legacy => info!(%remote, "peer without TI: plain TCP"),
     }
     let last = relay(kernel, ti, carry.stop.clone()).await;
     carry.conns.finish(n, last);
 }
 
-/// Accepts TI-flows (and plain TCP) on a `--serve` port until `tiflow up`
-/// stops; each is carried to the local target in its own task.
+/// Where the flows of one stack listener go.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Inbound {
+    /// `--serve PORT=TARGET`: to its target.
+    Serve(Serve),
+    /// `--serve-all`: each to the same port on this host, over loopback
+    /// of the flow's family.
+    All,
+}
+
+impl Inbound {
+    /// The local target of a flow that came to the stack's `local`
+    /// address, and its description for `tiflow status`.
+    fn target(self, local: Option<SocketAddr>) -> Option<(SocketAddr, String)> {
+        match self {
+            Inbound::Serve(s) => Some((s.target, format!("serve {} -> {}", s.port, s.target))),
+            Inbound::All => {
+                let local = local?;
+                let loopback = match local {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                };
+                let target = SocketAddr::new(loopback, local.port());
+                Some((target, format!("serve-all {} -> {target}", local.port())))
+            }
+        }
+    }
+}
+
+/// Accepts TI-flows (and plain TCP) on a `--serve` port, or on every port
+/// for `--serve-all`, until `tiflow up` stops; each is carried to its
+/// local target in its own task.
 pub(super) async fn accept_serves<D: Device + Wait + Send + 'static>(
-    serve: Serve,
+    serve: Inbound,
     listener: TiListener<D>,
     carry: Carry<D>,
 ) {
@@ -161,7 +253,7 @@ pub(super) async fn accept_serves<D: Device + Wait + Send + 'static>(
                 tokio::spawn(serve_one(serve, ti, carry));
             }
             Err(e) => {
-                warn!(port = serve.port, error = %e, "stack accept failed");
+                warn!(?serve, error = %e, "stack accept failed");
                 return;
             }
         }
@@ -169,20 +261,25 @@ pub(super) async fn accept_serves<D: Device + Wait + Send + 'static>(
 }
 
 async fn serve_one<D: Device + Wait + Send + 'static>(
-    serve: Serve,
+    serve: Inbound,
     ti: ti_stack::TiStream<D>,
     carry: Carry<D>,
 ) {
     let peer = ti.peer_addr();
-    let n = carry
-        .conns
-        .add(format!("serve {} -> {}", serve.port, serve.target));
+    let Some((target, via)) = serve.target(ti.local_addr()) else {
+        warn!(
+            ?peer,
+            "accepted a flow without a local address: aborting it"
+        );
+        let _ = ti.abort();
+        return;
+    };
+    let n = carry.conns.add(via);
     carry.conns.set_stream(n, Some(ti.id()));
     match ti.mode() {
-        Mode::Resilient { tifid } => info!(%tifid, ?peer, "TI-flow accepted"),
-        Mode::Legacy => info!(?peer, "plain TCP connection accepted"),
+        Mode::Resilient { tifid } => info!(%tifid, ?peer, %target, "TI-flow accepted"),
+        Mode::Legacy => info!(?peer, %target, "plain TCP connection accepted"),
     }
-    let target = serve.target;
     let connected = tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(target)).await;
     let kernel = match connected {
         Ok(Ok(kernel)) => {

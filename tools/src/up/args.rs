@@ -11,6 +11,7 @@ use ti_stack::{Ipv6Addressing, StackConfig};
 
 use crate::cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr};
 use crate::control;
+use crate::ports::{PortRange, parse_port_list};
 
 /// Help shown after `tiflow up`'s options.
 pub const UP_HELP: &str = "\
@@ -38,6 +39,18 @@ Example (ssh through TI-flows; server host 192.0.2.10):
   client# tiflow up --address 10.0.1.1/24 --masquerade --forward 127.0.0.1:2222=192.0.2.10:2222
   client$ ssh -p 2222 user@127.0.0.1
   client# tiflow status; tiflow fail --all
+
+Transparent mode (no port lists; programs use the server's real address):
+  server# tiflow up --address 10.0.2.1/24 --serve-all --expose-all
+  client# tiflow up --address 10.0.1.1/24 --masquerade --capture 192.0.2.0/24
+  client$ ssh user@192.0.2.10; curl http://192.0.2.10/
+  The client's kernel redirects TCP this host opens to 192.0.2.0/24 (not
+  UDP, not ICMP) to tiflow up, which carries each connection to the
+  destination its program asked for; a server without tiflow gets plain TCP.
+  The server's kernel sends TCP arriving at any port of its own addresses
+  (or only --allow-ports) to the stack, which connects each flow to the same
+  port on 127.0.0.1 (::1 over IPv6): servers listening on a wildcard or
+  loopback address are reached, and they see connections from loopback.
 
 Example over IPv6 (server host 2001:db8::10):
   server# tiflow up --address fd00:2::1/64 --serve 22=[::1]:22 --expose 2222=22
@@ -187,6 +200,34 @@ fn host_port(s: &str, what: &str) -> Result<(SocketAddr, Option<SocketAddr>), St
     Ok((first, other))
 }
 
+/// `--allow-ports`: the ports `--serve-all` and `--expose-all` take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<PortRange>);
+
+fn parse_allow_ports(s: &str) -> Result<PortList, String> {
+    parse_port_list(s).map(PortList)
+}
+
+/// A `--capture` prefix: a network of either family (host bits are
+/// cleared), not one holding loopback addresses (the relays of `tiflow
+/// up` itself reach their programs there).
+fn parse_capture(s: &str) -> Result<IpCidr, String> {
+    let net = s
+        .parse::<IpCidr>()
+        .map_err(|e| format!("{e} (a network to capture, like 192.0.2.0/24)"))?
+        .network();
+    let loopback = match net {
+        IpCidr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpCidr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    if net.contains(loopback) || net.addr().is_loopback() {
+        return Err(format!(
+            "{net} holds loopback addresses: capture the networks of remote hosts"
+        ));
+    }
+    Ok(net)
+}
+
 /// Parses `500ms`, `3s` or `2m`; a number needs its unit (is `3` three
 /// seconds or three milliseconds?), and zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -332,6 +373,34 @@ pub struct UpArgs {
     /// defaults to HOSTPORT). Repeatable.
     #[arg(long = "expose", value_name = "HOSTPORT[=PORT]")]
     pub exposes: Vec<Expose>,
+
+    /// Transparent mode, client side: TCP connections this host's programs
+    /// open to PREFIX (like 192.0.2.0/24 or 2001:db8::/64, of a family the
+    /// stack has) are carried to their real destination as TI-flows (plain
+    /// TCP where the server has no tiflow); programs connect to the real
+    /// address and port, no --forward needed. Only TCP is taken: UDP and
+    /// ICMP keep their route. Repeatable.
+    #[arg(long = "capture", value_name = "PREFIX", value_parser = parse_capture)]
+    pub captures: Vec<IpCidr>,
+
+    /// Transparent mode, server side: accept TI-flows (and plain TCP) on
+    /// every port of the stack that no --serve holds (or only on
+    /// --allow-ports) and connect each to the same port on this host
+    /// (127.0.0.1, or ::1 for a flow over IPv6).
+    #[arg(long)]
+    pub serve_all: bool,
+
+    /// Forward TCP arriving at this host's own addresses on any port (or
+    /// only on --allow-ports) to the same port of the stack (nftables DNAT,
+    /// each family the stack has): --expose for every port. Needs
+    /// --serve-all.
+    #[arg(long)]
+    pub expose_all: bool,
+
+    /// With --serve-all and --expose-all: only these ports (like
+    /// 22,80,8000-8100).
+    #[arg(long, value_name = "PORTS", value_parser = parse_allow_ports)]
+    pub allow_ports: Option<PortList>,
 
     /// Data outstanding without acknowledgement this long means the TCP
     /// connection died (the flow resumes).
@@ -514,6 +583,7 @@ impl UpArgs {
                 ));
             }
         }
+        self.validate_transparent()?;
         let mut hosts = std::collections::HashSet::new();
         for e in &self.exposes {
             if !hosts.insert(e.host_port) {
@@ -527,6 +597,46 @@ impl UpArgs {
             }
         }
         Ok(())
+    }
+
+    /// `--capture`, `--serve-all`, `--expose-all` and `--allow-ports` fit
+    /// together and with the addresses.
+    fn validate_transparent(&self) -> Result<(), String> {
+        for net in &self.captures {
+            if !self.has_family_of(net.addr()) {
+                let (family, flag) = if net.addr().is_ipv6() {
+                    ("IPv6", "fd00:1::1/64")
+                } else {
+                    ("IPv4", "10.0.1.1/24")
+                };
+                return Err(format!(
+                    "--capture {net} needs an {family} address on the stack, which has only {}: add one (--address {flag})",
+                    self.address_list()
+                ));
+            }
+            if let Some(stack) = self.addresses().into_iter().find(|a| a.overlaps(*net)) {
+                return Err(format!(
+                    "--capture {net} overlaps the stack's own subnet {stack}: capture the networks of remote hosts"
+                ));
+            }
+        }
+        if self.expose_all && !self.serve_all {
+            return Err(
+                "--expose-all sends every port to the stack, which serves them only with --serve-all: add --serve-all".into(),
+            );
+        }
+        if self.allow_ports.is_some() && !self.serve_all {
+            return Err(
+                "--allow-ports limits --serve-all (and --expose-all): add --serve-all".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The ports `--serve-all` and `--expose-all` take: the ranges of
+    /// `--allow-ports`, or none for every port.
+    pub fn allowed_ports(&self) -> Vec<PortRange> {
+        self.allow_ports.clone().map(|l| l.0).unwrap_or_default()
     }
 
     /// At most one `--address` and one `--kernel-address` per family, each

@@ -98,6 +98,18 @@ pub enum UpError {
         /// Why.
         source: StreamError,
     },
+    /// `--serve-all` could not listen on the stack.
+    #[error("cannot listen on the stack's ports for --serve-all: {0}")]
+    ServeAll(StreamError),
+    /// The listener `--capture`'s connections are redirected to could not
+    /// be opened.
+    #[error("cannot listen on {addr} for --capture: {source}")]
+    CaptureListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install SIGINT/SIGTERM handlers: {0}")]
     Signals(io::Error),

@@ -13,10 +13,10 @@ use super::{UpArgs, UpError};
 
 /// Packets the kernel queues toward the stack on the TUN device.
 const TXQUEUELEN: &str = "4096";
-use crate::cidr::{IpCidr, Ipv6Cidr};
+use crate::cidr::IpCidr;
 use crate::down;
 use crate::host::{self, Undo};
-use crate::netfilter::{self, NatRules};
+use crate::netfilter::{self, ExposeAll, NatRules};
 use crate::state::{self, UpState};
 
 pub(super) fn open_tun(args: &UpArgs) -> Result<TunDevice, UpError> {
@@ -68,33 +68,18 @@ fn overlapping(net: IpCidr) -> Vec<(String, IpCidr)> {
             let cidr: IpCidr = words.get(at + 1)?.parse().ok()?;
             Some((words.get(1)?.trim_end_matches(':').to_owned(), cidr))
         })
-        .filter(|(_, cidr)| subnets_overlap(*cidr, net))
+        .filter(|(_, cidr)| cidr.overlaps(net))
         .collect()
 }
 
-/// Whether two subnets share an address (never across families).
-fn subnets_overlap(a: IpCidr, b: IpCidr) -> bool {
-    match (a, b) {
-        (IpCidr::V4(a), IpCidr::V4(b)) => {
-            let shorter = crate::cidr::Ipv4Cidr {
-                addr: a.addr,
-                prefix: a.prefix.min(b.prefix),
-            };
-            shorter.contains(b.addr)
-        }
-        (IpCidr::V6(a), IpCidr::V6(b)) => {
-            let shorter = Ipv6Cidr {
-                addr: a.addr,
-                prefix: a.prefix.min(b.prefix),
-            };
-            shorter.contains(b.addr)
-        }
-        _ => false,
-    }
-}
-
 /// Addresses, MTU and link state of the TUN's kernel side, forwarding, NAT.
-pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpError> {
+/// `captures`: each `--capture` network with the port of the listener its
+/// connections are redirected to.
+pub(super) fn configure_host(
+    args: &UpArgs,
+    captures: &[(IpCidr, u16)],
+    undo: &mut Undo,
+) -> Result<(), UpError> {
     let tun = args.tun.as_str();
     for address in args.addresses() {
         for (interface, cidr) in overlapping(address) {
@@ -176,7 +161,7 @@ pub(super) fn configure_host(args: &UpArgs, undo: &mut Undo) -> Result<(), UpErr
         );
     }
     state::write(tun, &state).map_err(UpError::State)?;
-    add_nat_rules(args, &mut state, undo)
+    add_nat_rules(args, captures, &mut state, undo)
 }
 
 /// The kernel side's address of each family the stack has. Without an
@@ -247,10 +232,16 @@ fn turn_on(key: &str, family: &str) -> Result<Option<String>, UpError> {
     Ok(Some(found))
 }
 
-/// `--masquerade` and `--expose`: the TUN's nftables table (and, where
+/// `--masquerade`, `--expose`, `--capture` and `--expose-all`: the TUN's
+/// nftables table (and, where
 /// the iptables or ip6tables FORWARD policy drops, the tagged accepts,
 /// recorded in the state file), each undone at exit.
-fn add_nat_rules(args: &UpArgs, state: &mut UpState, undo: &mut Undo) -> Result<(), UpError> {
+fn add_nat_rules(
+    args: &UpArgs,
+    captures: &[(IpCidr, u16)],
+    state: &mut UpState,
+    undo: &mut Undo,
+) -> Result<(), UpError> {
     let tun = args.tun.as_str();
     let addresses = args.addresses();
     let rules = NatRules {
@@ -269,8 +260,11 @@ fn add_nat_rules(args: &UpArgs, state: &mut UpState, undo: &mut Undo) -> Result<
                     .map(move |a| (e.host_port, SocketAddr::new(a.addr(), e.port)))
             })
             .collect(),
-        captures: Vec::new(),
-        expose_all: None,
+        captures: captures.to_vec(),
+        expose_all: args.expose_all.then(|| ExposeAll {
+            to: addresses.iter().map(|a| a.addr()).collect(),
+            ports: args.allowed_ports(),
+        }),
     };
     if rules.is_empty() {
         return Ok(());
@@ -348,28 +342,5 @@ pub(super) fn offload_text(offloads: Offloads) -> &'static str {
         Offloads::Off(OffloadOff::OffloadRefused) => {
             "offloads off: the kernel refused TUNSETOFFLOAD"
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cidr(s: &str) -> IpCidr {
-        s.parse().expect("cidr")
-    }
-
-    #[test]
-    fn overlap_is_a_shared_address() {
-        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.2.200/24")));
-        assert!(subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.0.1/16")));
-        assert!(subnets_overlap(cidr("10.0.0.1/16"), cidr("10.0.2.1/24")));
-        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("10.0.3.1/24")));
-        assert!(!subnets_overlap(cidr("10.0.2.1/25"), cidr("10.0.2.129/25")));
-        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:2::ff/64")));
-        assert!(subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00::1/16")));
-        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fd00:3::1/64")));
-        assert!(!subnets_overlap(cidr("fd00:2::1/64"), cidr("fe80::1/64")));
-        assert!(!subnets_overlap(cidr("10.0.2.1/24"), cidr("::/0")));
     }
 }

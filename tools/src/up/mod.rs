@@ -29,7 +29,7 @@ mod relay;
 mod status;
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,9 +46,10 @@ pub use args::{
 };
 pub use error::UpError;
 
+use crate::cidr::IpCidr;
 use crate::control::{ControlAddr, ControlServer};
 use crate::host::{self, Undo};
-use accept::{Carry, Descriptors, accept_forwards, accept_serves};
+use accept::{Carry, Descriptors, Inbound, Outbound, accept_outbound, accept_serves};
 use host_setup::{configure_host, open_tun, raise_open_file_limit};
 use registry::Conns;
 
@@ -111,6 +112,7 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
             })?;
         listeners.push((*f, listener));
     }
+    let (captures, capture_ports) = bind_capture_listeners(args)?;
     let metrics = match args.metrics {
         Some(addr) => {
             let listen_error = |source| UpError::Metrics { addr, source };
@@ -125,12 +127,13 @@ pub fn run(args: &UpArgs) -> Result<(), UpError> {
     let tun = open_tun(args)?;
     let offloads = host_setup::offload_text(tun.offloads());
     info!(tun = %args.tun, "{offloads}");
-    configure_host(args, &mut undo)?;
+    configure_host(args, &capture_ports, &mut undo)?;
 
     let setup = Setup {
         args: args.clone(),
         stop,
         listeners,
+        captures,
         metrics,
         control,
         offloads,
@@ -154,6 +157,9 @@ struct Setup {
     args: UpArgs,
     stop: Arc<AtomicBool>,
     listeners: Vec<(Forward, TcpListener)>,
+    /// `--capture`: the listener (one per family) the kernel redirects
+    /// captured connections to.
+    captures: Vec<TcpListener>,
     /// `--metrics`: the endpoint's listener.
     metrics: Option<TcpListener>,
     control: ControlServer,
@@ -193,6 +199,7 @@ where
         args,
         stop,
         listeners,
+        captures,
         metrics,
         control,
         offloads,
@@ -210,9 +217,25 @@ where
             port: s.port,
             source,
         })?;
-        ti_listeners.push((*s, listener));
+        ti_listeners.push((Inbound::Serve(*s), listener));
     }
-    print_banner(&args, offloads, &listeners, &ti_listeners, &control);
+    if args.serve_all {
+        let ports = args
+            .allowed_ports()
+            .iter()
+            .map(|r| r.first..=r.last)
+            .collect();
+        let listener = runtime.listen_any(ports).map_err(UpError::ServeAll)?;
+        ti_listeners.push((Inbound::All, listener));
+    }
+    print_banner(
+        &args,
+        offloads,
+        &listeners,
+        &captures,
+        &ti_listeners,
+        &control,
+    );
 
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let carry = Carry {
@@ -224,7 +247,16 @@ where
     };
     events.block_on(async {
         for (f, listener) in listeners {
-            tokio::spawn(accept_forwards(f, listener, carry.clone()));
+            tokio::spawn(accept_outbound(
+                Outbound::Forward(f),
+                listener,
+                carry.clone(),
+            ));
+        }
+        let captured: Arc<[IpCidr]> = args.captures.clone().into();
+        for listener in captures {
+            let outbound = Outbound::Capture(captured.clone());
+            tokio::spawn(accept_outbound(outbound, listener, carry.clone()));
         }
         for (s, listener) in ti_listeners {
             tokio::spawn(accept_serves(s, listener, carry.clone()));
@@ -284,12 +316,47 @@ where
     Ok(())
 }
 
+/// Each `--capture` network with the port of the listener its
+/// connections are redirected to.
+type CapturePorts = Vec<(IpCidr, u16)>;
+
+/// The listeners `--capture`'s redirect sends connections to, on
+/// loopback (one per family captured, on a port the kernel picks), and
+/// each captured network with the port of its family's listener.
+fn bind_capture_listeners(args: &UpArgs) -> Result<(Vec<TcpListener>, CapturePorts), UpError> {
+    let mut listeners = Vec::new();
+    let mut nets = Vec::new();
+    for loopback in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        let family: Vec<IpCidr> = args
+            .captures
+            .iter()
+            .copied()
+            .filter(|n| n.addr().is_ipv6() == loopback.is_ipv6())
+            .collect();
+        if family.is_empty() {
+            continue;
+        }
+        let addr = SocketAddr::new(loopback, 0);
+        let listen_error = |source| UpError::CaptureListen { addr, source };
+        let listener = TcpListener::bind(addr).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let port = listener.local_addr().map_err(listen_error)?.port();
+        nets.extend(family.into_iter().map(|n| (n, port)));
+        listeners.push(listener);
+    }
+    Ok((listeners, nets))
+}
+
 /// What `tiflow up` runs with, on standard output.
 fn print_banner<D: Device + Wait>(
     args: &UpArgs,
     offloads: &str,
     listeners: &[(Forward, TcpListener)],
-    ti_listeners: &[(Serve, ti_stack::TiListener<D>)],
+    captures: &[TcpListener],
+    ti_listeners: &[(Inbound, ti_stack::TiListener<D>)],
     control: &ControlServer,
 ) {
     println!(
@@ -308,18 +375,49 @@ fn print_banner<D: Device + Wait>(
     for (f, _) in listeners {
         println!("  forward {} -> {}", f.listen, f.remote);
     }
-    for (s, _) in ti_listeners {
-        let stack: Vec<String> = args
-            .addresses()
+    for net in &args.captures {
+        let listener = captures
             .iter()
-            .map(|a| std::net::SocketAddr::new(a.addr(), s.port).to_string())
-            .collect();
-        println!("  serve   {} -> {}", stack.join(", "), s.target);
+            .filter_map(|l| l.local_addr().ok())
+            .find(|l| l.is_ipv6() == net.addr().is_ipv6());
+        match listener {
+            Some(l) => println!("  capture TCP to {net} (redirected to {l})"),
+            None => println!("  capture TCP to {net}"),
+        }
+    }
+    if !args.captures.is_empty() && !args.masquerade {
+        println!(
+            "  (captured connections leave from {}: without --masquerade, peers need a route back to it)",
+            args.address_list()
+        );
+    }
+    for (s, _) in ti_listeners {
+        match s {
+            Inbound::Serve(s) => {
+                let stack: Vec<String> = args
+                    .addresses()
+                    .iter()
+                    .map(|a| SocketAddr::new(a.addr(), s.port).to_string())
+                    .collect();
+                println!("  serve   {} -> {}", stack.join(", "), s.target);
+            }
+            Inbound::All => println!(
+                "  serve   {} port {} -> the same port on 127.0.0.1 / ::1",
+                args.address_list(),
+                port_list_text(&args.allowed_ports())
+            ),
+        }
     }
     for e in &args.exposes {
         println!(
             "  expose  host port {} -> stack port {}",
             e.host_port, e.port
+        );
+    }
+    if args.expose_all {
+        println!(
+            "  expose  this host's addresses, port {} -> the same port of the stack",
+            port_list_text(&args.allowed_ports())
         );
     }
     if args.masquerade {
@@ -332,13 +430,14 @@ fn print_banner<D: Device + Wait>(
         "  timeouts: stall {:?}, keepalive {:?}, resume {:?}, plain TCP user timeout {:?}",
         args.stall_timeout, args.keepalive, args.resume_timeout, args.user_timeout
     );
-    if listeners.is_empty() && ti_listeners.is_empty() {
+    if listeners.is_empty() && ti_listeners.is_empty() && captures.is_empty() {
         println!(
             "  nothing to forward or serve: add --forward LISTEN=REMOTE (client side) \
-             or --serve PORT=TARGET (server side); see tiflow up --help"
+             or --capture PREFIX (client side), --serve PORT=TARGET or --serve-all \
+             (server side); see tiflow up --help"
         );
     }
-    if args.masquerade || !args.exposes.is_empty() {
+    if args.masquerade || !args.exposes.is_empty() || args.expose_all || !captures.is_empty() {
         println!(
             "  nat rules in nftables table {} {} (tiflow down removes it after a crash)",
             crate::netfilter::FAMILY.name(),
@@ -362,6 +461,15 @@ fn print_banner<D: Device + Wait>(
     }
     println!("  control {}", control_text(control.addr()));
     println!("tiflow up: ready (Ctrl-C to stop)");
+}
+
+/// `--allow-ports` as the banner shows it: `22,8000-8100`, or `any`.
+fn port_list_text(ports: &[crate::ports::PortRange]) -> String {
+    if ports.is_empty() {
+        return "any".into();
+    }
+    let each: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    each.join(",")
 }
 
 /// The banner's control socket: `@tiflow/tiflow0 (abstract, this network
