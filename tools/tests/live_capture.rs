@@ -239,8 +239,9 @@ fn a_server_without_tiflow_gets_plain_tcp_and_udp_and_icmp_keep_their_route() {
 
 /// `--allow-ports`: a captured connection to an allowed port is a
 /// TI-flow; to another port it reaches the server host's own kernel
-/// (plain TCP, still working). A program connecting straight to the
-/// capture listener (not redirected) is reset, and capture goes on.
+/// (plain TCP, still working); to an allowed port nothing listens on, it
+/// is reset. A program connecting straight to the capture listener (not
+/// redirected) is reset, and capture goes on.
 #[test]
 fn allow_ports_limits_the_server_and_the_capture_port_refuses_direct_connections() {
     require_root(&TOOLS);
@@ -286,6 +287,18 @@ fn allow_ports_limits_the_server_and_the_capture_port_refuses_direct_connections
         assert!(Instant::now() < deadline, "{}", client.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // An allowed port nothing listens on: the server's relay cannot reach
+    // it, so the flow is reset and the program reads ECONNRESET.
+    let mut closed = connect_in(&net.client, &format!("{SERVER}:6995"));
+    closed
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let read = closed.read(&mut [0u8; 16]);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a port nothing listens on resets the program's connection: {read:?}"
+    );
 
     for (port, echo, mode) in [(7000u16, allowed, "resilient"), (7002, other, "legacy")] {
         let conn = connect_in(&net.client, &format!("{SERVER}:{port}"));
