@@ -451,6 +451,35 @@ fn a_config_file_gives_the_same_tiflow_up_as_its_flags() {
         banner.iter().any(|l| l.contains("stall 2s, keepalive 9s")),
         "the command line wins: {banner:?}"
     );
+
+    // Transparent mode's keys (the capture listener's port is the
+    // kernel's choice, so the banner is read, not compared).
+    let transparent = scratch.path("transparent.toml");
+    std::fs::write(
+        &transparent,
+        "address = \"10.66.0.1/24\"\ncapture = [\"192.0.2.0/24\", \"198.51.100.0/24\"]\nserve-all = true\nexpose-all = true\nallow-ports = \"22,8000-8100\"\n",
+    )
+    .expect("write");
+    let transparent = transparent.to_string_lossy().into_owned();
+    let (banner, table) = observe("transparent", &["--config", &transparent]);
+    for want in [
+        "capture TCP to 192.0.2.0/24 (redirected to 127.0.0.1:",
+        "capture TCP to 198.51.100.0/24 (redirected to 127.0.0.1:",
+        "serve   10.66.0.1/24 port 22,8000-8100 -> the same port on 127.0.0.1 / ::1",
+        "expose  this host's addresses, port 22,8000-8100 -> the same port of the stack",
+        "without --masquerade, peers need a route back",
+    ] {
+        assert!(
+            banner.iter().any(|l| l.contains(want)),
+            "{want:?} in {banner:?}"
+        );
+    }
+    for want in [
+        "ip daddr 192.0.2.0/24 meta l4proto tcp redirect to :",
+        "fib daddr type local tcp dport 8000-8100 dnat ip to 10.66.0.1",
+    ] {
+        assert!(table.contains(want), "{want:?} in {table}");
+    }
 }
 
 /// Shell completions and man pages come from the CLI definition: every
