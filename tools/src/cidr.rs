@@ -196,15 +196,10 @@ impl IpCidr {
 
     /// Whether two subnets share an address (never across families).
     pub fn overlaps(self, other: IpCidr) -> bool {
-        let shorter = if self.prefix() <= other.prefix() {
-            self
+        let (shorter, longer) = if self.prefix() <= other.prefix() {
+            (self, other)
         } else {
-            other
-        };
-        let longer = if self.prefix() <= other.prefix() {
-            other
-        } else {
-            self
+            (other, self)
         };
         shorter.contains(longer.addr())
     }

@@ -116,15 +116,13 @@ pub(super) async fn accept_outbound<D: Device + Wait + Send + 'static>(
     listener: StdTcpListener,
     carry: Carry<D>,
 ) {
-    let listen = listener.local_addr();
-    let listener = match (TcpListener::from_std(listener), listen) {
-        (Ok(l), Ok(listen)) => (l, listen),
+    let (listener, listen) = match (listener.local_addr(), TcpListener::from_std(listener)) {
+        (Ok(listen), Ok(l)) => (l, listen),
         (Err(e), _) | (_, Err(e)) => {
             warn!(?outbound, error = %e, "cannot watch a local listener");
             return;
         }
     };
-    let (listener, listen) = listener;
     let mut stop = carry.stop.clone();
     loop {
         let accepted = tokio::select! {
