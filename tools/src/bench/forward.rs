@@ -12,8 +12,11 @@
 //!
 //! Per repetition and path: throughput of 1 and of 100 parallel streams
 //! each way (bytes the receiver got over the time from start to the last
-//! byte), the CPU time both `tiflow up` processes used per GB carried, and
-//! the round-trip time of 64-byte messages ping-ponged on one connection.
+//! byte), the CPU time both `tiflow up` processes used per GB carried, the
+//! round-trip time of 64-byte messages ping-ponged on one connection, and
+//! that of requests written in two parts 200 us apart (a program that
+//! writes its header, then its body: what Nagle's algorithm in a relay
+//! delays).
 //! Owns its namespaces, `tiflow up` processes and program threads; writes
 //! `forward.csv` (every sample) and `forward-report.txt`.
 
@@ -49,6 +52,13 @@ pub const GOAL_LATENCY_RATIO: f64 = 2.0;
 const PING_PONGS: usize = 2_000;
 /// Bytes per ping-pong message.
 const MESSAGE: usize = 64;
+/// Split requests per sample.
+const SPLIT_REQUESTS: usize = 200;
+/// Bytes of each part of a split request (two make a message).
+const SPLIT_PART: usize = MESSAGE / 2;
+/// Time between the two parts of a split request (a program that writes
+/// its header, then its body).
+const SPLIT_GAP: Duration = Duration::from_micros(200);
 /// Bytes per write of a bulk stream.
 const CHUNK: usize = 128 * 1024;
 /// Longest a connection or a sample's end may take.
@@ -115,15 +125,36 @@ impl Route {
     }
 }
 
+/// What a sample measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Throughput of bulk streams going one way.
+    Bulk(Dir),
+    /// Round trip of a message echoed whole.
+    PingPong,
+    /// Round trip of a request written in two parts, apart, and its answer.
+    SplitRequest,
+}
+
+impl Measure {
+    /// The sample's kind and unit in the CSV file.
+    fn kind_and_unit(self) -> (&'static str, &'static str) {
+        match self {
+            Measure::Bulk(d) => (d.name(), "gbit_s"),
+            Measure::PingPong => ("ping-pong", "rtt_us"),
+            Measure::SplitRequest => ("split-request", "rtt_us"),
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Debug, Clone)]
 pub struct Sample {
     rep: usize,
     path: Route,
-    /// `None` for a ping-pong sample.
-    dir: Option<Dir>,
+    measure: Measure,
     streams: usize,
-    /// Bulk: Gbit/s; ping-pong: median round trip in microseconds.
+    /// Bulk: Gbit/s; round trips: median in microseconds.
     value: f64,
     /// Bulk through `tiflow up`: CPU seconds of both processes per GB.
     cpu_s_per_gb: Option<f64>,
@@ -352,6 +383,37 @@ impl Bed {
             .map(|s| s.median)
             .ok_or_else(|| BenchError::Check("no round trip measured".into()))
     }
+
+    /// Split requests: median round trip in microseconds on one
+    /// connection, of a message written in two parts [`SPLIT_GAP`] apart
+    /// and echoed by the server program once whole. Kernel TCP sends each
+    /// part at once (TCP_NODELAY); a relay that holds the second part
+    /// until the program acknowledged the first (Nagle's algorithm against
+    /// a delayed ACK) adds tens of milliseconds.
+    fn split_requests(&self, path: Route) -> Result<f64, BenchError> {
+        let mut s = self
+            .connect(path, 1)?
+            .pop()
+            .ok_or_else(|| BenchError::Check("no connection".into()))?;
+        let io_err = |e| BenchError::io(format!("split request on {}", path.name()), e);
+        s.write_all(b"P").map_err(io_err)?;
+        let mut msg = [0x44u8; MESSAGE];
+        let mut rtts = Vec::with_capacity(SPLIT_REQUESTS);
+        for i in 0..SPLIT_REQUESTS + 10 {
+            let t = Instant::now();
+            s.write_all(&msg[..SPLIT_PART]).map_err(io_err)?;
+            std::thread::sleep(SPLIT_GAP);
+            s.write_all(&msg[SPLIT_PART..]).map_err(io_err)?;
+            s.read_exact(&mut msg).map_err(io_err)?;
+            if i >= 10 {
+                // The first ten warm the path up.
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        summarize(&rtts)
+            .map(|s| s.median)
+            .ok_or_else(|| BenchError::Check("no round trip measured".into()))
+    }
 }
 
 /// One bulk stream: sends its command at `start`, then writes (up) or
@@ -433,7 +495,7 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                     samples.push(Sample {
                         rep,
                         path,
-                        dir: Some(dir),
+                        measure: Measure::Bulk(dir),
                         streams: n,
                         value: gbit,
                         cpu_s_per_gb,
@@ -443,22 +505,28 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                 }
             }
         }
-        for path in order {
-            check_interrupted()?;
-            let us = bed.ping_pong(path)?;
-            eprintln!(
-                "[{:>4.0} s] rep {rep}: {:>6} ping-pong {us:.1} us",
-                started.elapsed().as_secs_f64(),
-                path.name()
-            );
-            samples.push(Sample {
-                rep,
-                path,
-                dir: None,
-                streams: 1,
-                value: us,
-                cpu_s_per_gb: None,
-            });
+        for measure in [Measure::PingPong, Measure::SplitRequest] {
+            for path in order {
+                check_interrupted()?;
+                let us = match measure {
+                    Measure::SplitRequest => bed.split_requests(path)?,
+                    _ => bed.ping_pong(path)?,
+                };
+                eprintln!(
+                    "[{:>4.0} s] rep {rep}: {:>6} {} {us:.1} us",
+                    started.elapsed().as_secs_f64(),
+                    path.name(),
+                    measure.kind_and_unit().0
+                );
+                samples.push(Sample {
+                    rep,
+                    path,
+                    measure,
+                    streams: 1,
+                    value: us,
+                    cpu_s_per_gb: None,
+                });
+            }
         }
     }
     let failures = failures_detected(&bed);
@@ -487,10 +555,7 @@ fn failures_detected(bed: &Bed) -> String {
 fn csv(samples: &[Sample]) -> String {
     let mut s = String::from("rep,path,kind,streams,value,unit,tiflow_cpu_s_per_gb\n");
     for x in samples {
-        let (kind, unit) = match x.dir {
-            Some(d) => (d.name(), "gbit_s"),
-            None => ("ping-pong", "rtt_us"),
-        };
+        let (kind, unit) = x.measure.kind_and_unit();
         let _ = writeln!(
             s,
             "{},{},{},{},{:.4},{},{}",
@@ -507,18 +572,18 @@ fn csv(samples: &[Sample]) -> String {
 }
 
 /// The values of the samples matching, in repetition order.
-fn values(samples: &[Sample], path: Route, dir: Option<Dir>, streams: usize) -> Vec<f64> {
+fn values(samples: &[Sample], path: Route, measure: Measure, streams: usize) -> Vec<f64> {
     samples
         .iter()
-        .filter(|s| s.path == path && s.dir == dir && s.streams == streams)
+        .filter(|s| s.path == path && s.measure == measure && s.streams == streams)
         .map(|s| s.value)
         .collect()
 }
 
 /// Per-repetition ratios tiflow / kernel (paired by repetition).
-fn ratios(samples: &[Sample], dir: Option<Dir>, streams: usize) -> Vec<f64> {
-    let k = values(samples, Route::Kernel, dir, streams);
-    let t = values(samples, Route::Tiflow, dir, streams);
+fn ratios(samples: &[Sample], measure: Measure, streams: usize) -> Vec<f64> {
+    let k = values(samples, Route::Kernel, measure, streams);
+    let t = values(samples, Route::Tiflow, measure, streams);
     k.iter()
         .zip(&t)
         .filter(|(k, _)| **k > 0.0)
@@ -597,7 +662,9 @@ fn report(
         for dir in [Dir::Up, Dir::Down] {
             let cpu: Vec<f64> = samples
                 .iter()
-                .filter(|s| s.path == Route::Tiflow && s.dir == Some(dir) && s.streams == n)
+                .filter(|s| {
+                    s.path == Route::Tiflow && s.measure == Measure::Bulk(dir) && s.streams == n
+                })
                 .filter_map(|s| s.cpu_s_per_gb)
                 .collect();
             let _ = writeln!(
@@ -605,9 +672,15 @@ fn report(
                 "{:<6} {:>7}  {:<30} {:<30} {:<30} {}",
                 dir.name(),
                 n,
-                fmt_summary(summarize(&values(samples, Route::Kernel, Some(dir), n)), 3),
-                fmt_summary(summarize(&values(samples, Route::Tiflow, Some(dir), n)), 3),
-                fmt_summary(summarize(&ratios(samples, Some(dir), n)), 3),
+                fmt_summary(
+                    summarize(&values(samples, Route::Kernel, Measure::Bulk(dir), n)),
+                    3
+                ),
+                fmt_summary(
+                    summarize(&values(samples, Route::Tiflow, Measure::Bulk(dir), n)),
+                    3
+                ),
+                fmt_summary(summarize(&ratios(samples, Measure::Bulk(dir), n)), 3),
                 fmt_summary(summarize(&cpu), 2),
             );
         }
@@ -616,17 +689,28 @@ fn report(
         r,
         "\nping-pong of {MESSAGE}-byte messages, one connection, median round trip of {PING_PONGS} (us):"
     );
+    let round_trips = |r: &mut String, measure| {
+        let _ = writeln!(
+            r,
+            "  kernel {}   tiflow {}   tiflow / kernel {}",
+            fmt_summary(summarize(&values(samples, Route::Kernel, measure, 1)), 1),
+            fmt_summary(summarize(&values(samples, Route::Tiflow, measure, 1)), 1),
+            fmt_summary(summarize(&ratios(samples, measure, 1)), 2),
+        );
+    };
+    round_trips(&mut r, Measure::PingPong);
     let _ = writeln!(
         r,
-        "  kernel {}   tiflow {}   tiflow / kernel {}",
-        fmt_summary(summarize(&values(samples, Route::Kernel, None, 1)), 1),
-        fmt_summary(summarize(&values(samples, Route::Tiflow, None, 1)), 1),
-        fmt_summary(summarize(&ratios(samples, None, 1)), 2),
+        "\nsplit request: {SPLIT_PART} bytes, {} us later {SPLIT_PART} more, then the \
+         {MESSAGE}-byte answer, one connection, TCP_NODELAY at both programs, median round \
+         trip of {SPLIT_REQUESTS} (us):",
+        SPLIT_GAP.as_micros()
     );
+    round_trips(&mut r, Measure::SplitRequest);
     let _ = writeln!(r, "\ngoals (issue 13):");
     for &n in &settings.streams {
         for dir in [Dir::Up, Dir::Down] {
-            let ratio = summarize(&ratios(samples, Some(dir), n));
+            let ratio = summarize(&ratios(samples, Measure::Bulk(dir), n));
             let _ = writeln!(
                 r,
                 "  {} x{n}: tiflow / kernel >= {GOAL_THROUGHPUT_RATIO}: {} {}",
@@ -636,7 +720,7 @@ fn report(
             );
         }
     }
-    let ratio = summarize(&ratios(samples, None, 1));
+    let ratio = summarize(&ratios(samples, Measure::PingPong, 1));
     let _ = writeln!(
         r,
         "  ping-pong: tiflow / kernel <= {GOAL_LATENCY_RATIO}: {} {}",

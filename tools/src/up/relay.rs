@@ -61,6 +61,15 @@ pub(super) async fn relay<D: Device + Wait>(
     mut stop: Stop,
 ) -> Option<StreamInfo> {
     let flow = FlowLabel::of(&ti);
+    // The program's own socket already chose whether to coalesce (Nagle)
+    // what it sends; the relay passes on what it got as it gets it. With
+    // Nagle on this socket, a write while an earlier one waits for the
+    // program's (delayed) ACK would wait too, a delay the program never
+    // asked for (ssh sets TCP_NODELAY on its own socket, and that choice
+    // does not reach this one).
+    if let Err(e) = kernel.set_nodelay(true) {
+        debug!(error = %e, "TCP_NODELAY on the local connection");
+    }
     // Set once the flow's end of stream was passed on (our FIN is out).
     let fin_sent = AtomicBool::new(false);
     let mut outbound = pin!(kernel_to_ti(&kernel, &ti, &fin_sent, &flow));
