@@ -555,9 +555,10 @@ fn bench_up_scale_quick_every_connection_works() {
 
 /// `tiflow bench forward --quick`: both paths (kernel TCP and the `tiflow
 /// up` pair) measured in the same run, each way, 1 and 4 streams, plus
-/// the ping-pong; every sample moved bytes, the tiflow samples have the
-/// CPU of both `tiflow up`, and the report has the goals and their
-/// verdicts. The figures are reported, never asserted.
+/// the ping-pong and the split request; every sample moved bytes, the
+/// tiflow bulk samples have the CPU of both `tiflow up`, and the report
+/// has the goals and their verdicts. The figures are reported, never
+/// asserted.
 #[test]
 fn bench_forward_quick_measures_both_paths_each_way() {
     require_privileges();
@@ -587,7 +588,7 @@ fn bench_forward_quick_measures_both_paths_each_way() {
         assert!(value > 0.0, "{row:?}");
         let cpu = &row[6];
         assert_eq!(
-            path == "tiflow" && kind != "ping-pong",
+            path == "tiflow" && (kind == "up" || kind == "down"),
             !cpu.is_empty(),
             "CPU per GB exactly for the tiflow bulk samples: {row:?}"
         );
@@ -601,13 +602,19 @@ fn bench_forward_quick_measures_both_paths_each_way() {
                 );
             }
         }
-        assert!(seen.contains(&(path.into(), "ping-pong".into(), "1".into())));
+        for round_trip in ["ping-pong", "split-request"] {
+            assert!(
+                seen.contains(&(path.into(), round_trip.into(), "1".into())),
+                "{path} {round_trip} missing: {rows:?}"
+            );
+        }
     }
-    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert_eq!(rows.len(), 12, "{rows:?}");
 
     let report = std::fs::read_to_string(out.join("forward-report.txt")).expect("report");
     assert!(report.contains("command: "), "{report}");
     assert!(report.contains("goals (issue 13):"), "{report}");
+    assert!(report.contains("\nsplit request: "), "{report}");
     assert!(
         report.contains("failures detected by the tiflow up pair"),
         "{report}"

@@ -362,26 +362,10 @@ impl Bed {
 
     /// Ping-pong: median round trip in microseconds on one connection.
     fn ping_pong(&self, path: Route) -> Result<f64, BenchError> {
-        let mut s = self
-            .connect(path, 1)?
-            .pop()
-            .ok_or_else(|| BenchError::Check("no connection".into()))?;
-        let io_err = |e| BenchError::io(format!("ping-pong on {}", path.name()), e);
-        s.write_all(b"P").map_err(io_err)?;
-        let mut msg = [0x33u8; MESSAGE];
-        let mut rtts = Vec::with_capacity(PING_PONGS);
-        for i in 0..PING_PONGS + 100 {
-            let t = Instant::now();
-            s.write_all(&msg).map_err(io_err)?;
-            s.read_exact(&mut msg).map_err(io_err)?;
-            if i >= 100 {
-                // The first hundred warm the path up.
-                rtts.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-        }
-        summarize(&rtts)
-            .map(|s| s.median)
-            .ok_or_else(|| BenchError::Check("no round trip measured".into()))
+        self.round_trips(path, "ping-pong", PING_PONGS, 100, |s, msg| {
+            s.write_all(msg)?;
+            s.read_exact(msg)
+        })
     }
 
     /// Split requests: median round trip in microseconds on one
@@ -391,22 +375,37 @@ impl Bed {
     /// until the program acknowledged the first (Nagle's algorithm against
     /// a delayed ACK) adds tens of milliseconds.
     fn split_requests(&self, path: Route) -> Result<f64, BenchError> {
+        self.round_trips(path, "split request", SPLIT_REQUESTS, 10, |s, msg| {
+            s.write_all(&msg[..SPLIT_PART])?;
+            std::thread::sleep(SPLIT_GAP);
+            s.write_all(&msg[SPLIT_PART..])?;
+            s.read_exact(msg)
+        })
+    }
+
+    /// The median, in microseconds, of `count` round trips made by
+    /// `exchange` on one connection to the echoing server program, after
+    /// `warm_up` more that warm the path up.
+    fn round_trips(
+        &self,
+        path: Route,
+        what: &str,
+        count: usize,
+        warm_up: usize,
+        mut exchange: impl FnMut(&mut TcpStream, &mut [u8; MESSAGE]) -> io::Result<()>,
+    ) -> Result<f64, BenchError> {
         let mut s = self
             .connect(path, 1)?
             .pop()
             .ok_or_else(|| BenchError::Check("no connection".into()))?;
-        let io_err = |e| BenchError::io(format!("split request on {}", path.name()), e);
+        let io_err = |e| BenchError::io(format!("{what} on {}", path.name()), e);
         s.write_all(b"P").map_err(io_err)?;
-        let mut msg = [0x44u8; MESSAGE];
-        let mut rtts = Vec::with_capacity(SPLIT_REQUESTS);
-        for i in 0..SPLIT_REQUESTS + 10 {
+        let mut msg = [0x33u8; MESSAGE];
+        let mut rtts = Vec::with_capacity(count);
+        for i in 0..count + warm_up {
             let t = Instant::now();
-            s.write_all(&msg[..SPLIT_PART]).map_err(io_err)?;
-            std::thread::sleep(SPLIT_GAP);
-            s.write_all(&msg[SPLIT_PART..]).map_err(io_err)?;
-            s.read_exact(&mut msg).map_err(io_err)?;
-            if i >= 10 {
-                // The first ten warm the path up.
+            exchange(&mut s, &mut msg).map_err(io_err)?;
+            if i >= warm_up {
                 rtts.push(t.elapsed().as_secs_f64() * 1e6);
             }
         }
