@@ -641,6 +641,14 @@ fn one_run(
     listener
         .set_nonblocking(true)
         .map_err(|e| BenchError::io("make the listener non-blocking", e))?;
+    // Room for the storm in the program's accept queue (std listens with
+    // 128; the kernel caps it at net.core.somaxconn): with a short queue,
+    // Linux's SYN cookies drop the ACK of a connection it cannot queue,
+    // and the connection `tiflow up` made to this program, which speaks
+    // first, would be counted against the pair (many_connections' CI
+    // failure of stop 24).
+    rustix::net::listen(&listener, i32::try_from(n).unwrap_or(i32::MAX))
+        .map_err(|e| BenchError::io("set the listener's backlog", e.into()))?;
     let (server_up, client_up) = UpProcess::spawn_pair(
         (&net.client, &net.server),
         &dir,
