@@ -115,6 +115,12 @@ fn listen_counters(net: &NatTopology) -> String {
         .join(", ")
 }
 
+/// Whether `flow` carries the local connection of one of `locals` (its
+/// `via` ends with the program's address).
+fn carries_one_of(flow: &ti_tools::control::FlowStatus, locals: &[String]) -> bool {
+    locals.iter().any(|l| flow.via.ends_with(&format!(" {l}")))
+}
+
 /// What one side of the pair says when connections got stuck: its flow
 /// counts and resources, the flows of the stuck connections (found by the
 /// local address in their `via`, or by TIFID), and the side's warnings.
@@ -125,8 +131,7 @@ fn stuck_report(side: &str, up: &Up, locals: &[String], tifids: &[String]) -> St
         .flows
         .iter()
         .filter(|f| {
-            locals.iter().any(|l| f.via.ends_with(&format!(" {l}")))
-                || f.tifid.as_ref().is_some_and(|t| tifids.contains(t))
+            carries_one_of(f, locals) || f.tifid.as_ref().is_some_and(|t| tifids.contains(t))
         })
         .map(|f| format!("{f:?}"))
         .collect();
@@ -203,7 +208,7 @@ fn two_thousand_idle_connections_through_a_tiflow_up_pair() {
             .status()
             .flows
             .into_iter()
-            .filter(|f| locals.iter().any(|l| f.via.ends_with(&format!(" {l}"))))
+            .filter(|f| carries_one_of(f, &locals))
             .filter_map(|f| f.tifid)
             .collect();
         panic!(

@@ -250,6 +250,10 @@ fn serve_connection(mut s: TcpStream) {
     }
 }
 
+/// A round-trip measurement of [`Bed`] on a path: the median in
+/// microseconds.
+type RoundTrips = fn(&Bed, Route) -> Result<f64, BenchError>;
+
 /// The namespaces, the middlebox's table, the `tiflow up` pair and the
 /// server program.
 struct Bed {
@@ -504,13 +508,14 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                 }
             }
         }
-        for measure in [Measure::PingPong, Measure::SplitRequest] {
+        let round_trips: [(Measure, RoundTrips); 2] = [
+            (Measure::PingPong, Bed::ping_pong),
+            (Measure::SplitRequest, Bed::split_requests),
+        ];
+        for (measure, round_trips) in round_trips {
             for path in order {
                 check_interrupted()?;
-                let us = match measure {
-                    Measure::SplitRequest => bed.split_requests(path)?,
-                    _ => bed.ping_pong(path)?,
-                };
+                let us = round_trips(&bed, path)?;
                 eprintln!(
                     "[{:>4.0} s] rep {rep}: {:>6} {} {us:.1} us",
                     started.elapsed().as_secs_f64(),

@@ -484,11 +484,8 @@ pub fn forward_blocks(report: Option<&str>) -> Result<String, String> {
     lines.push("");
     lines.extend(section(text, "ping-pong")?);
     lines.push("");
-    // Measured since the relay's local sockets send at once (TCP_NODELAY).
-    if let Ok(split) = section(text, "split request") {
-        lines.extend(split);
-        lines.push("");
-    }
+    lines.extend(section(text, "split request")?);
+    lines.push("");
     lines.extend(section(text, "goals")?);
     lines.push("");
     lines.extend(section(text, "failures detected")?);
