@@ -553,14 +553,15 @@ fn bench_up_scale_quick_every_connection_works() {
     assert_no_namespaces_named("tfus", pid);
 }
 
-/// `tiflow bench forward --quick`: both paths (kernel TCP and the `tiflow
-/// up` pair) measured in the same run, each way, 1 and 4 streams, plus
+/// `tiflow bench forward --quick`: the three paths (kernel TCP, the
+/// `tiflow up` pair and the plain relays of the reference) measured in the
+/// same run, each way, 1 and 4 streams, plus
 /// the ping-pong and the split request; every sample moved bytes, the
 /// tiflow bulk samples have the CPU of both `tiflow up`, and the report
 /// has the goals and their verdicts. The figures are reported, never
 /// asserted.
 #[test]
-fn bench_forward_quick_measures_both_paths_each_way() {
+fn bench_forward_quick_measures_all_three_paths_each_way() {
     require_privileges();
     require_middlebox_tools();
     let out = out_dir("bench-forward");
@@ -593,7 +594,7 @@ fn bench_forward_quick_measures_both_paths_each_way() {
             "CPU per GB exactly for the tiflow bulk samples: {row:?}"
         );
     }
-    for path in ["kernel", "tiflow"] {
+    for path in ["kernel", "tiflow", "relay"] {
         for kind in ["up", "down"] {
             for streams in ["1", "4"] {
                 assert!(
@@ -609,12 +610,13 @@ fn bench_forward_quick_measures_both_paths_each_way() {
             );
         }
     }
-    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert_eq!(rows.len(), 18, "{rows:?}");
 
     let report = std::fs::read_to_string(out.join("forward-report.txt")).expect("report");
     assert!(report.contains("command: "), "{report}");
     assert!(report.contains("goals (issue 13):"), "{report}");
     assert!(report.contains("\nsplit request: "), "{report}");
+    assert!(report.contains("\n== reference: "), "{report}");
     assert!(
         report.contains("failures detected by the tiflow up pair"),
         "{report}"

@@ -2,12 +2,17 @@
 //! ends, carried through a `tiflow up` pair (client: `--forward`, server:
 //! `--serve` + `--expose`) across an nftables NAT and stateful firewall,
 //! against kernel TCP between the same two namespaces through the same
-//! middlebox; interleaved, path order alternating per repetition.
+//! middlebox; and, as a reference, against the same programs carried by a
+//! plain userspace relay on each host over kernel TCP ([`PlainRelay`]):
+//! what any design that carries a program's connection through a process
+//! on each host pays before its own TCP. Interleaved, the path order
+//! rotating per repetition.
 //!
 //! ```text
 //!  client ns                middlebox ns                 server ns
 //!  program -> 127.0.0.1:6000 (tiflow up) ...... NAT ...... 10.10.2.2:5002 (tiflow up) -> 127.0.0.1:5002 program
 //!  program -> 10.10.2.2:5001 ................... NAT ...... 10.10.2.2:5001 program      (kernel TCP)
+//!  program -> 127.0.0.1:6100 (relay) .......... NAT ...... 10.10.2.2:5003 (relay) -> 127.0.0.1:5002 program
 //! ```
 //!
 //! Per repetition and path: throughput of 1 and of 100 parallel streams
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 use ti_testnet::middlebox::Middlebox;
 use ti_testnet::topology::{Cidr, Line, LinePlan};
 
+use super::plain_relay::PlainRelay;
 use super::recovery::listen_in;
 use super::stats::{Summary, summarize};
 use super::up_scale::cpu_seconds;
@@ -74,6 +80,10 @@ const KERNEL_PORT: u16 = 5001;
 const TI_PORT: u16 = 5002;
 /// The client `tiflow up`'s `--forward` port.
 const FORWARD_PORT: u16 = 6000;
+/// The client relay's port (reference path).
+const CLIENT_RELAY_PORT: u16 = 6100;
+/// The server relay's port (reference path).
+const SERVER_RELAY_PORT: u16 = 5003;
 /// NAT (masquerade out of m1) and a stateful firewall: replies and new
 /// connections from inside pass, nothing else.
 const RULESET: &str = r#"table ip tiflow_forward {
@@ -114,14 +124,30 @@ pub enum Route {
     Kernel,
     /// Kernel TCP to a `tiflow up` pair, TI-flows through the middlebox.
     Tiflow,
+    /// Kernel TCP to a plain userspace relay on each host, kernel TCP
+    /// between the relays through the middlebox (the reference).
+    Relay,
 }
 
 impl Route {
+    /// Every route, in the first repetition's order.
+    const ALL: [Route; 3] = [Route::Kernel, Route::Tiflow, Route::Relay];
+
     fn name(self) -> &'static str {
         match self {
             Route::Kernel => "kernel",
             Route::Tiflow => "tiflow",
+            Route::Relay => "relay",
         }
+    }
+
+    /// The order of the routes in repetition `rep` (1-based): rotated by
+    /// one each repetition, so each route runs first, second and last
+    /// equally often.
+    fn order(rep: usize) -> [Route; 3] {
+        let mut order = Route::ALL;
+        order.rotate_left((rep + 2) % 3);
+        order
     }
 }
 
@@ -254,12 +280,13 @@ fn serve_connection(mut s: TcpStream) {
 /// microseconds.
 type RoundTrips = fn(&Bed, Route) -> Result<f64, BenchError>;
 
-/// The namespaces, the middlebox's table, the `tiflow up` pair and the
-/// server program.
+/// The namespaces, the middlebox's table, the `tiflow up` pair, the
+/// reference relays and the server program.
 struct Bed {
     line: Line,
     client_up: UpProcess,
     server_up: UpProcess,
+    _relays: [PlainRelay; 2],
     _program: ServerProgram,
 }
 
@@ -291,10 +318,23 @@ impl Bed {
             ),
             super::interrupt_flag(),
         )?;
+        let relays = [
+            PlainRelay::start(
+                &line.server,
+                &format!("0.0.0.0:{SERVER_RELAY_PORT}"),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, TI_PORT)),
+            )?,
+            PlainRelay::start(
+                &line.client,
+                &format!("127.0.0.1:{CLIENT_RELAY_PORT}"),
+                SocketAddr::from((SERVER, SERVER_RELAY_PORT)),
+            )?,
+        ];
         Ok(Bed {
             line,
             client_up,
             server_up,
+            _relays: relays,
             _program: program,
         })
     }
@@ -303,6 +343,7 @@ impl Bed {
         match path {
             Route::Kernel => SocketAddr::from((SERVER, KERNEL_PORT)),
             Route::Tiflow => SocketAddr::from((Ipv4Addr::LOCALHOST, FORWARD_PORT)),
+            Route::Relay => SocketAddr::from((Ipv4Addr::LOCALHOST, CLIENT_RELAY_PORT)),
         }
     }
 
@@ -473,11 +514,7 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
     let bed = Bed::build(&work)?;
     let mut samples = Vec::new();
     for rep in 1..=settings.reps {
-        let order = if rep % 2 == 1 {
-            [Route::Kernel, Route::Tiflow]
-        } else {
-            [Route::Tiflow, Route::Kernel]
-        };
+        let order = Route::order(rep);
         for &n in &settings.streams {
             for dir in [Dir::Up, Dir::Down] {
                 for path in order {
@@ -584,15 +621,22 @@ fn values(samples: &[Sample], path: Route, measure: Measure, streams: usize) -> 
         .collect()
 }
 
-/// Per-repetition ratios tiflow / kernel (paired by repetition).
-fn ratios(samples: &[Sample], measure: Measure, streams: usize) -> Vec<f64> {
-    let k = values(samples, Route::Kernel, measure, streams);
-    let t = values(samples, Route::Tiflow, measure, streams);
-    k.iter()
-        .zip(&t)
-        .filter(|(k, _)| **k > 0.0)
-        .map(|(k, t)| t / k)
+/// Per-repetition ratios of route `of` over route `to` (paired by
+/// repetition).
+fn ratios(samples: &[Sample], measure: Measure, streams: usize, of: Route, to: Route) -> Vec<f64> {
+    let denominators = values(samples, to, measure, streams);
+    let numerators = values(samples, of, measure, streams);
+    denominators
+        .iter()
+        .zip(&numerators)
+        .filter(|(d, _)| **d > 0.0)
+        .map(|(d, n)| n / d)
         .collect()
+}
+
+/// Per-repetition ratios tiflow / kernel, what the goals are about.
+fn tiflow_over_kernel(samples: &[Sample], measure: Measure, streams: usize) -> Vec<f64> {
+    ratios(samples, measure, streams, Route::Tiflow, Route::Kernel)
 }
 
 fn fmt_summary(s: Option<Summary>, digits: usize) -> String {
@@ -635,6 +679,61 @@ fn verdict(ratio: Option<Summary>, goal: f64, at_least: bool) -> &'static str {
     }
 }
 
+/// The reference path's section: the plain relays' figures, their ratio
+/// to kernel TCP (what carrying a connection through a process on each
+/// host costs by itself) and tiflow's ratio to them.
+fn reference_section(r: &mut String, samples: &[Sample], settings: &Settings) {
+    let _ = writeln!(
+        r,
+        "\n== reference: the same programs through a plain userspace relay on each host \
+         (read/write through one {} KiB buffer, a blocking thread per direction, TCP_NODELAY) \
+         over kernel TCP through the same NAT, in the same repetitions",
+        super::plain_relay::BUFFER / 1024
+    );
+    let _ = writeln!(
+        r,
+        "{:<6} {:>7}  {:<30} {:<30} {:<30}",
+        "dir", "streams", "relay Gbit/s", "relay / kernel", "tiflow / relay"
+    );
+    let relay_ratios = |measure, n, digits| {
+        (
+            fmt_summary(
+                summarize(&values(samples, Route::Relay, measure, n)),
+                digits,
+            ),
+            fmt_summary(
+                summarize(&ratios(samples, measure, n, Route::Relay, Route::Kernel)),
+                digits.max(2),
+            ),
+            fmt_summary(
+                summarize(&ratios(samples, measure, n, Route::Tiflow, Route::Relay)),
+                digits.max(2),
+            ),
+        )
+    };
+    for &n in &settings.streams {
+        for dir in [Dir::Up, Dir::Down] {
+            let (relay, over_kernel, tiflow_over) = relay_ratios(Measure::Bulk(dir), n, 3);
+            let _ = writeln!(
+                r,
+                "{:<6} {:>7}  {relay:<30} {over_kernel:<30} {tiflow_over:<30}",
+                dir.name(),
+                n
+            );
+        }
+    }
+    for (measure, what) in [
+        (Measure::PingPong, "ping-pong"),
+        (Measure::SplitRequest, "split request"),
+    ] {
+        let (relay, over_kernel, tiflow_over) = relay_ratios(measure, 1, 1);
+        let _ = writeln!(
+            r,
+            "  {what} (us): relay {relay}   relay / kernel {over_kernel}   tiflow / relay {tiflow_over}"
+        );
+    }
+}
+
 fn report(
     samples: &[Sample],
     settings: &Settings,
@@ -647,7 +746,7 @@ fn report(
     let _ = writeln!(
         r,
         "\n== forward path: kernel TCP programs through a tiflow up pair vs kernel TCP, \
-         same NAT + stateful firewall (nftables), interleaved; {} repetitions of {:.1} s; \
+         same NAT + stateful firewall (nftables), interleaved with the reference below; {} repetitions of {:.1} s; \
          median{}",
         settings.reps,
         settings.secs,
@@ -684,7 +783,10 @@ fn report(
                     summarize(&values(samples, Route::Tiflow, Measure::Bulk(dir), n)),
                     3
                 ),
-                fmt_summary(summarize(&ratios(samples, Measure::Bulk(dir), n)), 3),
+                fmt_summary(
+                    summarize(&tiflow_over_kernel(samples, Measure::Bulk(dir), n)),
+                    3
+                ),
                 fmt_summary(summarize(&cpu), 2),
             );
         }
@@ -699,7 +801,7 @@ fn report(
             "  kernel {}   tiflow {}   tiflow / kernel {}",
             fmt_summary(summarize(&values(samples, Route::Kernel, measure, 1)), 1),
             fmt_summary(summarize(&values(samples, Route::Tiflow, measure, 1)), 1),
-            fmt_summary(summarize(&ratios(samples, measure, 1)), 2),
+            fmt_summary(summarize(&tiflow_over_kernel(samples, measure, 1)), 2),
         );
     };
     round_trips(&mut r, Measure::PingPong);
@@ -711,10 +813,11 @@ fn report(
         SPLIT_GAP.as_micros()
     );
     round_trips(&mut r, Measure::SplitRequest);
+    reference_section(&mut r, samples, settings);
     let _ = writeln!(r, "\ngoals (issue 13):");
     for &n in &settings.streams {
         for dir in [Dir::Up, Dir::Down] {
-            let ratio = summarize(&ratios(samples, Measure::Bulk(dir), n));
+            let ratio = summarize(&tiflow_over_kernel(samples, Measure::Bulk(dir), n));
             let _ = writeln!(
                 r,
                 "  {} x{n}: tiflow / kernel >= {GOAL_THROUGHPUT_RATIO}: {} {}",
@@ -724,7 +827,7 @@ fn report(
             );
         }
     }
-    let ratio = summarize(&ratios(samples, Measure::PingPong, 1));
+    let ratio = summarize(&tiflow_over_kernel(samples, Measure::PingPong, 1));
     let _ = writeln!(
         r,
         "  ping-pong: tiflow / kernel <= {GOAL_LATENCY_RATIO}: {} {}",

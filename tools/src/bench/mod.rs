@@ -18,6 +18,7 @@ pub mod forward;
 pub mod latency;
 pub mod net;
 pub mod pcap;
+pub mod plain_relay;
 pub mod plot;
 pub mod recovery;
 pub mod report;

@@ -486,6 +486,8 @@ pub fn forward_blocks(report: Option<&str>) -> Result<String, String> {
     lines.push("");
     lines.extend(section(text, "split request")?);
     lines.push("");
+    lines.extend(section(text, "== reference")?);
+    lines.push("");
     lines.extend(section(text, "goals")?);
     lines.push("");
     lines.extend(section(text, "failures detected")?);
