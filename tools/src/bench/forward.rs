@@ -69,6 +69,9 @@ const SPLIT_GAP: Duration = Duration::from_micros(200);
 const CHUNK: usize = 128 * 1024;
 /// Longest a connection or a sample's end may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after each sample, so the connections of the last one have
+/// closed (and their relay threads or flows ended) before the next starts.
+const SETTLE: Duration = Duration::from_millis(300);
 
 const CLIENT: &str = "10.10.1.2";
 const INSIDE: &str = "10.10.1.1";
@@ -141,6 +144,15 @@ impl Route {
         }
     }
 
+    /// What carries the programs' bytes on each host.
+    fn carrier(self) -> &'static str {
+        match self {
+            Route::Kernel => "kernel",
+            Route::Tiflow => "tiflow up",
+            Route::Relay => "relay",
+        }
+    }
+
     /// The order of the routes in repetition `rep` (1-based): rotated by
     /// one each repetition, so each route runs first, second and last
     /// equally often.
@@ -182,7 +194,8 @@ pub struct Sample {
     streams: usize,
     /// Bulk: Gbit/s; round trips: median in microseconds.
     value: f64,
-    /// Bulk through `tiflow up`: CPU seconds of both processes per GB.
+    /// Bulk through a carrier (`tiflow up` or the relays): CPU seconds
+    /// both hosts' carriers used per GB.
     cpu_s_per_gb: Option<f64>,
 }
 
@@ -286,7 +299,7 @@ struct Bed {
     line: Line,
     client_up: UpProcess,
     server_up: UpProcess,
-    _relays: [PlainRelay; 2],
+    relays: [PlainRelay; 2],
     _program: ServerProgram,
 }
 
@@ -334,7 +347,7 @@ impl Bed {
             line,
             client_up,
             server_up,
-            _relays: relays,
+            relays: relays,
             _program: program,
         })
     }
@@ -347,10 +360,25 @@ impl Bed {
         }
     }
 
-    /// CPU seconds both `tiflow up` processes have used.
-    fn up_cpu(&self) -> f64 {
-        let of = |pid| cpu_seconds(pid).unwrap_or(0.0);
-        of(self.client_up.pid()) + of(self.server_up.pid())
+    /// CPU seconds both hosts' carriers on `path` have used: both `tiflow
+    /// up` processes, or the copying threads of both relays (of the
+    /// connections that have ended). None for kernel TCP.
+    fn carrier_cpu(&self, path: Route) -> Option<f64> {
+        match path {
+            Route::Kernel => None,
+            Route::Tiflow => {
+                let of = |pid| cpu_seconds(pid).unwrap_or(0.0);
+                Some(of(self.client_up.pid()) + of(self.server_up.pid()))
+            }
+            Route::Relay => Some(self.relays.iter().map(PlainRelay::cpu_seconds).sum()),
+        }
+    }
+
+    /// After a sample on `path`: for the relays, waits (up to
+    /// [`TIMEOUT`]) until their connections have ended, so their threads'
+    /// CPU is counted; false if some did not.
+    fn sample_done(&self, path: Route) -> bool {
+        path != Route::Relay || self.relays.iter().all(|r| r.wait_idle(TIMEOUT))
     }
 
     /// Opens `n` connections on `path`, each with its own first byte sent
@@ -519,18 +547,30 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
             for dir in [Dir::Up, Dir::Down] {
                 for path in order {
                     check_interrupted()?;
-                    let cpu_before = bed.up_cpu();
+                    let cpu_before = bed.carrier_cpu(path);
                     let gbit = bed.bulk(path, dir, n, settings.secs)?;
-                    let cpu = bed.up_cpu() - cpu_before;
+                    if !bed.sample_done(path) {
+                        return Err(BenchError::Check(format!(
+                            "the relays still carried connections {} s after {} x{n}",
+                            TIMEOUT.as_secs(),
+                            dir.name()
+                        )));
+                    }
+                    let cpu = bed
+                        .carrier_cpu(path)
+                        .zip(cpu_before)
+                        .map(|(after, before)| after - before);
                     let gb = gbit * settings.secs / 8.0;
-                    let cpu_s_per_gb = (path == Route::Tiflow && gb > 0.0).then(|| cpu / gb);
+                    let cpu_s_per_gb = cpu.filter(|_| gb > 0.0).map(|cpu| cpu / gb);
                     eprintln!(
                         "[{:>4.0} s] rep {rep}: {:>6} {:>4} x{n:<3} {gbit:>7.3} Gbit/s{}",
                         started.elapsed().as_secs_f64(),
                         path.name(),
                         dir.name(),
-                        cpu_s_per_gb
-                            .map_or(String::new(), |c| format!(", tiflow up CPU {c:.2} s/GB"))
+                        cpu_s_per_gb.map_or(String::new(), |c| format!(
+                            ", {} CPU {c:.2} s/GB",
+                            path.carrier()
+                        ))
                     );
                     samples.push(Sample {
                         rep,
@@ -540,8 +580,7 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                         value: gbit,
                         cpu_s_per_gb,
                     });
-                    // Let the last stream's connections close.
-                    std::thread::sleep(Duration::from_millis(300));
+                    std::thread::sleep(SETTLE);
                 }
             }
         }
@@ -567,6 +606,7 @@ pub fn run(settings: &Settings, out: &Path, command: &str) -> Result<(), BenchEr
                     value: us,
                     cpu_s_per_gb: None,
                 });
+                std::thread::sleep(SETTLE);
             }
         }
     }
@@ -594,7 +634,7 @@ fn failures_detected(bed: &Bed) -> String {
 }
 
 fn csv(samples: &[Sample]) -> String {
-    let mut s = String::from("rep,path,kind,streams,value,unit,tiflow_cpu_s_per_gb\n");
+    let mut s = String::from("rep,path,kind,streams,value,unit,carrier_cpu_s_per_gb\n");
     for x in samples {
         let (kind, unit) = x.measure.kind_and_unit();
         let _ = writeln!(
@@ -618,6 +658,16 @@ fn values(samples: &[Sample], path: Route, measure: Measure, streams: usize) -> 
         .iter()
         .filter(|s| s.path == path && s.measure == measure && s.streams == streams)
         .map(|s| s.value)
+        .collect()
+}
+
+/// The carriers' CPU seconds per GB of the bulk samples matching, in
+/// repetition order.
+fn cpu_per_gb(samples: &[Sample], path: Route, dir: Dir, streams: usize) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s.path == path && s.measure == Measure::Bulk(dir) && s.streams == streams)
+        .filter_map(|s| s.cpu_s_per_gb)
         .collect()
 }
 
@@ -692,7 +742,7 @@ fn reference_section(r: &mut String, samples: &[Sample], settings: &Settings) {
     );
     let _ = writeln!(
         r,
-        "{:<6} {:>7}  {:<30} {:<30} {:<30}",
+        "{:<6} {:>7}  {:<30} {:<30} {:<30} relay CPU s/GB",
         "dir", "streams", "relay Gbit/s", "relay / kernel", "tiflow / relay"
     );
     let relay_ratios = |measure, n, digits| {
@@ -714,9 +764,10 @@ fn reference_section(r: &mut String, samples: &[Sample], settings: &Settings) {
     for &n in &settings.streams {
         for dir in [Dir::Up, Dir::Down] {
             let (relay, over_kernel, tiflow_over) = relay_ratios(Measure::Bulk(dir), n, 3);
+            let cpu = fmt_summary(summarize(&cpu_per_gb(samples, Route::Relay, dir, n)), 2);
             let _ = writeln!(
                 r,
-                "{:<6} {:>7}  {relay:<30} {over_kernel:<30} {tiflow_over:<30}",
+                "{:<6} {:>7}  {relay:<30} {over_kernel:<30} {tiflow_over:<30} {cpu}",
                 dir.name(),
                 n
             );
@@ -763,13 +814,7 @@ fn report(
     );
     for &n in &settings.streams {
         for dir in [Dir::Up, Dir::Down] {
-            let cpu: Vec<f64> = samples
-                .iter()
-                .filter(|s| {
-                    s.path == Route::Tiflow && s.measure == Measure::Bulk(dir) && s.streams == n
-                })
-                .filter_map(|s| s.cpu_s_per_gb)
-                .collect();
+            let cpu = cpu_per_gb(samples, Route::Tiflow, dir, n);
             let _ = writeln!(
                 r,
                 "{:<6} {:>7}  {:<30} {:<30} {:<30} {}",

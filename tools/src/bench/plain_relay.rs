@@ -15,9 +15,11 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::time::{ClockId, clock_gettime};
 
 use ti_testnet::netns::NetNs;
 
@@ -37,6 +39,33 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct PlainRelay {
     stop: Arc<AtomicBool>,
     accept_thread: Option<JoinHandle<()>>,
+    usage: Arc<Usage>,
+}
+
+/// What the relay's copying threads have used, and how many still run.
+#[derive(Default)]
+struct Usage {
+    /// CPU time of the copying threads that have ended, in nanoseconds.
+    cpu_ns: AtomicU64,
+    /// Copying threads still running.
+    running: AtomicUsize,
+}
+
+impl Usage {
+    /// Counts a copying thread in; [`Usage::leave`] counts it out.
+    fn enter(&self) {
+        self.running.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Adds the calling thread's CPU time (since it started) and counts
+    /// it out.
+    fn leave(&self) {
+        let cpu = clock_gettime(ClockId::ThreadCPUTime);
+        let ns = u64::try_from(cpu.tv_sec).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(cpu.tv_nsec).unwrap_or(0);
+        self.cpu_ns.fetch_add(ns, Ordering::AcqRel);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PlainRelay {
@@ -45,6 +74,8 @@ impl PlainRelay {
     pub fn start(ns: &NetNs, listen: &str, target: SocketAddr) -> Result<PlainRelay, BenchError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_in_thread = stop.clone();
+        let usage = Arc::new(Usage::default());
+        let usage_in_thread = usage.clone();
         let listen_owned = listen.to_owned();
         // The accept thread is spawned from a thread inside the namespace,
         // so it (and every thread it spawns) lives there: the connections
@@ -53,7 +84,7 @@ impl PlainRelay {
             let listener = TcpListener::bind(&listen_owned)?;
             listener.set_nonblocking(true)?;
             Ok(std::thread::spawn(move || {
-                accept_loop(&listener, target, &stop_in_thread);
+                accept_loop(&listener, target, &stop_in_thread, &usage_in_thread);
             }))
         })?;
         let accept_thread = accept_thread
@@ -61,7 +92,28 @@ impl PlainRelay {
         Ok(PlainRelay {
             stop,
             accept_thread: Some(accept_thread),
+            usage,
         })
+    }
+
+    /// Waits up to `timeout` until no connection is being carried; true
+    /// when none is.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.usage.running.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// CPU seconds the copying threads of the connections carried so far
+    /// have used (a connection's threads count once they have ended: see
+    /// [`PlainRelay::wait_idle`]).
+    pub fn cpu_seconds(&self) -> f64 {
+        self.usage.cpu_ns.load(Ordering::Acquire) as f64 / 1e9
     }
 }
 
@@ -74,11 +126,16 @@ impl Drop for PlainRelay {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, target: SocketAddr, stop: &AtomicBool, usage: &Arc<Usage>) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((client, _)) => {
-                std::thread::spawn(move || carry(client, target));
+                let usage = usage.clone();
+                usage.enter();
+                std::thread::spawn(move || {
+                    carry(client, target, &usage);
+                    usage.leave();
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
@@ -86,7 +143,7 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, stop: &AtomicBool) {
 }
 
 /// Carries one accepted connection to `target` until both directions end.
-fn carry(client: TcpStream, target: SocketAddr) {
+fn carry(client: TcpStream, target: SocketAddr, usage: &Arc<Usage>) {
     let Ok(server) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else {
         let _ = client.shutdown(Shutdown::Both);
         return;
@@ -102,7 +159,12 @@ fn carry(client: TcpStream, target: SocketAddr) {
     let (Ok(client_reader), Ok(server_writer)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    let upstream = std::thread::spawn(move || copy(client_reader, server_writer));
+    let upstream_usage = usage.clone();
+    upstream_usage.enter();
+    let upstream = std::thread::spawn(move || {
+        copy(client_reader, server_writer);
+        upstream_usage.leave();
+    });
     copy(server, client);
     let _ = upstream.join();
 }
