@@ -195,3 +195,77 @@ fn tun_with_offloads_forced_off_moves_plain_packets_byte_exact() {
     assert_eq!(stats.rx_coalesced, 0, "{stats:?}");
     assert_eq!(stats.rx_checksums_completed, 0, "{stats:?}");
 }
+
+/// The packets and bytes interface `ifname` of `ns` has sent.
+fn link_tx(ns: &netns::NetNs, ifname: &str) -> (u64, u64) {
+    let read = |counter: &str| -> u64 {
+        let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
+        let out = ns.run(&["cat", &path]).expect("read a link counter");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a counter is a number")
+    };
+    (read("tx_packets"), read("tx_bytes"))
+}
+
+/// Our large segments, forwarded by the host's kernel to the next link (as
+/// `tiflow up`'s go on to a NAT), cross it whole: a segment the kernel cut
+/// at the first hop would cross that link and every hop after it as
+/// MSS-sized packets (the kernel cuts in software any segment that, with
+/// its link header, reaches the egress device's `gso_max_size`). Bytes go
+/// one way only (ours to Linux), so the host's side of the link sends our
+/// data and few else; a link that sent packets of about one MSS on
+/// average fails this.
+#[test]
+fn forwarded_large_segments_cross_the_next_link_whole() {
+    require_netns();
+    let peer = LinuxPeer::with_offload("kfwd", OffloadRequest::Auto, |_| {});
+    let port = 5103;
+    let listener = peer.listen(port);
+    let linux = std::thread::spawn(move || accept_linux(&listener, Duration::from_secs(10)));
+    let stream = peer
+        .host
+        .runtime()
+        .connect(SocketAddrV4::new(LINUX, port))
+        .expect("connect to Linux");
+    let linux_stream = join_bounded(linux, Instant::now() + DEADLINE, "Linux accept");
+    let (packets_before, bytes_before) = link_tx(peer.host.ns(), "l0");
+
+    let ours_data = Arc::new(random_bytes(51, BYTES));
+    let linux_job = run_end(
+        End::tcp(linux_stream),
+        Arc::new(Vec::new()),
+        Pace::FULL,
+        Arc::new(AtomicU64::new(0)),
+        "linux",
+    );
+    let our_job = run_end(
+        End::ti(stream),
+        ours_data.clone(),
+        Pace::FULL,
+        Arc::new(AtomicU64::new(0)),
+        "ours",
+    );
+    let deadline = Instant::now() + DEADLINE;
+    join_bounded(linux_job, deadline, "linux end")
+        .assert_received(&ours_data, "Linux got our bytes");
+    join_bounded(our_job, deadline, "our end");
+
+    let (packets_after, bytes_after) = link_tx(peer.host.ns(), "l0");
+    let packets = packets_after - packets_before;
+    let bytes = bytes_after - bytes_before;
+    let (mode, stats) = peer.host.tun();
+    assert_eq!(mode, Offloads::Active, "this kernel supports offloads");
+    assert!(packets > 0, "the link sent our bytes");
+    let average = bytes / packets;
+    eprintln!(
+        "[offload] the host's link to Linux sent {packets} packets, {bytes} bytes \
+         ({average} bytes on average); TUN {stats:?}"
+    );
+    assert!(
+        average >= 16 * 1024,
+        "our segments crossed the next link as {packets} packets of {average} bytes on \
+         average: the kernel cut them at the first hop ({stats:?})"
+    );
+}

@@ -35,12 +35,23 @@ use super::vnet::{self, HEADER_LEN, Ingress, VnetHeader};
 /// The MTU a [`TunDevice`] assumes unless told otherwise.
 pub const DEFAULT_MTU: usize = 1500;
 
-/// The largest IPv4 packet: with offloads smoltcp may build TCP/IPv4
-/// segments this large.
-const MAX_IP_PACKET: usize = 65535;
+/// The largest TCP/IPv4 packet smoltcp builds for the kernel to cut
+/// (offloads on).
+///
+/// Not the 65,535 bytes an IPv4 packet may hold: the kernel cuts in
+/// software any segment that, with its link-layer header, reaches the
+/// `gso_max_size` of the device it leaves by (65,536 by default; the
+/// kernel's `gso_features_check`). A 65,535-byte packet forwarded to an
+/// Ethernet link is 65,549 bytes there, so it was cut at the first hop
+/// and every hop after it (a NAT's conntrack, the peer's kernel and TUN)
+/// handled some 45 packets instead of one. Kernel TCP leaves room for its
+/// headers in the same way (`sk_gso_max_size` is the device's less
+/// `MAX_TCP_HEADER`, about 320 bytes); 1 KiB leaves room for any link
+/// header and an encapsulation on the way.
+pub const MAX_GSO_PACKET: usize = 64 * 1024 - 1024;
 
 /// The largest packet the receive buffer holds: an IPv6 header and the
-/// largest payload its length field allows (more than [`MAX_IP_PACKET`]),
+/// largest payload its length field allows (more than the largest IPv4 packet),
 /// so a kernel-side MTU larger than ours, or a coalesced segment of either
 /// family, is never truncated.
 const MAX_RX_PACKET: usize = 40 + 65535;
@@ -360,7 +371,7 @@ impl Device for TunDevice {
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
         if self.vnet() {
-            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_IP_PACKET);
+            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_GSO_PACKET);
             // smoltcp segments only when the device checksums TCP (and it
             // must, for segments it cuts): every TCP packet leaves with a
             // partial checksum the kernel completes. Captures above this
