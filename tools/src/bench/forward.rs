@@ -347,7 +347,7 @@ impl Bed {
             line,
             client_up,
             server_up,
-            relays: relays,
+            relays,
             _program: program,
         })
     }
