@@ -3,15 +3,15 @@
 //! Owns one TUN file descriptor (TUN mode, no packet-info header,
 //! non-blocking; opened by [`super::tun_sys`]) and two reused packet buffers.
 //! With offloads ([`Offloads::Active`]) every packet carries a virtio-net
-//! header ([`super::vnet`]): smoltcp may emit TCP/IPv4 segments of up to 64
-//! KiB, which the kernel cuts to the segment size smoltcp asked for (the
-//! path's MSS, so peers never see more), and the kernel hands us coalesced
-//! TCP segments of either family of up to 64 KiB, taken whole. TCP/IPv6
-//! segments we send stay at the path's MSS (see [`OFFLOAD_FLAGS`]), their
-//! checksums left to the kernel. The MTU smoltcp is told stays the path's:
-//! the MSS smoltcp advertises and the MSS it cuts to are unchanged. When the
-//! kernel refuses the header or the offloads, the device falls back to plain
-//! packets and says so at INFO.
+//! header ([`super::vnet`]): smoltcp may emit TCP/IPv4 segments of up to
+//! 63 KiB ([`MAX_GSO_PACKET`]), which the kernel cuts to the segment size
+//! smoltcp asked for (the path's MSS, so peers never see more), and the
+//! kernel hands us coalesced TCP segments of either family of up to 64
+//! KiB, taken whole. TCP/IPv6 segments we send stay at the path's MSS (see
+//! [`OFFLOAD_FLAGS`]), their checksums left to the kernel. The MTU smoltcp
+//! is told stays the path's: the MSS smoltcp advertises and the MSS it cuts
+//! to are unchanged. When the kernel refuses the header or the offloads,
+//! the device falls back to plain packets and says so at INFO.
 //!
 //! It never configures the kernel side of the interface (addresses, link
 //! state, MTU): that is the caller's job (see `ti_testnet::NetNs::open_tun`).
@@ -174,7 +174,7 @@ impl TunDevice {
         match offloads {
             Offloads::Active => tracing::info!(
                 tun = %given,
-                "tun offloads on: virtio-net header, checksum offload, TCP segmentation (64 KiB TCP/IPv4 segments both ways, coalesced TCP/IPv6 segments in)"
+                "tun offloads on: virtio-net header, checksum offload, TCP segmentation (TCP/IPv4 segments of up to 63 KiB out and 64 KiB in, coalesced TCP/IPv6 segments in)"
             ),
             Offloads::Off(why) => {
                 tracing::info!(tun = %given, reason = ?why, "tun offloads off: plain packets");
