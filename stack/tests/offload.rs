@@ -23,11 +23,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use kernel_support::{
-    CLIENT_STACK, CLIENT_TUN, DEADLINE, End, LINUX, LinuxPeer, Pace, accept_linux, join_bounded,
-    random_bytes, run_end,
+    CLIENT_STACK, CLIENT_TUN, DEADLINE, Dev, End, LINUX, LinuxPeer, Pace, accept_linux,
+    join_bounded, random_bytes, run_end,
 };
-use ti_stack::Mode;
 use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunStats};
+use ti_stack::{Mode, TiStream};
 use ti_testnet::netns;
 
 /// Bytes each way, per transfer.
@@ -67,6 +67,21 @@ fn linux_mss(stream: &TcpStream) -> u16 {
     u16::try_from(mss).expect("an MSS fits 16 bits")
 }
 
+/// Our stack connects to a Linux listener on `port` one forwarded hop
+/// away; returns both ends (ours is legacy TCP: Linux does not speak TI).
+fn connect_to_linux(peer: &LinuxPeer, port: u16) -> (TiStream<Dev>, TcpStream) {
+    let listener = peer.listen(port);
+    let linux = std::thread::spawn(move || accept_linux(&listener, Duration::from_secs(10)));
+    let stream = peer
+        .host
+        .runtime()
+        .connect(SocketAddrV4::new(LINUX, port))
+        .expect("connect to Linux");
+    assert_eq!(stream.mode(), Mode::Legacy, "Linux does not speak TI");
+    let linux_stream = join_bounded(linux, Instant::now() + DEADLINE, "Linux accept");
+    (stream, linux_stream)
+}
+
 /// Both ends write `BYTES` at once and read until end of stream; each must
 /// get the other's bytes exactly.
 fn transfer_both_ways(ours: End, linux: End, seed: u64) -> Duration {
@@ -103,16 +118,7 @@ fn run_both_paths(prefix: &str, offload: OffloadRequest) -> (Offloads, TunStats)
     let peer = LinuxPeer::with_offload(prefix, offload, |_| {});
 
     // Forward path: ours -> kernel routing -> veth -> Linux.
-    let port = 5101;
-    let listener = peer.listen(port);
-    let linux = std::thread::spawn(move || accept_linux(&listener, Duration::from_secs(10)));
-    let stream = peer
-        .host
-        .runtime()
-        .connect(SocketAddrV4::new(LINUX, port))
-        .expect("connect to Linux");
-    assert_eq!(stream.mode(), Mode::Legacy, "Linux does not speak TI");
-    let linux_stream = join_bounded(linux, Instant::now() + DEADLINE, "Linux accept");
+    let (stream, linux_stream) = connect_to_linux(&peer, 5101);
     let forward_mss = linux_mss(&linux_stream);
     let forward = transfer_both_ways(End::ti(stream), End::tcp(linux_stream), 31);
 
@@ -221,15 +227,7 @@ fn link_tx(ns: &netns::NetNs, ifname: &str) -> (u64, u64) {
 fn forwarded_large_segments_cross_the_next_link_whole() {
     require_netns();
     let peer = LinuxPeer::with_offload("kfwd", OffloadRequest::Auto, |_| {});
-    let port = 5103;
-    let listener = peer.listen(port);
-    let linux = std::thread::spawn(move || accept_linux(&listener, Duration::from_secs(10)));
-    let stream = peer
-        .host
-        .runtime()
-        .connect(SocketAddrV4::new(LINUX, port))
-        .expect("connect to Linux");
-    let linux_stream = join_bounded(linux, Instant::now() + DEADLINE, "Linux accept");
+    let (stream, linux_stream) = connect_to_linux(&peer, 5103);
     let (packets_before, bytes_before) = link_tx(peer.host.ns(), "l0");
 
     let ours_data = Arc::new(random_bytes(51, BYTES));
