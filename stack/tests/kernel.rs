@@ -149,12 +149,7 @@ fn linux_server_our_initiator_falls_back_to_legacy() {
             join_bounded(job, Instant::now() + DEADLINE, "linux end")
         })
     };
-    let stream = peer
-        .host
-        .runtime()
-        .connect(SocketAddrV4::new(LINUX, port))
-        .expect("connect to Linux");
-    assert_eq!(stream.mode(), Mode::Legacy, "Linux does not speak TI");
+    let stream = peer.connect_from_ours(port);
     let ours_got = Arc::new(AtomicU64::new(0));
     let job = run_end(
         End::ti(stream.try_clone()),

@@ -23,11 +23,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use kernel_support::{
-    CLIENT_STACK, CLIENT_TUN, DEADLINE, Dev, End, LINUX, LinuxPeer, Pace, accept_linux,
-    join_bounded, random_bytes, run_end,
+    CLIENT_STACK, CLIENT_TUN, DEADLINE, Dev, End, LinuxPeer, Pace, accept_linux, join_bounded,
+    random_bytes, run_end,
 };
+use ti_stack::TiStream;
 use ti_stack::device::tun::{OffloadOff, OffloadRequest, Offloads, TunStats};
-use ti_stack::{Mode, TiStream};
 use ti_testnet::netns;
 
 /// Bytes each way, per transfer.
@@ -72,12 +72,7 @@ fn linux_mss(stream: &TcpStream) -> u16 {
 fn connect_to_linux(peer: &LinuxPeer, port: u16) -> (TiStream<Dev>, TcpStream) {
     let listener = peer.listen(port);
     let linux = std::thread::spawn(move || accept_linux(&listener, Duration::from_secs(10)));
-    let stream = peer
-        .host
-        .runtime()
-        .connect(SocketAddrV4::new(LINUX, port))
-        .expect("connect to Linux");
-    assert_eq!(stream.mode(), Mode::Legacy, "Linux does not speak TI");
+    let stream = peer.connect_from_ours(port);
     let linux_stream = join_bounded(linux, Instant::now() + DEADLINE, "Linux accept");
     (stream, linux_stream)
 }

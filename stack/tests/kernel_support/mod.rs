@@ -618,6 +618,18 @@ impl LinuxPeer {
             .expect("bind in Linux namespace")
     }
 
+    /// Our stack's connection to a Linux listener at `LINUX:port`: plain
+    /// TCP (Linux does not speak TI; asserted).
+    pub fn connect_from_ours(&self, port: u16) -> TiStream<Dev> {
+        let stream = self
+            .host
+            .runtime()
+            .connect(SocketAddrV4::new(LINUX, port))
+            .expect("connect to Linux");
+        assert_eq!(stream.mode(), Mode::Legacy, "Linux does not speak TI");
+        stream
+    }
+
     /// A Linux connection to `to`.
     pub fn connect(&self, to: SocketAddrV4) -> TcpStream {
         self.linux

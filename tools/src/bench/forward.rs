@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use ti_testnet::middlebox::Middlebox;
 use ti_testnet::topology::{Cidr, Line, LinePlan};
 
-use super::plain_relay::PlainRelay;
+use super::plain_relay::{PlainRelay, accept_until_stopped};
 use super::recovery::listen_in;
 use super::stats::{Summary, summarize};
 use super::up_scale::cpu_seconds;
@@ -242,16 +242,11 @@ impl Drop for ServerProgram {
 }
 
 fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_nodelay(true);
-                std::thread::spawn(move || serve_connection(s));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
+    accept_until_stopped(listener, stop, |s| {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_nodelay(true);
+        std::thread::spawn(move || serve_connection(s));
+    });
 }
 
 fn serve_connection(mut s: TcpStream) {

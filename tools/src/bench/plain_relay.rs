@@ -24,6 +24,7 @@ use rustix::time::{ClockId, clock_gettime};
 use ti_testnet::netns::NetNs;
 
 use super::BenchError;
+use super::recovery::listen_in;
 
 /// Bytes per `read`.
 pub(super) const BUFFER: usize = 256 * 1024;
@@ -76,19 +77,22 @@ impl PlainRelay {
         let stop_in_thread = stop.clone();
         let usage = Arc::new(Usage::default());
         let usage_in_thread = usage.clone();
-        let listen_owned = listen.to_owned();
+        let listener = listen_in(ns, listen)?;
         // The accept thread is spawned from a thread inside the namespace,
         // so it (and every thread it spawns) lives there: the connections
         // it makes to `target` leave from the namespace.
-        let accept_thread = ns.enter(move || -> io::Result<JoinHandle<()>> {
-            let listener = TcpListener::bind(&listen_owned)?;
-            listener.set_nonblocking(true)?;
-            Ok(std::thread::spawn(move || {
-                accept_loop(&listener, target, &stop_in_thread, &usage_in_thread);
-            }))
+        let accept_thread = ns.enter(move || {
+            std::thread::spawn(move || {
+                accept_until_stopped(&listener, &stop_in_thread, |client| {
+                    let usage = usage_in_thread.clone();
+                    usage.enter();
+                    std::thread::spawn(move || {
+                        carry(client, target, &usage);
+                        usage.leave();
+                    });
+                });
+            })
         })?;
-        let accept_thread = accept_thread
-            .map_err(|e| BenchError::io(format!("relay listen on {listen} in {}", ns.name()), e))?;
         Ok(PlainRelay {
             stop,
             accept_thread: Some(accept_thread),
@@ -126,17 +130,16 @@ impl Drop for PlainRelay {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, stop: &AtomicBool, usage: &Arc<Usage>) {
+/// Hands each connection `listener` (non-blocking) accepts to `each`
+/// until `stop` is set (looked at every 2 ms while nothing arrives).
+pub(super) fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    mut each: impl FnMut(TcpStream),
+) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
-            Ok((client, _)) => {
-                let usage = usage.clone();
-                usage.enter();
-                std::thread::spawn(move || {
-                    carry(client, target, &usage);
-                    usage.leave();
-                });
-            }
+            Ok((s, _)) => each(s),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     }
